@@ -1,0 +1,1 @@
+"""Receiving side: the HTTP receiver and the append-only log it writes."""

@@ -1,0 +1,172 @@
+"""The push receiver: authenticate, check, append to the log, and answer 200 once durable.
+
+Nothing on this path waits for anything but the group commit: no parsing beyond the key
+fields, no catalog access (teams are cached by ``PushAuth``), no projection.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+import zlib
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+
+from lake.catalog import Catalog
+from pushlake.config import Settings
+
+from .auth import AuthError, PushAuth
+from .groupcommit import GroupCommit, Item, Overloaded, WriteFailed
+from .keys import ROUTES, MissingKey, deleted_itin, key_of
+from .log import LogWriter
+from .record import KIND_EVENT
+
+log = logging.getLogger("pushlake.receiver")
+
+SETTINGS = web.AppKey("settings", Settings)
+COMMIT = web.AppKey("commit", GroupCommit)
+AUTH = web.AppKey("auth", PushAuth)
+STATE = web.AppKey("state", dict)
+
+
+def error(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status, headers=headers,
+                             dumps=lambda o: orjson.dumps(o).decode())
+
+
+def ok(payload: dict) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), content_type="application/json")
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = d.decompress(body, limit + 1)
+    if len(out) > limit:
+        raise OverflowError
+    if not d.eof:
+        raise zlib.error("truncated gzip stream")
+    return out
+
+
+def make_handler(kind: int):
+    async def handler(request: web.Request) -> web.StreamResponse:
+        s: Settings = request.app[SETTINGS]
+        try:
+            team = request.app[AUTH].authenticate(request.headers.get("Authorization"))
+        except AuthError as e:
+            headers = {"WWW-Authenticate": 'Bearer realm="pushlake"'} if e.status == 401 else None
+            return error(e.status, e.code, e.message, headers)
+        if request.content_type != "application/json" and not request.content_type.endswith("+json"):
+            return error(415, "unsupported_media_type",
+                         f"Content-Type must be application/json, got '{request.content_type}'")
+        if request.content_length is not None and request.content_length > s.max_body_bytes:
+            return error(413, "too_large", f"body exceeds the {s.max_body_bytes}-byte limit")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return error(413, "too_large", f"body exceeds the {s.max_body_bytes}-byte limit")
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding == "gzip":
+            try:
+                body = _gunzip(body, s.max_body_bytes)
+            except OverflowError:
+                return error(413, "too_large", f"decompressed body exceeds the {s.max_body_bytes}-byte limit")
+            except zlib.error as e:
+                return error(400, "bad_encoding", f"body is not valid gzip: {e}")
+        elif encoding != "identity":
+            return error(415, "unsupported_encoding", f"Content-Encoding '{encoding}' is not supported (use gzip)")
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            return error(400, "invalid_json", f"body is not valid JSON: {e}")
+        if not isinstance(doc, dict):
+            return error(400, "invalid_json", "body must be a JSON object")
+        try:
+            key = key_of(kind, doc, body)
+        except MissingKey as e:
+            return error(400, "missing_key", str(e))
+        state = request.app[STATE]
+        if state["disk_low"]:
+            return error(503, "disk_full", "free disk space is below the safety threshold; retry later",
+                         {"Retry-After": "60"})
+        item: Item = (kind, time.time_ns() // 1000, team, key, body)
+        try:
+            offset = await request.app[COMMIT].submit(item)
+        except Overloaded:
+            return error(503, "overloaded", "write queue is full; retry later", {"Retry-After": "1"})
+        except WriteFailed as e:
+            return error(503, "write_failed", f"could not store the push durably ({e}); retry later",
+                         {"Retry-After": "30"})
+        return ok({"status": "OK", "partition": request.app[COMMIT].writer.partition, "offset": offset})
+    return handler
+
+
+async def health(request: web.Request) -> web.Response:
+    gc = request.app[COMMIT]
+    return ok({"status": "degraded" if request.app[STATE]["disk_low"] else "ok",
+               "partition": gc.writer.partition, "nextOffset": gc.writer.next_offset,
+               "pending": gc.pending, "batches": gc.batches, "records": gc.records})
+
+
+def _tombstone_sink(data_dir: Path, part: str):
+    """Publish deletions in the catalog before they are acknowledged (SPEC §4)."""
+    holder: dict = {}
+
+    def sink(first: int, items: list[Item]) -> None:
+        rows = []
+        for n, (kind, ts, team, key, _) in enumerate(items):
+            if kind == KIND_EVENT:
+                itin = deleted_itin(key)
+                if itin is not None:
+                    rows.append((team, itin, part, first + n, ts / 1e6))
+        if rows:
+            if "cat" not in holder:
+                holder["cat"] = Catalog(data_dir)
+            holder["cat"].add_tombstones(rows)
+    return sink
+
+
+async def _watch_disk(app: web.Application) -> None:
+    s = app[SETTINGS]
+    while True:
+        try:
+            low = shutil.disk_usage(s.data_dir).free < s.min_free_bytes
+        except OSError:
+            low = True
+        if low != app[STATE]["disk_low"]:
+            log.warning("free disk %s the threshold of %d bytes", "below" if low else "back above", s.min_free_bytes)
+        app[STATE]["disk_low"] = low
+        await asyncio.sleep(1.0)
+
+
+def build_app(settings: Settings, partition: int = 0) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes + 1)
+    app[SETTINGS] = settings
+    app[STATE] = {"disk_low": False}
+    app[AUTH] = PushAuth(settings.data_dir)
+
+    async def startup(app: web.Application) -> None:
+        writer = LogWriter(settings.data_dir, partition, settings.segment_bytes, settings.segment_age_s)
+        Catalog(settings.data_dir).close()  # schema exists before the first tombstone
+        gc = GroupCommit(writer, _tombstone_sink(settings.data_dir, writer.partition),
+                         settings.max_pending_requests, settings.max_pending_bytes)
+        gc.start()
+        app[COMMIT] = gc
+        app[STATE]["disk_low"] = shutil.disk_usage(settings.data_dir).free < settings.min_free_bytes
+        app[STATE]["disk_task"] = asyncio.get_running_loop().create_task(_watch_disk(app))
+        if writer.recovery:
+            app[STATE]["recovery"] = writer.recovery
+
+    async def cleanup(app: web.Application) -> None:
+        app[STATE]["disk_task"].cancel()
+        await app[COMMIT].close()
+
+    app.on_startup.append(startup)
+    app.on_cleanup.append(cleanup)
+    for path, (kind, _) in ROUTES.items():
+        app.router.add_post(f"/push/{path}", make_handler(kind))
+    app.router.add_get("/health", health)
+    return app

@@ -1,0 +1,103 @@
+"""Pipelined group commit: one fdatasync in flight, and every request that arrived meanwhile
+rides the next one. The event loop never blocks on the disk; a single writer thread does the
+write + fdatasync (and publishes tombstones) and then resolves the waiting requests.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from .log import LogWriter
+
+log = logging.getLogger("pushlake.groupcommit")
+
+Item = tuple[int, int, str, str, bytes]  # kind, received_us, team, key, body
+
+
+class Overloaded(Exception):
+    """The bounded write queue is full: answer 503 and let the sender retry."""
+
+
+class WriteFailed(Exception):
+    """The batch could not be made durable (disk full, I/O error): nothing was acknowledged."""
+
+
+class GroupCommit:
+    def __init__(self, writer: LogWriter, on_durable: Callable[[int, list[Item]], None] | None = None,
+                 max_pending: int = 20_000, max_pending_bytes: int = 256 << 20):
+        self.writer = writer
+        self.on_durable = on_durable
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self._pending: list[tuple[Item, asyncio.Future]] = []
+        self._pending_bytes = 0
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="log-writer")
+        self._task: asyncio.Task | None = None
+        self._roller: asyncio.Task | None = None
+        self.batches = 0
+        self.records = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._roller = asyncio.get_running_loop().create_task(self._roll_by_age())
+
+    async def submit(self, item: Item) -> int:
+        if len(self._pending) >= self.max_pending or self._pending_bytes + len(item[4]) > self.max_pending_bytes:
+            raise Overloaded()
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((item, fut))
+        self._pending_bytes += len(item[4])
+        self._wake.set()
+        return await fut
+
+    def _durable(self, items: list[Item]) -> int:
+        first = self.writer.append(items)
+        if self.on_durable is not None:
+            self.on_durable(first, items)
+        return first
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending, self._pending_bytes = self._pending, [], 0
+                try:
+                    first = await loop.run_in_executor(self._executor, self._durable, [i for i, _ in batch])
+                except Exception as e:  # noqa: BLE001 - every waiter must learn of the failure
+                    log.error("log append failed, %d request(s) not acknowledged: %s", len(batch), e)
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(WriteFailed(str(e)))
+                    continue
+                self.batches += 1
+                self.records += len(batch)
+                for n, (_, f) in enumerate(batch):
+                    if not f.done():
+                        f.set_result(first + n)
+
+    async def _roll_by_age(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(5.0, max(self.writer.segment_age / 4, 0.05)))
+            try:
+                await loop.run_in_executor(self._executor, self.writer.maybe_roll)
+            except OSError as e:
+                log.error("segment roll failed: %s", e)
+
+    async def close(self) -> None:
+        while self._pending:
+            await asyncio.sleep(0.01)
+        for t in (self._task, self._roller):
+            if t is not None:
+                t.cancel()
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.writer.close)
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,49 @@
+"""Idempotency keys of each push kind (SPEC §3), shared by the receiver and the compactor."""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from .record import KIND_CRASH, KIND_DIAGNOSIS, KIND_EVENT, KIND_TRIP
+
+DELETION_EVENT = "TRIP_DELETION"
+
+# kind -> (path segment, required key fields)
+ROUTES = {
+    "trip": (KIND_TRIP, ("itinId",)),
+    "trip/event": (KIND_EVENT, ("itinId", "event")),
+    "crash": (KIND_CRASH, ("crashId",)),
+    "diagnosis": (KIND_DIAGNOSIS, ("userId",)),
+}
+
+
+class MissingKey(ValueError):
+    pass
+
+
+def body_sha256(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def key_of(kind: int, doc: dict[str, Any], body: bytes) -> str:
+    """The idempotency key; raises MissingKey naming the field when a key field is unusable."""
+    def need(name: str) -> str:
+        v = doc.get(name)
+        if not isinstance(v, str) or not v.strip():
+            raise MissingKey(f"missing or empty key field '{name}' (a non-empty string is required)")
+        if len(v) > 256:
+            raise MissingKey(f"key field '{name}' is longer than 256 characters")
+        return v
+    if kind == KIND_TRIP:
+        return need("itinId")
+    if kind == KIND_EVENT:
+        return f"{need('itinId')}:{need('event')}"
+    if kind == KIND_CRASH:
+        return need("crashId")
+    return f"{need('userId')}:{body_sha256(body)}"
+
+
+def deleted_itin(key: str) -> str | None:
+    """The itinId a trip-event key deletes, or None for other events."""
+    suffix = ":" + DELETION_EVENT
+    return key[:-len(suffix)] if key.endswith(suffix) else None

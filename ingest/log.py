@@ -1,0 +1,286 @@
+"""Append-only segmented log: the source of truth.
+
+Layout: ``<data>/log/p<N>/<base offset, 20 digits>.log``. One writer process owns a partition
+(flock on ``.lock``). Only the last segment of a partition is ever appended to; a segment is
+sealed when it reaches ``segment_bytes`` or ``segment_age`` seconds. On open, the last segment is
+scanned and a torn or corrupt tail is cut off, after being copied aside to ``*.torn-<pos>`` so
+that nothing is destroyed, and reported through ``recovery``.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from . import record as rec
+
+log = logging.getLogger("pushlake.log")
+
+SEGMENT_SUFFIX = ".log"
+
+
+def segment_name(base: int) -> str:
+    return f"{base:020d}{SEGMENT_SUFFIX}"
+
+
+def list_segments(pdir: Path) -> list[tuple[int, Path]]:
+    out = []
+    for p in pdir.iterdir() if pdir.exists() else ():
+        if p.name.endswith(SEGMENT_SUFFIX) and p.name[:-len(SEGMENT_SUFFIX)].isdigit():
+            out.append((int(p.name[:-len(SEGMENT_SUFFIX)]), p))
+    out.sort()
+    return out
+
+
+def list_partitions(data_dir: Path) -> list[str]:
+    root = Path(data_dir) / "log"
+    if not root.exists():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("p") and p.name[1:].isdigit())
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class ScanResult:
+    records: int = 0
+    last_offset: int | None = None
+    good_bytes: int = 0
+    total_bytes: int = 0
+    error: str | None = None
+
+
+def scan_segment(path: Path, on_record=None) -> ScanResult:
+    """Walk a segment frame by frame; stop at the first incomplete or corrupt frame."""
+    data = path.read_bytes()
+    res = ScanResult(total_bytes=len(data))
+    pos = 0
+    mv = memoryview(data)
+    while pos < len(data):
+        try:
+            span = rec.check_frame(mv, pos)
+        except rec.CorruptRecord as e:
+            res.error = f"{e} at byte {pos}"
+            break
+        if span is None:
+            res.error = f"incomplete record at byte {pos}"
+            break
+        r = rec.decode_payload(mv[span[0]:span[1]])
+        res.records += 1
+        res.last_offset = r.offset
+        if on_record is not None:
+            on_record(r, pos, span[1])
+        pos = span[1]
+    res.good_bytes = pos
+    return res
+
+
+def try_lock(path: Path) -> int | None:
+    """Take an exclusive flock, or return None if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+class PartitionBusy(Exception):
+    pass
+
+
+@dataclass
+class Recovery:
+    segment: str
+    kept_bytes: int
+    cut_bytes: int
+    reason: str
+    saved_as: str
+
+
+class LogWriter:
+    """Owner of one partition: appends batches and makes them durable with one fdatasync."""
+
+    def __init__(self, data_dir: Path, partition: int = 0, segment_bytes: int = 128 << 20,
+                 segment_age: float = 600.0):
+        self.dir = Path(data_dir) / "log" / f"p{partition}"
+        self.partition = f"p{partition}"
+        self.segment_bytes = segment_bytes
+        self.segment_age = segment_age
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = try_lock(self.dir / ".lock")
+        if self._lock_fd is None:
+            raise PartitionBusy(f"log partition {self.dir} is held by another process")
+        self.recovery: Recovery | None = None
+        segs = list_segments(self.dir)
+        if not segs:
+            self._open_segment(0)
+            self.next_offset = 0
+        else:
+            base, path = segs[-1]
+            res = scan_segment(path)
+            if res.error is not None:
+                self._cut_tail(path, res)
+            self.next_offset = base if res.last_offset is None else res.last_offset + 1
+            self._base = base
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            self._size = res.good_bytes
+            self._opened_at = time.monotonic()
+
+    def _cut_tail(self, path: Path, res: ScanResult) -> None:
+        saved = path.with_name(f"{path.name}.torn-{res.good_bytes}")
+        with open(path, "rb") as f:
+            f.seek(res.good_bytes)
+            tail = f.read()
+        with open(saved, "wb") as f:
+            f.write(tail)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(path, "r+b") as f:
+            f.truncate(res.good_bytes)
+            os.fsync(f.fileno())
+        fsync_dir(self.dir)
+        self.recovery = Recovery(path.name, res.good_bytes, res.total_bytes - res.good_bytes, res.error or "", saved.name)
+        log.warning("log %s: truncated %d-byte torn tail of %s at byte %d (%s); tail saved as %s",
+                    self.partition, self.recovery.cut_bytes, path.name, res.good_bytes, res.error, saved.name)
+
+    def _open_segment(self, base: int) -> None:
+        path = self.dir / segment_name(base)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fsync_dir(self.dir)
+        self._base = base
+        self._size = 0
+        self._opened_at = time.monotonic()
+
+    def append(self, items: list[tuple[int, int, str, str, bytes]]) -> int:
+        """Append (kind, received_us, team, key, body) items and fdatasync; return first offset.
+
+        On a write error the segment is cut back to its last durable size so that a later batch
+        never lands behind a half-written frame."""
+        first = self.next_offset
+        frames = [rec.encode(kind, first + i, ts, team, key, body) for i, (kind, ts, team, key, body) in enumerate(items)]
+        buf = b"".join(frames)
+        try:
+            view = memoryview(buf)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            os.fdatasync(self._fd)
+        except OSError:
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass
+            raise
+        self._size += len(buf)
+        self.next_offset = first + len(items)
+        self.maybe_roll()
+        return first
+
+    def maybe_roll(self) -> bool:
+        """Seal the active segment if it is big or old enough; return whether it rolled."""
+        if self._size == 0:
+            return False
+        if self._size < self.segment_bytes and time.monotonic() - self._opened_at < self.segment_age:
+            return False
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._open_segment(self.next_offset)
+        return True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+@dataclass
+class LogReader:
+    """Sequential reader of one partition that remembers where it stopped.
+
+    It stops quietly at an incomplete frame (the writer may be mid-append) and raises on a
+    complete frame whose CRC is wrong, which is real corruption."""
+    data_dir: Path
+    partition: str
+    _seg_base: int | None = None
+    _pos: int = 0
+    _next: int = 0
+    _cache: dict = field(default_factory=dict)
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.data_dir) / "log" / self.partition
+
+    def reset(self) -> None:
+        self._seg_base = None
+
+    def read(self, from_offset: int, max_records: int = 10_000, max_bytes: int = 64 << 20) -> list[rec.Record]:
+        segs = list_segments(self.dir)
+        if not segs:
+            return []
+        if self._seg_base is None or self._next != from_offset or all(b != self._seg_base for b, _ in segs):
+            # (re)position: the last segment whose base is <= from_offset
+            cand = [b for b, _ in segs if b <= from_offset] or [segs[0][0]]
+            self._seg_base, self._pos, self._next = cand[-1], 0, from_offset
+        out: list[rec.Record] = []
+        nbytes = 0
+        bases = [b for b, _ in segs]
+        idx = bases.index(self._seg_base)
+        while idx < len(segs) and len(out) < max_records and nbytes < max_bytes:
+            base, path = segs[idx]
+            with open(path, "rb") as f:
+                f.seek(self._pos)
+                while len(out) < max_records and nbytes < max_bytes:
+                    head = f.read(rec.FRAME_SIZE)
+                    if len(head) < rec.FRAME_SIZE:
+                        break
+                    length, crc = rec.FRAME.unpack(head)
+                    if length < rec.HEAD.size or length > rec.MAX_RECORD:
+                        raise rec.CorruptRecord(f"{path.name}: impossible length at byte {self._pos}")
+                    payload = f.read(length)
+                    if len(payload) < length:
+                        break
+                    if zlib.crc32(payload) != crc:
+                        raise rec.CorruptRecord(f"{path.name}: CRC mismatch at byte {self._pos}")
+                    r = rec.decode_payload(payload)
+                    self._pos += rec.FRAME_SIZE + length
+                    if r.offset < from_offset:
+                        continue
+                    out.append(r)
+                    nbytes += length
+                    self._next = r.offset + 1
+            if len(out) >= max_records or nbytes >= max_bytes:
+                break
+            if idx + 1 < len(segs):
+                # move on only if this segment is sealed (a later one exists)
+                idx += 1
+                self._seg_base, self._pos = segs[idx][0], 0
+            else:
+                break
+        return out
+
+
+def iter_all_records(data_dir: Path, partition: str) -> Iterator[tuple[Path, rec.Record]]:
+    """Every valid record of a partition, in order (used by check, erase and the cleaner)."""
+    pdir = Path(data_dir) / "log" / partition
+    for _, path in list_segments(pdir):
+        found: list[rec.Record] = []
+        scan_segment(path, lambda r, s, e: found.append(r))
+        for r in found:
+            yield path, r

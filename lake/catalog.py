@@ -1,0 +1,255 @@
+"""The catalog: snapshots, live files, key index, tombstones, FAILED items and log positions.
+
+SQLite in WAL mode for the embedded default. Everything a compaction changes is committed in
+one transaction (files swapped, positions advanced, tombstones marked applied), so a reader sees
+either the old lake or the new one, and a crash never loses or doubles a record. The public
+methods are the interface a PostgreSQL implementation will provide too.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS snapshots(
+  id INTEGER PRIMARY KEY, created_at REAL NOT NULL, operation TEXT NOT NULL, summary TEXT);
+CREATE TABLE IF NOT EXISTS files(
+  id INTEGER PRIMARY KEY, tbl TEXT NOT NULL, team TEXT NOT NULL, date TEXT NOT NULL,
+  path TEXT NOT NULL UNIQUE, rows INTEGER NOT NULL, bytes INTEGER NOT NULL,
+  added_snapshot INTEGER NOT NULL, removed_snapshot INTEGER, removed_at REAL);
+CREATE INDEX IF NOT EXISTS files_live ON files(tbl, team, date) WHERE removed_snapshot IS NULL;
+CREATE TABLE IF NOT EXISTS file_keys(file_id INTEGER NOT NULL, key TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS file_keys_key ON file_keys(key);
+CREATE INDEX IF NOT EXISTS file_keys_file ON file_keys(file_id);
+CREATE TABLE IF NOT EXISTS versions(
+  kind INTEGER NOT NULL, team TEXT NOT NULL, key TEXT NOT NULL, received_us INTEGER NOT NULL,
+  part TEXT NOT NULL, offset INTEGER NOT NULL, PRIMARY KEY(kind, team, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS positions(part TEXT PRIMARY KEY, next_offset INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tombstones(
+  team TEXT NOT NULL, itin_id TEXT NOT NULL, part TEXT, offset INTEGER, received_at REAL NOT NULL,
+  applied_at REAL, log_cleaned INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY(team, itin_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tombstones_pending ON tombstones(itin_id) WHERE applied_at IS NULL;
+CREATE TABLE IF NOT EXISTS failed(
+  id INTEGER PRIMARY KEY, kind INTEGER NOT NULL, team TEXT NOT NULL, key TEXT NOT NULL,
+  part TEXT NOT NULL, offset INTEGER NOT NULL, received_us INTEGER NOT NULL, reason TEXT NOT NULL,
+  status TEXT NOT NULL, failed_at REAL NOT NULL, UNIQUE(part, offset));
+"""
+
+LIVE = "removed_snapshot IS NULL"
+
+
+@dataclass
+class NewFile:
+    tbl: str
+    team: str
+    date: str
+    path: str          # relative to the data directory
+    rows: int
+    bytes: int
+    keys: list[str]
+
+
+@dataclass
+class Commit:
+    """Everything one compaction step changes, applied atomically by ``Catalog.commit``."""
+    operation: str
+    positions: dict[str, int] = field(default_factory=dict)
+    add_files: list[NewFile] = field(default_factory=list)
+    remove_files: set[int] = field(default_factory=set)
+    versions: list[tuple[int, str, str, int, str, int]] = field(default_factory=list)
+    drop_versions: list[tuple[int, str, str]] = field(default_factory=list)
+    tombstones: list[tuple[str, str, str, int, float]] = field(default_factory=list)
+    applied: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[int, str, str, str, int, int, str]] = field(default_factory=list)
+    resolved: list[tuple[int, str, str, int]] = field(default_factory=list)
+    summary: str = ""
+
+    def empty(self) -> bool:
+        return not (self.positions or self.add_files or self.remove_files or self.applied or self.failed
+                    or self.tombstones)
+
+
+def connect_sqlite(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None,
+                              check_same_thread=False)
+    else:
+        con = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        con.execute("PRAGMA secure_delete=ON")  # erased keys do not linger in free pages
+    con.execute("PRAGMA busy_timeout=30000")
+    return con
+
+
+class Catalog:
+    def __init__(self, data_dir: Path, readonly: bool = False):
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / "catalog.db"
+        if not readonly:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.con = connect_sqlite(self.path, readonly)
+        if not readonly:
+            self.con.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.con.close()
+
+    # -- receiver side ------------------------------------------------------------------------
+    def add_tombstones(self, rows: Iterable[tuple[str, str, str, int, float]]) -> None:
+        """Make deletions visible to readers (called by the receiver before it acknowledges)."""
+        with self._tx():
+            self.con.executemany(
+                "INSERT OR IGNORE INTO tombstones(team, itin_id, part, offset, received_at) VALUES (?,?,?,?,?)",
+                list(rows))
+
+    # -- reader side --------------------------------------------------------------------------
+    def data_version(self) -> int:
+        return self.con.execute("PRAGMA data_version").fetchone()[0]
+
+    def read_state(self, team: str | None = None) -> tuple[int, list[tuple], list[tuple[str, str]], set[int]]:
+        """(snapshot id, live files, pending tombstones, ids of live files holding a pending
+        tombstone), all read in one transaction."""
+        c = self.con
+        tf = " AND team = ?" if team else ""
+        args = (team,) if team else ()
+        c.execute("BEGIN")
+        try:
+            snap = c.execute("SELECT coalesce(max(id), 0) FROM snapshots").fetchone()[0]
+            files = c.execute(f"SELECT id, tbl, team, date, path, rows FROM files WHERE {LIVE}{tf}", args).fetchall()
+            tombs = c.execute(f"SELECT team, itin_id FROM tombstones WHERE applied_at IS NULL{tf}", args).fetchall()
+            dirty: set[int] = set()
+            if tombs:
+                dirty = {r[0] for r in c.execute(
+                    "SELECT DISTINCT f.id FROM tombstones t JOIN file_keys k ON k.key = t.itin_id "
+                    f"JOIN files f ON f.id = k.file_id AND f.team = t.team AND f.{LIVE} "
+                    f"WHERE t.applied_at IS NULL{tf.replace('team', 't.team')}", args)}
+        finally:
+            c.execute("COMMIT")
+        return snap, files, tombs, dirty
+
+    # -- compactor side -----------------------------------------------------------------------
+    def positions(self) -> dict[str, int]:
+        return dict(self.con.execute("SELECT part, next_offset FROM positions"))
+
+    def versions_of(self, kind: int, team: str, keys: list[str]) -> dict[str, tuple[int, str, int]]:
+        out = {}
+        for chunk in _chunks(keys, 500):
+            q = f"SELECT key, received_us, part, offset FROM versions WHERE kind=? AND team=? AND key IN ({','.join('?' * len(chunk))})"
+            for k, ts, part, off in self.con.execute(q, (kind, team, *chunk)):
+                out[k] = (ts, part, off)
+        return out
+
+    def deleted_among(self, team: str, itins: list[str]) -> set[str]:
+        out = set()
+        for chunk in _chunks(itins, 500):
+            q = f"SELECT itin_id FROM tombstones WHERE team=? AND itin_id IN ({','.join('?' * len(chunk))})"
+            out.update(r[0] for r in self.con.execute(q, (team, *chunk)))
+        return out
+
+    def files_with_keys(self, tables: tuple[str, ...], team: str, keys: list[str]) -> list[tuple]:
+        out = {}
+        tq = ",".join("?" * len(tables))
+        for chunk in _chunks(keys, 500):
+            q = (f"SELECT DISTINCT f.id, f.tbl, f.team, f.date, f.path FROM file_keys k JOIN files f ON f.id = k.file_id "
+                 f"WHERE f.{LIVE} AND f.team = ? AND f.tbl IN ({tq}) AND k.key IN ({','.join('?' * len(chunk))})")
+            for row in self.con.execute(q, (team, *tables, *chunk)):
+                out[row[0]] = row
+        return list(out.values())
+
+    def live_files(self, tbl: str | None = None) -> list[tuple]:
+        q = f"SELECT id, tbl, team, date, path, rows, bytes FROM files WHERE {LIVE}"
+        if tbl:
+            return self.con.execute(q + " AND tbl = ?", (tbl,)).fetchall()
+        return self.con.execute(q).fetchall()
+
+    def all_paths(self) -> set[str]:
+        return {r[0] for r in self.con.execute("SELECT path FROM files")}
+
+    def commit(self, c: Commit) -> int:
+        now = time.time()
+        con = self.con
+        with self._tx():
+            snap = con.execute("INSERT INTO snapshots(created_at, operation, summary) VALUES (?,?,?)",
+                               (now, c.operation, c.summary)).lastrowid
+            if c.remove_files:
+                ids = list(c.remove_files)
+                for chunk in _chunks(ids, 500):
+                    ph = ",".join("?" * len(chunk))
+                    n = con.execute(f"UPDATE files SET removed_snapshot=?, removed_at=? WHERE {LIVE} AND id IN ({ph})",
+                                    (snap, now, *chunk)).rowcount
+                    if n != len(chunk):
+                        raise RuntimeError("catalog changed under the compactor (file already removed)")
+                    con.execute(f"DELETE FROM file_keys WHERE file_id IN ({ph})", chunk)
+            for f in c.add_files:
+                fid = con.execute("INSERT INTO files(tbl, team, date, path, rows, bytes, added_snapshot) VALUES (?,?,?,?,?,?,?)",
+                                  (f.tbl, f.team, f.date, f.path, f.rows, f.bytes, snap)).lastrowid
+                con.executemany("INSERT INTO file_keys(file_id, key) VALUES (?,?)", ((fid, k) for k in f.keys))
+            con.executemany("INSERT OR REPLACE INTO versions(kind, team, key, received_us, part, offset) VALUES (?,?,?,?,?,?)",
+                            c.versions)
+            con.executemany("DELETE FROM versions WHERE kind=? AND team=? AND key=?", c.drop_versions)
+            con.executemany("INSERT OR IGNORE INTO tombstones(team, itin_id, part, offset, received_at) VALUES (?,?,?,?,?)",
+                            c.tombstones)
+            con.executemany("UPDATE tombstones SET applied_at=? WHERE team=? AND itin_id=? AND applied_at IS NULL",
+                            ((now, t, i) for t, i in c.applied))
+            con.executemany("INSERT OR REPLACE INTO failed(kind, team, key, part, offset, received_us, reason, status, failed_at) "
+                            "VALUES (?,?,?,?,?,?,?,'FAILED',?)", ((*f, now) for f in c.failed))
+            # a newer good push resolves older FAILED items of the same key (not newer ones)
+            con.executemany("UPDATE failed SET status='RESOLVED' WHERE kind=? AND team=? AND key=? AND status='FAILED' "
+                            "AND received_us <= ?",
+                            c.resolved)
+            con.executemany("INSERT INTO positions(part, next_offset) VALUES (?,?) "
+                            "ON CONFLICT(part) DO UPDATE SET next_offset=excluded.next_offset", c.positions.items())
+        return snap
+
+    # -- maintenance --------------------------------------------------------------------------
+    def expired_files(self, older_than: float) -> list[tuple[int, str]]:
+        return self.con.execute("SELECT id, path FROM files WHERE removed_at IS NOT NULL AND removed_at <= ?",
+                                (older_than,)).fetchall()
+
+    def forget_files(self, ids: list[int]) -> None:
+        with self._tx():
+            for chunk in _chunks(ids, 500):
+                self.con.execute(f"DELETE FROM files WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            self.con.execute("DELETE FROM snapshots WHERE id < (SELECT coalesce(min(added_snapshot), 0) FROM files) "
+                             "AND id < (SELECT max(id) FROM snapshots)")
+
+    def tombstones_to_clean(self, older_than: float) -> list[tuple[str, str]]:
+        return self.con.execute("SELECT team, itin_id FROM tombstones WHERE applied_at IS NOT NULL AND applied_at <= ? "
+                                "AND log_cleaned = 0", (older_than,)).fetchall()
+
+    def mark_log_cleaned(self, rows: list[tuple[str, str]]) -> None:
+        with self._tx():
+            self.con.executemany("UPDATE tombstones SET log_cleaned=1 WHERE team=? AND itin_id=?", rows)
+            self.con.executemany("UPDATE failed SET status='ERASED' WHERE kind=1 AND team=? AND key=?", rows)
+
+    def failed_items(self, status: str | None = "FAILED") -> list[tuple]:
+        q = "SELECT id, kind, team, key, part, offset, received_us, reason, status, failed_at FROM failed"
+        if status:
+            return self.con.execute(q + " WHERE status = ? ORDER BY id", (status,)).fetchall()
+        return self.con.execute(q + " ORDER BY id").fetchall()
+
+    def _tx(self):
+        return _Tx(self.con)
+
+
+class _Tx:
+    def __init__(self, con: sqlite3.Connection):
+        self.con = con
+
+    def __enter__(self):
+        self.con.execute("BEGIN IMMEDIATE")
+        return self.con
+
+    def __exit__(self, et, e, tb):
+        self.con.execute("COMMIT" if et is None else "ROLLBACK")
+        return False
+
+
+def _chunks(seq: list, n: int):
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]

@@ -1,0 +1,303 @@
+"""The compactor: projects new log records into Parquet and commits them to the catalog.
+
+One step reads a batch from every log partition, keeps the latest push of each key, skips trips
+under a tombstone, projects the rest (quarantining what cannot be projected as FAILED), rewrites
+the files that held replaced or deleted keys, writes the new files, and then commits everything,
+log positions included, in one catalog transaction. Files are written before the commit, so a
+crash leaves only orphans (removed on the next start) and the positions still point at the
+unprocessed records: nothing is lost or doubled.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ingest.keys import deleted_itin
+from ingest.log import LogReader, list_partitions, try_lock
+from ingest.record import KIND_EVENT, KIND_TRIP, Record
+from pushlake import failpoints
+
+from . import files as lf
+from .catalog import Catalog, Commit
+from .project import TABLES_OF_KIND, Projected, ProjectionError, project
+from .schema import SCHEMAS, TRIP_TABLES
+
+log = logging.getLogger("pushlake.compactor")
+
+
+class CompactorBusy(Exception):
+    pass
+
+
+@dataclass
+class StepStats:
+    records: int = 0
+    stored: int = 0
+    stale: int = 0
+    deleted: int = 0
+    failed: int = 0
+    files_written: int = 0
+    files_rewritten: int = 0
+    seconds: float = 0.0
+
+    def add(self, o: "StepStats") -> None:
+        for k in self.__dataclass_fields__:
+            setattr(self, k, getattr(self, k) + getattr(o, k))
+
+
+@dataclass
+class _Batch:
+    commit: Commit
+    buffers: dict = field(default_factory=lambda: defaultdict(list))   # (tbl, team, date) -> list[Projected parts]
+    remove_keys: dict = field(default_factory=lambda: defaultdict(set))  # (tables, team) -> keys
+
+
+class Compactor:
+    def __init__(self, data_dir: Path, out_dir: Path | None = None, retention_days: float = 7.0,
+                 batch_records: int = 20_000, batch_bytes: int = 256 << 20, merge_min_files: int = 8):
+        self.data_dir = Path(data_dir)
+        self.out_dir = Path(out_dir) if out_dir else self.data_dir
+        self.retention = retention_days * 86400.0
+        self.batch_records = batch_records
+        self.batch_bytes = batch_bytes
+        self.merge_min_files = merge_min_files
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = try_lock(self.out_dir / "compactor.lock")
+        if self._lock is None:
+            raise CompactorBusy(f"another compactor is running on {self.out_dir}")
+        self.catalog = Catalog(self.out_dir)
+        self.readers: dict[str, LogReader] = {}
+        lf.ensure_empty_files(self.out_dir)
+        self.orphans_removed = self._remove_orphans()
+
+    def close(self) -> None:
+        self.catalog.close()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+    # -- the projection step ------------------------------------------------------------------
+    def step(self) -> StepStats:
+        t0 = time.monotonic()
+        positions = self.catalog.positions()
+        records: list[tuple[str, Record]] = []
+        new_positions: dict[str, int] = {}
+        budget = self.batch_records
+        for part in list_partitions(self.data_dir):
+            reader = self.readers.setdefault(part, LogReader(self.data_dir, part))
+            got = reader.read(positions.get(part, 0), max_records=max(budget, 1), max_bytes=self.batch_bytes)
+            if got:
+                records.extend((part, r) for r in got)
+                new_positions[part] = got[-1].offset + 1
+                budget -= len(got)
+        stats = StepStats(records=len(records))
+        if not records:
+            return stats
+        batch = _Batch(Commit("append", positions=new_positions))
+        self._plan(records, batch, stats)
+        self._apply(batch, stats)
+        failpoints.hit("compactor.before_commit")
+        batch.commit.summary = (f"records={stats.records} stored={stats.stored} stale={stats.stale} "
+                                f"deleted={stats.deleted} failed={stats.failed}")
+        self.catalog.commit(batch.commit)
+        failpoints.hit("compactor.after_commit")
+        stats.seconds = time.monotonic() - t0
+        return stats
+
+    def _plan(self, records: list[tuple[str, Record]], b: _Batch, st: StepStats) -> None:
+        c = b.commit
+        # order of arrival across partitions: receive time, then partition and offset
+        records.sort(key=lambda pr: (pr[1].received_us, pr[0], pr[1].offset))
+        latest: dict[tuple[int, str, str], list[tuple[str, Record]]] = defaultdict(list)
+        deletions: dict[tuple[str, str], tuple[str, Record]] = {}
+        for part, r in records:
+            latest[(r.kind, r.team, r.key)].append((part, r))
+            if r.kind == KIND_EVENT:
+                itin = deleted_itin(r.key)
+                if itin is not None:
+                    deletions.setdefault((r.team, itin), (part, r))
+        # tombstones: deletions in this batch and every earlier one (catalog)
+        by_team: dict[str, list[str]] = defaultdict(list)
+        for (kind, team, key) in latest:
+            if kind == KIND_TRIP:
+                by_team[team].append(key)
+        deleted = {(t, i) for t, i in deletions}
+        for team, itins in by_team.items():
+            deleted.update((team, i) for i in self.catalog.deleted_among(team, itins))
+        # versions already in the lake, to keep "latest push wins" across batches
+        groups: dict[tuple[int, str], list[str]] = defaultdict(list)
+        for (kind, team, key) in latest:
+            groups[(kind, team)].append(key)
+        known: dict[tuple[int, str, str], tuple[int, str, int]] = {}
+        for (kind, team), keys in groups.items():
+            for k, v in self.catalog.versions_of(kind, team, keys).items():
+                known[(kind, team, k)] = v
+        for (kind, team, key), cands in latest.items():
+            if kind == KIND_TRIP and (team, key) in deleted:
+                st.deleted += len(cands)
+                continue
+            old = known.get((kind, team, key))
+            # the latest push that projects wins; a newer one that cannot is quarantined
+            p = None
+            while cands and p is None:
+                part, r = cands.pop()
+                if old is not None and old >= (r.received_us, part, r.offset):
+                    cands.append((part, r))
+                    break
+                try:
+                    p = project(r, part)
+                except (ProjectionError, pa.ArrowException, ValueError, TypeError, OverflowError) as e:
+                    reason = str(e) if isinstance(e, ProjectionError) else f"{type(e).__name__}: {e}"
+                    c.failed.append((kind, team, key, part, r.offset, r.received_us, reason))
+                    st.failed += 1
+            st.stale += len(cands)
+            if p is None:
+                continue
+            if old is not None:
+                b.remove_keys[(TABLES_OF_KIND[kind], team)].add(key)
+            c.versions.append((kind, team, key, r.received_us, part, r.offset))
+            c.resolved.append((kind, team, key, r.received_us))
+            self._buffer(b, team, p)
+            st.stored += 1
+        for (team, itin), (part, r) in deletions.items():
+            c.tombstones.append((team, itin, part, r.offset, r.received_us / 1e6))
+            if (KIND_TRIP, team, itin) in known or self.catalog.versions_of(KIND_TRIP, team, [itin]):
+                b.remove_keys[(TRIP_TABLES, team)].add(itin)
+                c.drop_versions.append((KIND_TRIP, team, itin))
+            c.applied.append((team, itin))
+
+    @staticmethod
+    def _buffer(b: _Batch, team: str, p: Projected) -> None:
+        d = p.date.isoformat()
+        for tbl, rows in p.rows.items():
+            if rows:
+                b.buffers[(tbl, team, d)].append(rows)
+        for tbl, batch in p.batches.items():
+            if batch.num_rows:
+                b.buffers[(tbl, team, d)].append(batch)
+
+    def _apply(self, b: _Batch, st: StepStats) -> None:
+        c = b.commit
+        for (tables, team), keys in b.remove_keys.items():
+            klist = sorted(keys)
+            for fid, tbl, fteam, date, path in self.catalog.files_with_keys(tables, team, klist):
+                t = lf.read_file(self.out_dir, path)
+                keep = pc.invert(pc.is_in(lf.key_array(tbl, t), value_set=pa.array(klist, pa.string())))
+                t = t.filter(keep)
+                c.remove_files.add(fid)
+                if t.num_rows:
+                    c.add_files.append(lf.write_file(self.out_dir, tbl, fteam, date, t))
+                st.files_rewritten += 1
+        for (tbl, team, date), parts in b.buffers.items():
+            schema = SCHEMAS[tbl]
+            tables = []
+            rows: list[dict] = []
+            for part in parts:
+                if isinstance(part, list):
+                    rows.extend(part)
+                else:
+                    tables.append(pa.Table.from_batches([part]))
+            if rows:
+                tables.append(pa.Table.from_pylist(rows, schema=schema))
+            table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+            c.add_files.append(lf.write_file(self.out_dir, tbl, team, date, table))
+            st.files_written += 1
+        failpoints.hit("compactor.after_write")
+
+    def drain(self, progress=None) -> StepStats:
+        total = StepStats()
+        while True:
+            s = self.step()
+            if not s.records:
+                return total
+            total.add(s)
+            if progress:
+                progress(total)
+
+    # -- maintenance --------------------------------------------------------------------------
+    def _remove_orphans(self) -> int:
+        """Files left by a compaction that crashed before its commit."""
+        known = self.catalog.all_paths()
+        n = 0
+        root = self.out_dir / "lake"
+        for tbl in SCHEMAS:
+            for p in (root / tbl).rglob("*.parquet") if (root / tbl).exists() else ():
+                if str(p.relative_to(self.out_dir)) not in known:
+                    p.unlink()
+                    n += 1
+        if n:
+            log.warning("removed %d orphan file(s) of an interrupted compaction", n)
+        return n
+
+    def merge_small_files(self) -> int:
+        """Merge partitions that accumulated many files from frequent commits into one file."""
+        groups: dict[tuple[str, str, str], list[tuple]] = defaultdict(list)
+        for fid, tbl, team, date, path, rows, nbytes in self.catalog.live_files():
+            groups[(tbl, team, date)].append((fid, path, nbytes))
+        merged = 0
+        for (tbl, team, date), fl in groups.items():
+            small = [f for f in fl if f[2] < 64 << 20]
+            if len(small) < self.merge_min_files:
+                continue
+            t = pa.concat_tables([lf.read_file(self.out_dir, p) for _, p, _ in small])
+            c = Commit("merge", remove_files={f[0] for f in small})
+            c.add_files.append(lf.write_file(self.out_dir, tbl, team, date, t))
+            c.summary = f"merged {len(small)} files of {tbl}/{team}/{date}"
+            self.catalog.commit(c)
+            merged += len(small)
+        return merged
+
+    def vacuum(self, now: float | None = None) -> int:
+        """Delete files replaced longer than the retention ago; readers keep older snapshots until then."""
+        now = time.time() if now is None else now
+        expired = self.catalog.expired_files(now - self.retention)
+        for _, rel in expired:
+            try:
+                (self.out_dir / rel).unlink()
+            except FileNotFoundError:
+                pass
+        if expired:
+            self.catalog.forget_files([i for i, _ in expired])
+        return len(expired)
+
+    def clean_log(self, now: float | None = None) -> int:
+        from .cleaner import clean_log
+        now = time.time() if now is None else now
+        n = clean_log(self.data_dir, self.catalog, now - self.retention)
+        if n:
+            for r in self.readers.values():
+                r.reset()
+        return n
+
+    def maintain(self) -> dict:
+        return {"merged": self.merge_small_files(), "vacuumed": self.vacuum(), "log_records_erased": self.clean_log()}
+
+    def run_forever(self, stop, interval: float = 0.2, maintain_every: float = 30.0) -> None:
+        last_maint = 0.0
+        while not stop.is_set():
+            try:
+                s = self.step()
+                if s.records:
+                    log.info("compacted %d records (%d stored, %d failed) in %.2fs",
+                             s.records, s.stored, s.failed, s.seconds)
+                    continue
+                if time.monotonic() - last_maint > maintain_every:
+                    self.maintain()
+                    last_maint = time.monotonic()
+            except Exception:
+                log.exception("compaction step failed; retrying")
+                stop.wait(5)
+            stop.wait(interval)

@@ -1,0 +1,71 @@
+"""Writing and rewriting Parquet files of the lake."""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ingest.log import fsync_dir
+
+from .catalog import NewFile
+from .schema import SCHEMAS, TRIP_TABLES
+
+
+def key_array(tbl_name: str, t: pa.Table) -> pa.ChunkedArray:
+    """The idempotency key of each row, as the receiver computed it (see ingest.keys)."""
+    if tbl_name in TRIP_TABLES:
+        return t["itin_id"]
+    if tbl_name == "crashes":
+        return t["crash_id"]
+    if tbl_name == "diagnoses":
+        return pc.binary_join_element_wise(t["user_id"], t["body_sha256"], ":")
+    return pc.binary_join_element_wise(t["itin_id"], t["event"], ":")
+
+
+def partition_dir(data_dir: Path, tbl: str, team: str, date: str) -> Path:
+    return Path(data_dir) / "lake" / tbl / f"team={team}" / f"date={date}"
+
+
+def write_file(data_dir: Path, tbl: str, team: str, date: str, table: pa.Table) -> NewFile:
+    """Write, fsync (file and directories) and describe a new data file."""
+    d = partition_dir(data_dir, tbl, team, date)
+    created = []
+    p = d
+    while not p.exists():
+        created.append(p)
+        p = p.parent
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"part-{uuid.uuid4().hex}.parquet"
+    table = table.cast(SCHEMAS[tbl]) if table.schema != SCHEMAS[tbl] else table
+    pq.write_table(table, path, compression="zstd", row_group_size=256 * 1024)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    for c in [d] + [c.parent for c in created]:
+        fsync_dir(c)
+    keys = pc.unique(key_array(tbl, table)).to_pylist()
+    return NewFile(tbl, team, date, str(path.relative_to(data_dir)), table.num_rows, path.stat().st_size,
+                   [k for k in keys if k is not None])
+
+
+def read_file(data_dir: Path, rel: str) -> pa.Table:
+    return pq.read_table(Path(data_dir) / rel, schema=None)
+
+
+def ensure_empty_files(data_dir: Path) -> Path:
+    """Zero-row files used in place of an empty file list (DuckDB refuses an empty list)."""
+    d = Path(data_dir) / "lake" / "_empty"
+    d.mkdir(parents=True, exist_ok=True)
+    for name, schema in SCHEMAS.items():
+        p = d / f"{name}.parquet"
+        if not p.exists():
+            tmp = d / f".{name}.parquet.tmp"
+            pq.write_table(schema.empty_table(), tmp)
+            os.replace(tmp, p)
+    return d

@@ -1,0 +1,281 @@
+"""Projection of one log record into lake rows.
+
+A record either projects completely or raises ``ProjectionError`` with a reason naming the field,
+and is then quarantined as FAILED by the compactor. Parsing is permissive about what is absent
+(missing blocks give nulls) and strict about what is wrong (a word where a number belongs).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from ingest.keys import body_sha256
+from ingest.record import KIND_CRASH, KIND_DIAGNOSIS, KIND_EVENT, KIND_TRIP, Record
+
+from .schema import (CRASH_FIELDS, DELETION_FIELDS, DIAGNOSIS_FIELDS, EVENT_ARRAYS, EVENT_FIELDS,
+                     SAMPLE_FIELDS, SAMPLE_TS_FIELD, SCHEMAS, TRIP_FIELDS)
+
+UTC = dt.timezone.utc
+TABLES_OF_KIND = {KIND_TRIP: ("trips", "trip_samples", "trip_events"), KIND_EVENT: ("trip_deletions",),
+                  KIND_CRASH: ("crashes",), KIND_DIAGNOSIS: ("diagnoses",)}
+
+
+class ProjectionError(ValueError):
+    pass
+
+
+@dataclass
+class Projected:
+    date: dt.date
+    rows: dict[str, list[dict]]               # table -> row dicts
+    batches: dict[str, pa.RecordBatch]        # table -> columnar rows (samples)
+
+
+def _num(v: Any, path: str) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            pass
+    raise ProjectionError(f"{path}: expected a number, got {_show(v)}")
+
+
+def _int(v: Any, path: str) -> int | None:
+    f = _num(v, path)
+    if f is None:
+        return None
+    if f != f or f in (float("inf"), float("-inf")) or f != int(f):
+        raise ProjectionError(f"{path}: expected an integer, got {_show(v)}")
+    return int(f)
+
+
+def _bool(v: Any, path: str) -> bool | None:
+    if v is None or isinstance(v, bool):
+        return v
+    if v in (0, 1):
+        return bool(v)
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    raise ProjectionError(f"{path}: expected a boolean, got {_show(v)}")
+
+
+def _str(v: Any, path: str) -> str | None:
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return str(v)
+    raise ProjectionError(f"{path}: expected a string, got {_show(v)}")
+
+
+def parse_ts(v: Any, path: str) -> dt.datetime | None:
+    """DriveQuant dates (``yyyy-MM-dd'T'HH:mm:ss.SSSZ``), other ISO forms, or Unix seconds."""
+    if v is None:
+        return None
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        try:
+            return dt.datetime.fromtimestamp(v, UTC)
+        except (OverflowError, OSError, ValueError):
+            pass
+    elif isinstance(v, str):
+        try:
+            t = dt.datetime.fromisoformat(v)
+            return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+        except ValueError:
+            pass
+    raise ProjectionError(f"{path}: expected a date, got {_show(v)}")
+
+
+CONVERT = {"str": _str, "f64": _num, "i64": _int, "bool": _bool, "ts": parse_ts}
+
+
+def _show(v: Any) -> str:
+    s = orjson.dumps(v).decode() if not isinstance(v, bytes) else repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _take(body: dict, path: tuple[str, ...]) -> Any:
+    """Pop the value at path (None if absent); a parent that is not an object is an error."""
+    node = body
+    for i, k in enumerate(path[:-1]):
+        node = node.get(k)
+        if node is None:
+            return None
+        if not isinstance(node, dict):
+            raise ProjectionError(f"{'.'.join(path[:i + 1])}: expected an object, got {_show(node)}")
+    return node.pop(path[-1], None)
+
+
+def _prune(body: dict) -> None:
+    for k in [k for k, v in body.items() if isinstance(v, dict)]:
+        _prune(body[k])
+        if not body[k]:
+            del body[k]
+
+
+def _map(body: dict, spec, row: dict, prefix: str = "") -> None:
+    for col, path, typ in spec:
+        row[col] = CONVERT[typ](_take(body, path), prefix + ".".join(path))
+
+
+def _extra(body: dict) -> str:
+    _prune(body)
+    return orjson.dumps(body).decode()
+
+
+def _common(r: Record, date: dt.date) -> dict:
+    return {"team_id": r.team, "date": date, "received_at": dt.datetime.fromtimestamp(r.received_us / 1e6, UTC),
+            "log_part": None, "log_offset": r.offset}
+
+
+def _load(r: Record) -> dict:
+    try:
+        body = orjson.loads(r.body)
+    except orjson.JSONDecodeError as e:
+        raise ProjectionError(f"body is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ProjectionError("body is not a JSON object")
+    return body
+
+
+def received_date(r: Record) -> dt.date:
+    return dt.datetime.fromtimestamp(r.received_us / 1e6, UTC).date()
+
+
+def project(r: Record, part: str) -> Projected:
+    fn = {KIND_TRIP: _trip, KIND_EVENT: _deletion, KIND_CRASH: _crash, KIND_DIAGNOSIS: _diagnosis}[r.kind]
+    p = fn(r, _load(r))
+    for rows in p.rows.values():
+        for row in rows:
+            row["log_part"] = part
+    if p.batches:
+        p.batches = {t: b.set_column(b.schema.get_field_index("log_part"), "log_part",
+                                     pa.array([part] * b.num_rows, pa.string())) for t, b in p.batches.items()}
+    return p
+
+
+def _trip(r: Record, body: dict) -> Projected:
+    itin = body.pop("itinId", None)
+    route = body.pop("route", None)
+    events_src = {name: body.pop(name, None) for name in EVENT_ARRAYS}
+    top_end = body.get("endDate")
+    row: dict = {"itin_id": itin}
+    _map(body, TRIP_FIELDS, row)
+    if row["end_date"] is None and top_end is not None:
+        row["end_date"] = parse_ts(body.pop("endDate"), "endDate")
+    elif isinstance(top_end, str) and row["end_date"] is not None and parse_ts(top_end, "endDate") == row["end_date"]:
+        body.pop("endDate")  # same value as itineraryData.endDate: already in a column
+    start = row["start_date"] or row["end_date"]
+    date = start.date() if start else received_date(r)
+    common = _common(r, date)
+    samples = _samples(r, itin, route, common)
+    if route:
+        body["route"] = route  # arrays without a column (e.g. stoppingStateRoute) stay in extra
+    row["n_samples"] = samples.num_rows
+    events = _events(itin, events_src, common)
+    row["extra"] = _extra(body)
+    row.update(common)
+    return Projected(date, {"trips": [row], "trip_events": events}, {"trip_samples": samples})
+
+
+def _samples(r: Record, itin: str, route: Any, common: dict) -> pa.RecordBatch:
+    schema = SCHEMAS["trip_samples"]
+    if route is None:
+        return pa.RecordBatch.from_pylist([], schema=schema)
+    if not isinstance(route, dict):
+        raise ProjectionError(f"route: expected an object of arrays, got {_show(route)}")
+    cols: dict[str, pa.Array] = {}
+    n = None
+    for col, src in [("ts", SAMPLE_TS_FIELD)] + [(c, s) for c, s in SAMPLE_FIELDS]:
+        if src not in route:
+            continue
+        v = route.pop(src)
+        if not isinstance(v, list):
+            raise ProjectionError(f"route.{src}: expected an array of numbers, got {_show(v)}")
+        if n is not None and len(v) != n:
+            raise ProjectionError(f"route.{src}: has {len(v)} samples, other route arrays have {n}")
+        n = len(v)
+        try:
+            cols[col] = pa.array(v, pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as e:
+            raise ProjectionError(f"route.{src}: expected an array of numbers ({e})") from None
+    n = n or 0
+    out = []
+    for f in schema:
+        name = f.name
+        if name == "ts":
+            a = cols.get("ts")
+            out.append(pa.nulls(n, f.type) if a is None else
+                       pa.compute.cast(pa.compute.multiply(a, 1e6), pa.int64(), safe=False).cast(f.type))
+        elif name in cols:
+            out.append(cols[name])
+        elif name == "seq":
+            out.append(pa.array(range(n), pa.int32()))
+        elif name == "itin_id":
+            out.append(pa.array([itin] * n, pa.string()))
+        elif name in common:
+            out.append(pa.array([common[name]] * n, f.type))
+        else:
+            out.append(pa.nulls(n, f.type))
+    return pa.RecordBatch.from_arrays(out, schema=schema)
+
+
+def _events(itin: str, src: dict, common: dict) -> list[dict]:
+    rows = []
+    for name, kind in EVENT_ARRAYS.items():
+        arr = src.get(name)
+        if arr is None:
+            continue
+        if not isinstance(arr, list):
+            raise ProjectionError(f"{name}: expected an array, got {_show(arr)}")
+        for i, ev in enumerate(arr):
+            if not isinstance(ev, dict):
+                raise ProjectionError(f"{name}[{i}]: expected an object, got {_show(ev)}")
+            row = {"itin_id": itin, "event_type": kind, "seq": i}
+            _map(ev, EVENT_FIELDS, row, f"{name}[{i}].")
+            row["extra"] = _extra(ev)
+            row.update(common)
+            rows.append(row)
+    return rows
+
+
+def _crash(r: Record, body: dict) -> Projected:
+    row = {"crash_id": body.pop("crashId", None)}
+    _map(body, CRASH_FIELDS, row)
+    date = row["crash_date"].date() if row["crash_date"] else received_date(r)
+    row["extra"] = _extra(body)
+    row.update(_common(r, date))
+    return Projected(date, {"crashes": [row]}, {})
+
+
+def _diagnosis(r: Record, body: dict) -> Projected:
+    events = body.pop("events", None)
+    if events is not None and not isinstance(events, list):
+        raise ProjectionError(f"events: expected an array, got {_show(events)}")
+    row = {"user_id": _str(body.pop("userId", None), "userId"), "body_sha256": body_sha256(r.body)}
+    _map(body, DIAGNOSIS_FIELDS, row)
+    row["n_events"] = len(events or [])
+    row["events"] = orjson.dumps(events or []).decode()
+    row["extra"] = _extra(body)
+    date = received_date(r)
+    row.update(_common(r, date))
+    return Projected(date, {"diagnoses": [row]}, {})
+
+
+def _deletion(r: Record, body: dict) -> Projected:
+    row = {"itin_id": body.pop("itinId", None)}
+    _map(body, DELETION_FIELDS, row)
+    row["extra"] = _extra(body)
+    date = received_date(r)
+    row.update(_common(r, date))
+    return Projected(date, {"trip_deletions": [row]}, {})
+

@@ -1,0 +1,43 @@
+"""Settings shared by the receiver, the compactor and the CLI."""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Settings:
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    retention_days: float = 7.0
+    max_body_bytes: int = 32 << 20
+    min_free_bytes: int = 256 << 20
+    max_pending_requests: int = 20_000
+    max_pending_bytes: int = 256 << 20
+    segment_bytes: int = 128 << 20
+    segment_age_s: float = 600.0
+    compact_interval_s: float = 0.2
+    compactor: bool = True
+
+
+def enterprise_key(data_dir: Path) -> tuple[str, bool]:
+    """The enterprise API key: ``PUSHLAKE_ENTERPRISE_KEY`` or ``data/enterprise.key`` (created
+    on first start, mode 0600). Returns (key, created_now)."""
+    env = os.environ.get("PUSHLAKE_ENTERPRISE_KEY")
+    if env:
+        return env, False
+    path = Path(data_dir) / "enterprise.key"
+    if path.exists():
+        return path.read_text().strip(), False
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    key = "ek_" + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return key, True

@@ -1,0 +1,122 @@
+"""Teams and their keys (``data/admin.db``). Keys are random tokens stored only as SHA-256
+hashes; they are shown once, when created."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lake.catalog import connect_sqlite
+
+TEAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS teams(
+  team_id TEXT PRIMARY KEY, status TEXT NOT NULL, created_at REAL NOT NULL,
+  push_key_hash TEXT NOT NULL, admin_key_hash TEXT NOT NULL, keys_issued_at REAL NOT NULL);
+"""
+
+
+class TeamError(Exception):
+    status = 400
+
+
+class InvalidTeamId(TeamError):
+    status = 422
+
+
+class TeamExists(TeamError):
+    status = 409
+
+
+class UnknownTeam(TeamError):
+    status = 404
+
+
+class SameStatus(TeamError):
+    status = 409
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass
+class TeamRow:
+    team_id: str
+    status: str
+    created_at: float
+    push_key_hash: str
+    admin_key_hash: str
+
+    @property
+    def enabled(self) -> bool:
+        return self.status == "ENABLED"
+
+    def creation_date(self) -> str:
+        return format_date(self.created_at)
+
+
+def format_date(ts: float) -> str:
+    """DriveQuant's ``yyyy-MM-dd'T'HH:mm:ss.SSSZ``."""
+    d = dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+    return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}+0000"
+
+
+class Teams:
+    def __init__(self, data_dir: Path):
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        self.con = connect_sqlite(Path(data_dir) / "admin.db")
+        self.con.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def _new_keys(self) -> tuple[str, str]:
+        return "pk_" + secrets.token_urlsafe(24), "ak_" + secrets.token_urlsafe(24)
+
+    def create(self, team_id: str) -> dict:
+        if not isinstance(team_id, str) or not TEAM_ID.match(team_id):
+            raise InvalidTeamId("teamId must be 1-64 characters: letters, digits, '_', '.', '-', not starting with a symbol")
+        push, admin = self._new_keys()
+        now = time.time()
+        try:
+            self.con.execute("INSERT INTO teams VALUES (?,?,?,?,?,?)",
+                             (team_id, "ENABLED", now, hash_key(push), hash_key(admin), now))
+        except sqlite3.IntegrityError:
+            raise TeamExists(f"team '{team_id}' already exists") from None
+        return {"teamId": team_id, "pushApiKey": push, "adminApiKey": admin}
+
+    def get(self, team_id: str) -> TeamRow | None:
+        r = self.con.execute("SELECT team_id, status, created_at, push_key_hash, admin_key_hash FROM teams "
+                             "WHERE team_id = ?", (team_id,)).fetchone()
+        return TeamRow(*r) if r else None
+
+    def all(self) -> list[TeamRow]:
+        return [TeamRow(*r) for r in self.con.execute(
+            "SELECT team_id, status, created_at, push_key_hash, admin_key_hash FROM teams ORDER BY created_at, team_id")]
+
+    def set_status(self, team_id: str, status: str) -> dict:
+        """Disabling revokes the keys at once; enabling again issues new keys (returned once)."""
+        if status not in ("ENABLED", "DISABLED"):
+            raise TeamError("status must be ENABLED or DISABLED")
+        row = self.get(team_id)
+        if row is None:
+            raise UnknownTeam(f"unknown team '{team_id}'")
+        if row.status == status:
+            raise SameStatus(f"team '{team_id}' is already {status}")
+        out: dict = {"status": status}
+        if status == "DISABLED":
+            # the hashes stay so that a revoked key is answered 403 (team disabled), not 401
+            self.con.execute("UPDATE teams SET status='DISABLED' WHERE team_id=?", (team_id,))
+        else:
+            push, admin = self._new_keys()
+            self.con.execute("UPDATE teams SET status='ENABLED', push_key_hash=?, admin_key_hash=?, keys_issued_at=? "
+                             "WHERE team_id=?", (hash_key(push), hash_key(admin), time.time(), team_id))
+            out.update(pushApiKey=push, adminApiKey=admin)
+        return out

@@ -1,0 +1,128 @@
+"""DuckDB connections over the current snapshot of the lake.
+
+Every view reads an exact file list held in a DuckDB variable (``SET VARIABLE``), so a
+statement sees one committed snapshot, never a half-written compaction. Before each statement
+the connection checks the catalog (``PRAGMA data_version``, a few microseconds) and, when
+something was committed, re-points the variables and reloads the pending tombstones. Trip files
+that hold a trip with a pending tombstone are read through an anti-join; all others are read
+untouched, so pending deletions cost only where they apply.
+
+With ``team`` the connection is confined: views over that team's files only, external access
+disabled, ``allowed_directories`` limited to the team's partitions, configuration locked.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from lake.catalog import Catalog
+from lake.files import ensure_empty_files
+from lake.schema import SCHEMAS, TRIP_TABLES
+
+DELETED = "_pushlake_deleted"
+
+
+class LakeConnection:
+    def __init__(self, data_dir: Path | str, team: str | None = None):
+        self.data_dir = Path(data_dir).resolve()
+        if not (self.data_dir / "catalog.db").exists():
+            if not self.data_dir.is_dir():
+                raise FileNotFoundError(f"no pushlake data directory at {self.data_dir}")
+            Catalog(self.data_dir).close()
+        if not (self.data_dir / "lake" / "_empty").exists():
+            ensure_empty_files(self.data_dir)
+        self.team = team
+        self._catalog = Catalog(self.data_dir, readonly=True)
+        self._version: int | None = None
+        self.snapshot = 0
+        self.con = duckdb.connect()
+        lake = self.data_dir / "lake"
+        if team is not None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="pushlake-duckdb-")
+            dirs = [f"{lake / t / f'team={team}'}/" for t in SCHEMAS] + [f"{lake / '_empty'}/"]
+            self.con.execute(f"SET temp_directory = '{_q(self._tmp.name)}'")
+            self.con.execute("SET allowed_directories = ?", [dirs])
+            self.con.execute("SET enable_external_access = false")
+        self.con.execute(f"CREATE TEMP TABLE {DELETED}(team_id VARCHAR, itin_id VARCHAR)")
+        self.refresh()
+        for t in SCHEMAS:
+            src = f"read_parquet(getvariable('pl_{t}'), hive_partitioning = false)"
+            if t in TRIP_TABLES:
+                dirty = f"read_parquet(getvariable('pl_{t}_dirty'), hive_partitioning = false)"
+                self.con.execute(
+                    f"CREATE VIEW {t} AS SELECT * FROM {src} UNION ALL "
+                    f"SELECT * FROM {dirty} x WHERE NOT EXISTS "
+                    f"(SELECT 1 FROM {DELETED} d WHERE d.team_id = x.team_id AND d.itin_id = x.itin_id)")
+            else:
+                self.con.execute(f"CREATE VIEW {t} AS SELECT * FROM {src}")
+        if team is not None:
+            self.con.execute("SET lock_configuration = true")
+
+    def refresh(self) -> bool:
+        """Point the views at the latest committed snapshot; return whether anything changed."""
+        v = self._catalog.data_version()
+        if v == self._version:
+            return False
+        snap, files, tombs, dirty = self._catalog.read_state(self.team)
+        lists: dict[str, list[str]] = defaultdict(list)
+        for fid, tbl, team, date, path, rows in files:
+            name = f"pl_{tbl}_dirty" if (tbl in TRIP_TABLES and fid in dirty) else f"pl_{tbl}"
+            lists[name].append(str(self.data_dir / path))
+        empty = self.data_dir / "lake" / "_empty"
+        for t in SCHEMAS:
+            names = [f"pl_{t}"] + ([f"pl_{t}_dirty"] if t in TRIP_TABLES else [])
+            for name in names:
+                self.con.execute(f"SET VARIABLE {name} = ?", [lists.get(name) or [str(empty / f"{t}.parquet")]])
+        self.con.execute(f"DELETE FROM {DELETED}")
+        if tombs:
+            arrow = pa.table({"team_id": [t for t, _ in tombs], "itin_id": [i for _, i in tombs]})
+            self.con.register("_pushlake_tombs", arrow)
+            self.con.execute(f"INSERT INTO {DELETED} SELECT * FROM _pushlake_tombs")
+            self.con.unregister("_pushlake_tombs")
+        self._version = v
+        self.snapshot = snap
+        return True
+
+    # statements go through refresh() first; everything else is DuckDB's own connection
+    def execute(self, query: str, parameters: Any = None):
+        self.refresh()
+        return self.con.execute(query, parameters)
+
+    def sql(self, query: str, *args, **kw):
+        self.refresh()
+        return self.con.sql(query, *args, **kw)
+
+    query = sql
+
+    def table(self, name: str):
+        self.refresh()
+        return self.con.table(name)
+
+    def close(self) -> None:
+        self.con.close()
+        self._catalog.close()
+        if self.team is not None:
+            self._tmp.cleanup()
+
+    def __getattr__(self, name: str):
+        return getattr(self.con, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+
+def connect(data_dir: Path | str, team: str | None = None) -> LakeConnection:
+    """A DuckDB connection with the lake's views (SPEC §6); ``team`` confines it to one team."""
+    return LakeConnection(data_dir, team)
+
+
+def _q(s: str) -> str:
+    return s.replace("'", "''")
