@@ -30,6 +30,7 @@ SETTINGS = web.AppKey("settings", Settings)
 COMMIT = web.AppKey("commit", GroupCommit)
 AUTH = web.AppKey("auth", PushAuth)
 STATE = web.AppKey("state", dict)
+ACCEPTED_ENCODINGS = {"identity", "gzip", "x-gzip", "deflate"}
 
 
 def error(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
@@ -41,13 +42,15 @@ def ok(payload: dict) -> web.Response:
     return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
 
-def _gunzip(body: bytes, limit: int) -> bytes:
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+def inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """Decompress with a bound, so a small gzip bomb cannot inflate past the size limit."""
+    wbits = 16 + zlib.MAX_WBITS if encoding in ("gzip", "x-gzip") else zlib.MAX_WBITS
+    d = zlib.decompressobj(wbits)
     out = d.decompress(body, limit + 1)
     if len(out) > limit:
         raise OverflowError
     if not d.eof:
-        raise zlib.error("truncated gzip stream")
+        raise zlib.error("truncated stream")
     return out
 
 
@@ -64,20 +67,20 @@ def make_handler(kind: int):
                          f"Content-Type must be application/json, got '{request.content_type}'")
         if request.content_length is not None and request.content_length > s.max_body_bytes:
             return error(413, "too_large", f"body exceeds the {s.max_body_bytes}-byte limit")
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ACCEPTED_ENCODINGS:
+            return error(415, "unsupported_encoding", f"Content-Encoding '{encoding}' is not supported (use gzip)")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return error(413, "too_large", f"body exceeds the {s.max_body_bytes}-byte limit")
-        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding == "gzip":
+        if encoding != "identity":
             try:
-                body = _gunzip(body, s.max_body_bytes)
+                body = inflate(body, encoding, s.max_body_bytes)
             except OverflowError:
                 return error(413, "too_large", f"decompressed body exceeds the {s.max_body_bytes}-byte limit")
             except zlib.error as e:
-                return error(400, "bad_encoding", f"body is not valid gzip: {e}")
-        elif encoding != "identity":
-            return error(415, "unsupported_encoding", f"Content-Encoding '{encoding}' is not supported (use gzip)")
+                return error(400, "bad_encoding", f"body is not valid {encoding}: {e}")
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as e:
@@ -143,7 +146,8 @@ async def _watch_disk(app: web.Application) -> None:
 
 
 def build_app(settings: Settings, partition: int = 0) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes + 1)
+    # we inflate bodies ourselves: bounded, and unknown encodings get a JSON 415, not a parser error
+    app = web.Application(client_max_size=settings.max_body_bytes + 1, handler_args={"auto_decompress": False})
     app[SETTINGS] = settings
     app[STATE] = {"disk_low": False}
     app[AUTH] = PushAuth(settings.data_dir)

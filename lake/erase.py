@@ -1,0 +1,79 @@
+"""``pushlake erase --verify``: prove that no data of a deleted trip remains in the data directory.
+
+Every file under the data directory is examined. What may still name the trip is its deletion:
+TRIP_DELETION records in the log, the ``trip_deletions`` audit table and the catalog's tombstone.
+Anything else that holds the trip id (a trip record in a log segment, a row in a Parquet file,
+old files not yet vacuumed, a torn tail, a FAILED item, a catalog index entry) is a finding.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ingest import record as rec
+from ingest.log import scan_segment
+
+from .catalog import Catalog
+from .schema import TRIP_TABLES
+
+
+def verify_erased(data_dir: Path, itin: str, team: str | None = None) -> tuple[list[str], int]:
+    """(findings, number of files examined). No findings means erased."""
+    data_dir = Path(data_dir)
+    needle = itin.encode()
+    findings: list[str] = []
+    examined = 0
+    for p in sorted(data_dir.rglob("*")):
+        if not p.is_file():
+            continue
+        examined += 1
+        rel = p.relative_to(data_dir)
+        parts = rel.parts
+        if parts[0] == "log" and p.name.endswith(".log"):
+            def visit(r: rec.Record, s: int, e: int) -> None:
+                if needle in r.key.encode() or needle in r.body:
+                    if r.kind != rec.KIND_EVENT:
+                        findings.append(f"{rel}: {r.kind_name} record at offset {r.offset} holds the trip")
+            res = scan_segment(p, visit)
+            if res.good_bytes < res.total_bytes and needle in p.read_bytes()[res.good_bytes:]:
+                findings.append(f"{rel}: unreadable tail bytes hold the trip id")
+        elif p.suffix == ".parquet" and parts[0] == "lake":
+            tbl = parts[1]
+            if tbl == "trip_deletions":
+                continue
+            if tbl in TRIP_TABLES:
+                t = pq.read_table(p, columns=["itin_id"])
+                n = pc.sum(pc.equal(t["itin_id"], itin)).as_py() or 0
+                if n:
+                    findings.append(f"{rel}: {n} row(s) of the trip")
+        elif p.name.startswith(("catalog.db", "admin.db")):
+            continue  # examined through SQL below: only ids live there, never bodies
+        elif needle in p.read_bytes():
+            findings.append(f"{rel}: holds the trip id")
+    if (data_dir / "catalog.db").exists():
+        cat = Catalog(data_dir, readonly=True)
+        try:
+            con = cat.con
+            tq = "" if team is None else " AND team = ?"
+            args = (itin,) if team is None else (itin, team)
+            if not con.execute(f"SELECT count(*) FROM tombstones WHERE itin_id = ?{tq}", args).fetchone()[0]:
+                findings.append("no TRIP_DELETION is recorded for this trip")
+            n = con.execute(f"SELECT count(*) FROM tombstones WHERE itin_id = ?{tq} AND log_cleaned = 0", args).fetchone()[0]
+            if n:
+                findings.append("the log cleaner has not yet processed this deletion (retention not elapsed?)")
+            n = con.execute("SELECT count(*) FROM file_keys k JOIN files f ON f.id = k.file_id "
+                            f"WHERE k.key = ? AND f.tbl IN ('trips','trip_samples','trip_events'){tq.replace('team', 'f.team')}",
+                            args).fetchone()[0]
+            if n:
+                findings.append(f"catalog still indexes {n} file(s) holding the trip")
+            n = con.execute(f"SELECT count(*) FROM failed WHERE kind = 1 AND key = ?{tq} AND status = 'FAILED'",
+                            args).fetchone()[0]
+            if n:
+                findings.append(f"{n} FAILED item(s) of the trip are still quarantined")
+        finally:
+            cat.close()
+    else:
+        findings.append("no catalog: nothing was ever compacted here")
+    return findings, examined

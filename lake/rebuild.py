@@ -1,0 +1,58 @@
+"""``pushlake rebuild``: project the whole log into a fresh lake (the log is the source of truth)."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from ingest.log import list_partitions, try_lock
+
+from .compactor import Compactor, CompactorBusy, StepStats
+
+
+class RebuildRefused(Exception):
+    pass
+
+
+def rebuild(data_dir: Path, into: Path | None = None, progress=None) -> StepStats:
+    """Rebuild into ``into`` (a new directory), or in place: build aside, then swap the lake and
+    catalog. In place requires the service to be stopped (no receiver, no compactor)."""
+    data_dir = Path(data_dir)
+    if into is not None:
+        into = Path(into)
+        if (into / "catalog.db").exists() or (into / "lake").exists():
+            raise RebuildRefused(f"{into} already holds a lake; give an empty directory")
+        with Compactor(data_dir, out_dir=into) as c:
+            return c.drain(progress)
+    locks = []
+    try:
+        for part in list_partitions(data_dir):
+            fd = try_lock(data_dir / "log" / part / ".lock")
+            if fd is None:
+                raise RebuildRefused("a receiver is writing to the log: stop pushlake serve before rebuilding in place")
+            locks.append(fd)
+        fd = try_lock(data_dir / "compactor.lock")
+        if fd is None:
+            raise RebuildRefused("a compactor is running: stop pushlake serve before rebuilding in place")
+        locks.append(fd)
+        tmp = data_dir / ".rebuild"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            with Compactor(data_dir, out_dir=tmp) as c:
+                stats = c.drain(progress)
+        except CompactorBusy as e:
+            raise RebuildRefused(str(e)) from None
+        old = data_dir / f".rebuild-old-{int(time.time())}"
+        old.mkdir()
+        for name in ("lake", "catalog.db", "catalog.db-wal", "catalog.db-shm"):
+            if (data_dir / name).exists():
+                os.replace(data_dir / name, old / name)
+        for name in ("lake", "catalog.db"):
+            os.replace(tmp / name, data_dir / name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        return stats
+    finally:
+        for fd in locks:
+            os.close(fd)

@@ -1,0 +1,359 @@
+"""The ``pushlake`` command line. Errors are one line on stderr and a non-zero exit code."""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+
+import orjson
+
+from .config import Settings, enterprise_key
+
+QUERIES_DIR = Path(__file__).resolve().parent.parent / "queries" / "sql"  # queries/sql/*.sql ships as package data
+
+
+class CliError(Exception):
+    pass
+
+
+def _data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=Path(os.environ.get("PUSHLAKE_DATA", "data")),
+                   help="data directory (default ./data or $PUSHLAKE_DATA)")
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def _print_json(obj) -> None:
+    sys.stdout.write(orjson.dumps(obj, default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pushlake", description="Data lake for telematics push data.")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="receive pushes and compact them continuously")
+    _data(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--workers", type=int, default=1, help="receiver processes (SO_REUSEPORT), one log partition each")
+    p.add_argument("--retention", type=float, default=7.0, metavar="DAYS",
+                   help="keep replaced files and deleted trips' log records this long (default 7, 0 allowed)")
+    p.add_argument("--max-body", type=int, default=32 << 20, metavar="BYTES", help="request size limit (413 above)")
+    p.add_argument("--min-free", type=int, default=256 << 20, metavar="BYTES",
+                   help="answer 503 when free disk falls below this")
+    p.add_argument("--segment-bytes", type=int, default=128 << 20, help="seal a log segment at this size")
+    p.add_argument("--segment-age", type=float, default=600.0, metavar="SECONDS", help="seal a log segment at this age")
+    p.add_argument("--no-compactor", action="store_true", help="receive only (run `pushlake compact` yourself)")
+
+    p = sub.add_parser("compact", help="project the log into the lake now, then merge, vacuum and clean")
+    _data(p)
+    p.add_argument("--retention", type=float, default=7.0, metavar="DAYS")
+    p.add_argument("--no-maintenance", action="store_true", help="only project new records")
+    _json_flag(p)
+
+    p = sub.add_parser("sql", help="run SQL against the lake's views")
+    _data(p)
+    p.add_argument("--team", help="confine the query to one team's data")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
+    p.add_argument("--query", metavar="NAME", help="run a named query from queries/sql/ (--list to see them)")
+    p.add_argument("--list", action="store_true", help="list the named queries")
+    p.add_argument("sql", nargs="?", help="the SQL statement")
+
+    p = sub.add_parser("export", help="export a table to parquet, csv or jsonl")
+    _data(p)
+    p.add_argument("table")
+    p.add_argument("--team")
+    p.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD")
+    p.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD")
+    p.add_argument("--format", choices=("parquet", "csv", "jsonl"), default="parquet")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("rebuild", help="project the whole log into a fresh lake")
+    _data(p)
+    p.add_argument("--into", type=Path, help="build into this new directory instead of replacing the lake")
+    _json_flag(p)
+
+    p = sub.add_parser("erase", help="prove (or force) the physical erasure of a deleted trip")
+    _data(p)
+    p.add_argument("itin_id")
+    p.add_argument("--team")
+    p.add_argument("--verify", action="store_true", help="only verify (the default when --now is not given)")
+    p.add_argument("--now", action="store_true",
+                   help="erase now: compact, then vacuum and clean the log with retention 0, then verify")
+    _json_flag(p)
+
+    p = sub.add_parser("teams", help="create, list, enable and disable teams")
+    _data(p)
+    tsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, help_ in (("create", "create a team and print its keys"), ("enable", "enable a team (new keys)"),
+                        ("disable", "disable a team (its keys stop working at once)")):
+        q = tsub.add_parser(name, help=help_)
+        q.add_argument("team")
+        _json_flag(q)
+        q.add_argument("--data", type=Path, default=argparse.SUPPRESS, help="data directory")
+    q = tsub.add_parser("list", help="list teams")
+    _json_flag(q)
+    q.add_argument("--data", type=Path, default=argparse.SUPPRESS, help="data directory")
+
+    p = sub.add_parser("check", help="verify log CRCs and that the catalog and files agree")
+    _data(p)
+    _json_flag(p)
+
+    p = sub.add_parser("failed", help="FAILED items: pushes stored in the log that could not be projected")
+    _data(p)
+    p.add_argument("action", choices=("list",))
+    _json_flag(p)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.cmd](args) or 0
+    except CliError as e:
+        print(f"pushlake {args.cmd}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # one clear line, not a traceback
+        if os.environ.get("PUSHLAKE_DEBUG"):
+            raise
+        print(f"pushlake {args.cmd}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+def cmd_serve(a) -> int:
+    from .serve import serve, setup_logging
+    setup_logging()
+    a.data.mkdir(parents=True, exist_ok=True)
+    key, created = enterprise_key(a.data)
+    if created:
+        print(f"Created the enterprise API key in {a.data / 'enterprise.key'} (mode 0600).", file=sys.stderr)
+    print(f"Create a team:  .venv/bin/pushlake teams create my-team --data {a.data}", file=sys.stderr)
+    print(f"Push a trip:    curl -H 'Authorization: Bearer <pushApiKey>' -H 'Content-Type: application/json' "
+          f"--data @trip.json http://{a.host}:{a.port}/push/trip", file=sys.stderr)
+    if a.workers < 1:
+        raise CliError("--workers must be at least 1")
+    if a.retention < 0:
+        raise CliError("--retention must be >= 0")
+    serve(Settings(data_dir=a.data, host=a.host, port=a.port, workers=a.workers, retention_days=a.retention,
+                   max_body_bytes=a.max_body, min_free_bytes=a.min_free, segment_bytes=a.segment_bytes,
+                   segment_age_s=a.segment_age, compactor=not a.no_compactor))
+    return 0
+
+
+def cmd_compact(a) -> int:
+    from lake.compactor import Compactor, CompactorBusy
+    if a.retention < 0:
+        raise CliError("--retention must be >= 0")
+    if not (a.data / "log").exists():
+        raise CliError(f"no log in {a.data} (nothing was ever received)")
+    try:
+        c = Compactor(a.data, retention_days=a.retention)
+    except CompactorBusy:
+        raise CliError("a compactor is already running on this data directory (inside pushlake serve?)") from None
+    with c:
+        def prog(s):
+            if not a.json:
+                print(f"\rcompacted {s.records} records ({s.stored} stored, {s.failed} failed)", end="", file=sys.stderr)
+        s = c.drain(prog)
+        if s.records and not a.json:
+            print(file=sys.stderr)
+        maint = {} if a.no_maintenance else c.maintain()
+    out = {"records": s.records, "stored": s.stored, "stale": s.stale, "deleted": s.deleted, "failed": s.failed,
+           "files_written": s.files_written, "files_rewritten": s.files_rewritten, **maint}
+    if a.json:
+        _print_json(out)
+    else:
+        print(" ".join(f"{k}={v}" for k, v in out.items()))
+    return 0
+
+
+def _named_queries() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(QUERIES_DIR.glob("*.sql"))}
+
+
+def cmd_sql(a) -> int:
+    import duckdb
+
+    import queries
+    named = _named_queries()
+    if a.list:
+        for name, p in named.items():
+            first = p.read_text().splitlines()[0].lstrip("- ").strip()
+            print(f"{name:28} {first}")
+        return 0
+    if a.query:
+        if a.query not in named:
+            raise CliError(f"no named query '{a.query}' (have: {', '.join(named)})")
+        sql = named[a.query].read_text()
+    elif a.sql:
+        sql = a.sql
+    else:
+        raise CliError("give a SQL statement or --query NAME")
+    if not a.data.exists():
+        raise CliError(f"no data directory at {a.data}")
+    con = queries.connect(a.data, team=a.team)
+    try:
+        try:
+            cur = con.execute(sql)
+        except duckdb.Error as e:
+            raise CliError(str(e).splitlines()[0]) from None
+        if cur.description is None:
+            return 0
+        cols = [d[0] for d in cur.description]
+        rows = cur.fetchall()
+        if a.format == "json":
+            _print_json([dict(zip(cols, r)) for r in rows])
+        elif a.format == "csv":
+            w = csv.writer(sys.stdout)
+            w.writerow(cols)
+            w.writerows(rows)
+        else:
+            _print_table(cols, rows)
+    finally:
+        con.close()
+    return 0
+
+
+def _print_table(cols: list[str], rows: list[tuple], max_width: int = 48) -> None:
+    def cell(v) -> str:
+        s = "NULL" if v is None else str(v)
+        return s if len(s) <= max_width else s[:max_width - 1] + "…"
+    body = [[cell(v) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in body]) for i, c in enumerate(cols)]
+    line = "+".join("-" * (w + 2) for w in widths)
+    print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print(line)
+    for r in body:
+        print(" | ".join(v.ljust(w) for v, w in zip(r, widths)))
+    print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+
+
+def cmd_export(a) -> int:
+    from queries.export import ExportError, export, progress_bar
+    try:
+        n = export(a.data, a.table, a.out, a.format, a.team, a.date_from, a.date_to,
+                   progress=None if a.quiet else progress_bar())
+    except ExportError as e:
+        raise CliError(str(e)) from None
+    print(f"exported {n} rows of {a.table} to {a.out}")
+    return 0
+
+
+def cmd_rebuild(a) -> int:
+    from lake.rebuild import RebuildRefused, rebuild
+    try:
+        s = rebuild(a.data, a.into, progress=None if a.json else
+                    lambda s: print(f"\rprojected {s.records} records", end="", file=sys.stderr))
+    except RebuildRefused as e:
+        raise CliError(str(e)) from None
+    out = {"records": s.records, "stored": s.stored, "failed": s.failed, "deleted": s.deleted,
+           "into": str(a.into or a.data)}
+    if a.json:
+        _print_json(out)
+    else:
+        print(file=sys.stderr)
+        print(" ".join(f"{k}={v}" for k, v in out.items()))
+    return 0
+
+
+def cmd_erase(a) -> int:
+    from lake.compactor import Compactor, CompactorBusy
+    from lake.erase import verify_erased
+    if a.now:
+        try:
+            with Compactor(a.data, retention_days=0) as c:
+                c.drain()
+                c.maintain()
+        except CompactorBusy:
+            raise CliError("a compactor is running (pushlake serve): start it with --retention 0 or stop it") from None
+    findings, examined = verify_erased(a.data, a.itin_id, a.team)
+    if a.json:
+        _print_json({"itinId": a.itin_id, "erased": not findings, "findings": findings, "filesExamined": examined})
+    elif findings:
+        print(f"trip {a.itin_id} is NOT erased:")
+        for f in findings:
+            print(f"  - {f}")
+    else:
+        print(f"trip {a.itin_id} is erased: no trip data in the {examined} files of {a.data} "
+              "(only its deletion record and tombstone remain)")
+    return 1 if findings else 0
+
+
+def cmd_teams(a) -> int:
+    from .teams import TeamError, Teams
+    t = Teams(a.data)
+    try:
+        if a.action == "list":
+            rows = [{"teamId": r.team_id, "status": r.status, "creationDate": r.creation_date()} for r in t.all()]
+            if a.json:
+                _print_json(rows)
+            else:
+                _print_table(["teamId", "status", "creationDate"], [tuple(r.values()) for r in rows])
+            return 0
+        if a.action == "create":
+            out = t.create(a.team)
+        else:
+            out = {"teamId": a.team, **t.set_status(a.team, "ENABLED" if a.action == "enable" else "DISABLED")}
+    except TeamError as e:
+        raise CliError(str(e)) from None
+    finally:
+        t.close()
+    if a.json:
+        _print_json(out)
+    else:
+        for k, v in out.items():
+            print(f"{k}: {v}")
+        if "pushApiKey" in out:
+            print("Keep these keys: they are stored only as hashes and cannot be shown again.", file=sys.stderr)
+    return 0
+
+
+def cmd_check(a) -> int:
+    from lake.check import check
+    rep = check(a.data)
+    if a.json:
+        _print_json({"ok": rep.ok, "errors": rep.errors, "warnings": rep.warnings, "info": rep.info,
+                     "failed": rep.failed})
+    else:
+        for e in rep.errors:
+            print(f"ERROR   {e}")
+        for w in rep.warnings:
+            print(f"WARNING {w}")
+        for f in rep.failed:
+            print(f"FAILED  {f['team']} {f['key']} ({f['part']}@{f['offset']}): {f['reason']}")
+        print(f"{'OK' if rep.ok else 'PROBLEMS FOUND'}: " + ", ".join(f"{k}={v}" for k, v in rep.info.items()))
+    return 0 if rep.ok else 1
+
+
+def cmd_failed(a) -> int:
+    from ingest.record import KIND_NAMES
+    from lake.catalog import Catalog
+    if not (a.data / "catalog.db").exists():
+        raise CliError(f"no catalog in {a.data}")
+    cat = Catalog(a.data, readonly=True)
+    try:
+        rows = [{"id": r[0], "kind": KIND_NAMES.get(r[1]), "team": r[2], "key": r[3], "part": r[4], "offset": r[5],
+                 "reason": r[7]} for r in cat.failed_items("FAILED")]
+    finally:
+        cat.close()
+    if a.json:
+        _print_json(rows)
+    else:
+        _print_table(["id", "kind", "team", "key", "part", "offset", "reason"], [tuple(r.values()) for r in rows])
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve, "compact": cmd_compact, "sql": cmd_sql, "export": cmd_export,
+            "rebuild": cmd_rebuild, "erase": cmd_erase, "teams": cmd_teams, "check": cmd_check,
+            "failed": cmd_failed}
+
+if __name__ == "__main__":
+    sys.exit(main())

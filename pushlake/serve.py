@@ -1,0 +1,95 @@
+"""``pushlake serve``: receiver worker(s) and the compactor, supervised together.
+
+With one worker the receiver runs in this process and the compactor in a child process, so
+the CPU-heavy projection never delays an acknowledgement. With ``--workers N`` each receiver is
+its own process on the same port (SO_REUSEPORT) writing its own log partition ``pN``. Children
+die with the parent (PR_SET_PDEATHSIG), so a SIGKILL of ``serve`` leaves no orphan holding the
+port or a log partition.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+from dataclasses import replace
+
+from aiohttp import web
+
+from .config import Settings
+
+log = logging.getLogger("pushlake.serve")
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def run_receiver(settings: Settings, partition: int, reuse_port: bool) -> None:
+    from ingest.app import build_app
+    app = build_app(settings, partition)
+    web.run_app(app, host=settings.host, port=settings.port, reuse_port=reuse_port or None,
+                print=None, access_log=None, handle_signals=True)
+
+
+def _receiver_child(settings: Settings, partition: int) -> None:
+    _die_with_parent()
+    setup_logging()
+    run_receiver(settings, partition, reuse_port=True)
+
+
+def _compactor_child(settings: Settings) -> None:
+    _die_with_parent()
+    setup_logging()
+    from lake.compactor import Compactor
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    signal.signal(signal.SIGINT, lambda *a: stop.set())
+    with Compactor(settings.data_dir, retention_days=settings.retention_days) as c:
+        c.run_forever(stop, interval=settings.compact_interval_s)
+
+
+def serve(settings: Settings) -> None:
+    ctx = mp.get_context("spawn")
+    children: list[mp.Process] = []
+    if settings.compactor:
+        children.append(ctx.Process(target=_compactor_child, args=(settings,), name="compactor", daemon=False))
+    if settings.workers > 1:
+        for i in range(settings.workers):
+            children.append(ctx.Process(target=_receiver_child, args=(replace(settings), i), name=f"receiver-{i}"))
+    for c in children:
+        c.start()
+    log.info("pushlake listening on http://%s:%d (data %s, %d worker(s), compactor %s)", settings.host,
+             settings.port, settings.data_dir, settings.workers, "on" if settings.compactor else "off")
+    try:
+        if settings.workers > 1:
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *a: stop.set())
+            signal.signal(signal.SIGINT, lambda *a: stop.set())
+            while not stop.wait(0.5):
+                if any(not c.is_alive() for c in children):
+                    log.error("a child process died; shutting down")
+                    break
+        else:
+            run_receiver(settings, 0, reuse_port=False)
+    finally:
+        for c in children:
+            if c.is_alive():
+                c.terminate()
+        for c in children:
+            c.join(10)
+            if c.is_alive():
+                c.kill()
