@@ -1,0 +1,246 @@
+"""Projection into the lake: typed values, idempotency, quarantine of what cannot be projected."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import orjson
+
+import queries
+from lake.schema import TRIP_FIELDS
+from tests.conftest import compact
+from tests.helpers import fixture, fixture_bytes, itin_id, trip
+
+UTC = dt.timezone.utc
+
+
+async def push_fixtures(p):
+    for kind, name in [("trip", "trip_small.json"), ("trip", "trip_33min.json"), ("crash", "crash.json"),
+                       ("diagnosis", "diagnosis.json"), ("diagnosis", "diagnosis_empty.json")]:
+        status, body = await p.push(kind, None, raw=fixture_bytes(name))
+        assert status == 200, body
+
+
+def one(con, sql, *params):
+    rows = con.execute(sql, list(params) or None).fetchall()
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+async def test_every_fixture_lands_in_its_view_with_typed_values(pusher, data):
+    await push_fixtures(pusher)
+    stats, _ = compact(data)
+    assert (stats.stored, stats.failed) == (5, 0)
+    con = queries.connect(data)
+    t33 = fixture("trip_33min.json")
+    row = one(con, "SELECT itin_id, team_id, user_id, vehicle_id, start_date, end_date, distance_m, duration_s, "
+                   "eco_driving_score, safety_score, distraction_score, speeding_score, subdisp_nb, day, "
+                   "n_samples, date FROM trips WHERE itin_id = ?", t33["itinId"])
+    st = t33["itineraryStatistics"]
+    assert row[:4] == (t33["itinId"], "acme", t33["userId"], t33["vehicleId"])
+    assert row[4] == dt.datetime.fromisoformat(t33["itineraryData"]["startDate"]).astimezone(UTC)
+    assert row[5] == dt.datetime.fromisoformat(t33["itineraryData"]["endDate"]).astimezone(UTC)
+    assert row[6:8] == (st["distance"], st["tripDuration"])
+    assert row[8:12] == (t33["ecoDriving"]["score"], t33["safety"]["safetyScore"],
+                         t33["driverDistraction"]["score"], t33["speedingStatistics"]["score"])
+    assert row[12] == st["subdispNb"] and row[13] is st["day"]
+    assert row[14] == len(t33["route"]["gpsDate"])
+    assert row[15] == row[4].date()  # trips are dated by their start
+    # samples: one row per raw sample, in order
+    r = t33["route"]
+    samples = con.execute("SELECT seq, ts, latitude, longitude, speed_kmh FROM trip_samples WHERE itin_id = ? "
+                          "ORDER BY seq", [t33["itinId"]]).fetchall()
+    assert len(samples) == len(r["gpsDate"])
+    for i in (0, 1, len(samples) - 1):
+        seq, ts, lat, lon, speed = samples[i]
+        assert seq == i
+        assert ts == dt.datetime.fromtimestamp(r["gpsDate"][i], UTC)
+        assert (lat, lon, speed) == (r["latitude"][i], r["longitude"][i], r["gpsVelocity"][i])
+    # events: safety, speeding and call events of the trip
+    n_events = sum(len(t33.get(k) or []) for k in ("safetyEvents", "speedingEvents", "callEvents"))
+    assert one(con, "SELECT count(*) FROM trip_events WHERE itin_id = ?", t33["itinId"])[0] == n_events
+    ev = t33["safetyEvents"][0]
+    assert one(con, "SELECT time_s, latitude, level, value FROM trip_events WHERE itin_id = ? AND "
+                    "event_type = 'safety' AND seq = 0", t33["itinId"]) == (ev["time"], ev["latitude"], ev["level"],
+                                                                            ev["value"])
+    crash = fixture("crash.json")
+    assert one(con, "SELECT crash_id, user_id, crash_date, probability, status, latitude, velocity_kmh, date, "
+                    "local_trip_id FROM crashes") == (
+        crash["crashId"], crash["userId"], dt.datetime.fromisoformat(crash["parameters"]["date"]).astimezone(UTC),
+        crash["probability"], crash["status"], crash["latitude"], crash["velocity"],
+        dt.date.fromisoformat(crash["parameters"]["date"][:10]), crash["parameters"]["localTripId"])
+    diags = con.execute("SELECT user_id, n_events, phone_model, events FROM diagnoses ORDER BY user_id").fetchall()
+    d1, d0 = fixture("diagnosis.json"), fixture("diagnosis_empty.json")
+    assert diags == sorted([(d1["userId"], 1, d1["smartphoneData"]["phoneModel"], orjson.dumps(d1["events"]).decode()),
+                            (d0["userId"], 0, d0["smartphoneData"]["phoneModel"], "[]")])
+    # every table has team_id and received_at
+    for t in ("trips", "trip_samples", "trip_events", "crashes", "diagnoses", "trip_deletions"):
+        cols = [c[0] for c in con.execute(f"DESCRIBE {t}").fetchall()]
+        assert "team_id" in cols and "received_at" in cols
+
+
+def _leaves(obj, prefix=""):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _leaves(v, f"{prefix}.{k}" if prefix else k)
+    elif isinstance(obj, list) and obj and not all(isinstance(x, (int, float)) for x in obj):
+        for i, v in enumerate(obj):
+            yield from _leaves(v, f"{prefix}[{i}]")
+    else:
+        yield prefix, obj
+
+
+async def test_no_pushed_field_is_lost(pusher, data):
+    """Every leaf of the body is either in a typed column or in the extra JSON."""
+    body = fixture("trip_small.json")
+    body["brandNewBlock"] = {"answer": 42, "nested": {"deep": [1, "two"]}}
+    body["route"]["stoppingStateRoute"] = [0, 1]
+    await pusher.push("trip", body)
+    compact(data)
+    con = queries.connect(data)
+    extra = json.loads(one(con, "SELECT extra FROM trips")[0])
+    assert extra["brandNewBlock"] == {"answer": 42, "nested": {"deep": [1, "two"]}}
+    assert extra["route"] == {"stoppingStateRoute": [0, 1]}
+    assert extra["metaData"] == body["metaData"]
+    assert extra["comments"] == body["comments"]
+    assert extra["tireWear"] == body["tireWear"]
+    mapped_blocks = ("ecoDriving", "safety", "pollutants", "itineraryStatistics")
+    for blk in mapped_blocks:
+        assert blk not in extra  # fully mapped to columns
+    cur = con.execute("SELECT * FROM trips")
+    names = [d[0] for d in cur.description]
+    row = dict(zip(names, cur.fetchall()[0]))
+    by_path = {".".join(path): (col, typ) for col, path, typ in TRIP_FIELDS}
+    in_extra = dict(_leaves(extra))
+    checked = 0
+    for path, value in _leaves(body):
+        if path in in_extra:
+            assert in_extra[path] == value
+        elif path.startswith(("route.", "safetyEvents", "speedingEvents", "callEvents")) or path == "itinId":
+            continue  # trip_samples / trip_events / the key column
+        elif path == "endDate":
+            assert row["end_date"] == dt.datetime.fromisoformat(value)
+        else:
+            assert path in by_path, f"{path} is neither in a column nor in extra"
+            col, typ = by_path[path]
+            expected = dt.datetime.fromisoformat(value) if typ == "ts" else value
+            assert row[col] == expected, (path, col)
+            checked += 1
+    assert checked > 50
+
+
+async def test_repushed_trip_keeps_one_row_latest_wins(pusher, data):
+    await pusher.push("trip", trip(itin_id(1), user="first"))
+    compact(data)
+    await pusher.push("trip", trip(itin_id(1), user="second"))
+    await pusher.push("trip", trip(itin_id(2), user="other"))
+    compact(data)
+    # and a batch with several pushes of the same trip
+    for u in ("third", "fourth"):
+        await pusher.push("trip", trip(itin_id(1), user=u))
+    compact(data)
+    con = queries.connect(data)
+    assert con.execute("SELECT itin_id, user_id FROM trips ORDER BY 1").fetchall() == [
+        (itin_id(1), "fourth"), (itin_id(2), "other")]
+    assert con.execute("SELECT itin_id, count(*) FROM trip_samples GROUP BY 1 ORDER BY 1").fetchall() == [
+        (itin_id(1), 10), (itin_id(2), 10)]
+    n_ev = len(fixture("trip_small.json")["safetyEvents"]) + len(fixture("trip_small.json")["speedingEvents"])
+    assert con.execute("SELECT count(*) FROM trip_events WHERE itin_id = ?", [itin_id(1)]).fetchall()[0][0] == n_ev
+
+
+async def test_crash_and_diagnosis_repushes_keep_one_row(pusher, data):
+    crash = fixture("crash.json")
+    await pusher.push("crash", crash)
+    compact(data)
+    crash["probability"] = 99
+    await pusher.push("crash", crash)
+    await pusher.push("crash", crash)
+    for _ in range(3):
+        await pusher.push("diagnosis", None, raw=fixture_bytes("diagnosis.json"))
+    compact(data)
+    con = queries.connect(data)
+    assert con.execute("SELECT crash_id, probability FROM crashes").fetchall() == [(crash["crashId"], 99.0)]
+    assert con.execute("SELECT count(*) FROM diagnoses").fetchall() == [(1,)]
+
+
+async def test_odd_shape_is_quarantined_failed_and_the_batch_goes_on(pusher, data):
+    await pusher.push("trip", None, raw=fixture_bytes("trip_odd_shape.json"))
+    await pusher.push("trip", trip(itin_id(7)))
+    await pusher.push("crash", {"crashId": "c1", "parameters": "not an object"})
+    stats, failed = compact(data)
+    assert (stats.stored, stats.failed) == (1, 2)
+    reasons = {f[3]: f[7] for f in failed}
+    odd = fixture("trip_odd_shape.json")["itinId"]
+    assert "itineraryStatistics.distance" in reasons[odd] and "fifteen km" in reasons[odd]
+    assert "parameters" in reasons["c1"]
+    con = queries.connect(data)
+    assert con.execute("SELECT itin_id FROM trips").fetchall() == [(itin_id(7),)]
+    # a later good push of the same trip resolves the FAILED item
+    good = fixture("trip_small.json")
+    assert good["itinId"] == odd
+    await pusher.push("trip", good)
+    compact(data)
+    with queries.connect(data) as con2:
+        assert con2.execute("SELECT count(*) FROM trips WHERE itin_id = ?", [odd]).fetchall() == [(1,)]
+    _, failed = compact(data)
+    assert [f[3] for f in failed] == ["c1"]
+
+
+async def test_a_broken_repush_does_not_hide_the_good_version(pusher, data):
+    good = fixture("trip_small.json")
+    await pusher.push("trip", good)
+    await pusher.push("trip", None, raw=fixture_bytes("trip_odd_shape.json"))  # same itinId, broken
+    stats, failed = compact(data)
+    assert (stats.stored, stats.failed) == (1, 1)
+    con = queries.connect(data)
+    assert con.execute("SELECT itin_id, distance_m FROM trips").fetchall() == [
+        (good["itinId"], good["itineraryStatistics"]["distance"])]
+    assert len(failed) == 1
+
+
+async def test_numbers_in_any_json_form_are_numbers(pusher, data):
+    body = trip(itin_id(3))
+    body["itineraryStatistics"]["distance"] = "1234.5"
+    body["itineraryStatistics"]["subdispNb"] = 19.0
+    body["route"]["gpsVelocity"] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    await pusher.push("trip", body)
+    stats, _ = compact(data)
+    assert stats.failed == 0
+    con = queries.connect(data)
+    assert con.execute("SELECT distance_m, subdisp_nb FROM trips").fetchall() == [(1234.5, 19)]
+    assert con.execute("SELECT sum(speed_kmh) FROM trip_samples").fetchall() == [(55.0,)]
+
+
+async def test_many_trips_partition_by_team_and_date(make_pusher, acme, globex, data):
+    pa_, pg = await make_pusher(acme), await make_pusher(globex)
+    for i in range(6):
+        await pa_.push("trip", trip(itin_id(i), start=f"2025-01-0{1 + i % 3}T08:00:00.000+0000"))
+    await pg.push("trip", trip(itin_id(100), start="2025-02-01T08:00:00.000+0000"))
+    compact(data)
+    dirs = sorted(str(p.relative_to(data / "lake" / "trips")) for p in (data / "lake" / "trips").glob("*/*"))
+    assert dirs == ["team=acme/date=2025-01-01", "team=acme/date=2025-01-02", "team=acme/date=2025-01-03",
+                    "team=globex/date=2025-02-01"]
+    con = queries.connect(data)
+    assert con.execute("SELECT team_id, date, count(*) FROM trips GROUP BY ALL ORDER BY ALL").fetchall() == [
+        ("acme", dt.date(2025, 1, 1), 2), ("acme", dt.date(2025, 1, 2), 2), ("acme", dt.date(2025, 1, 3), 2),
+        ("globex", dt.date(2025, 2, 1), 1)]
+    # a team connection sees only its team
+    with queries.connect(data, team="globex") as g:
+        assert g.execute("SELECT DISTINCT team_id FROM trips").fetchall() == [("globex",)]
+        assert g.execute("SELECT count(*) FROM trip_samples").fetchall() == [(10,)]
+
+
+async def test_small_files_are_merged(pusher, data):
+    from lake.compactor import Compactor
+    with Compactor(data, merge_min_files=4) as c:
+        for i in range(5):
+            await pusher.push("trip", trip(itin_id(i)))
+            c.step()
+        live = [f for f in c.catalog.live_files("trips")]
+        assert len(live) == 5
+        merged = c.merge_small_files()
+        assert merged >= 5
+        assert len(c.catalog.live_files("trips")) == 1
+    con = queries.connect(data)
+    assert con.execute("SELECT count(*), count(DISTINCT itin_id) FROM trips").fetchall() == [(5, 5)]
+    assert con.execute("SELECT count(*) FROM trip_samples").fetchall() == [(50,)]
