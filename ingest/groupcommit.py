@@ -37,6 +37,7 @@ class GroupCommit:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="log-writer")
         self._task: asyncio.Task | None = None
         self._roller: asyncio.Task | None = None
+        self._closed = False
         self.batches = 0
         self.records = 0
 
@@ -94,6 +95,9 @@ class GroupCommit:
                 log.error("segment roll failed: %s", e)
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         while self._pending:
             await asyncio.sleep(0.01)
         for t in (self._task, self._roller):

@@ -1,0 +1,129 @@
+"""TRIP_DELETION: invisible from the ack in every view, winning in any order, then erased."""
+from __future__ import annotations
+
+import queries
+from lake.compactor import Compactor
+from lake.erase import verify_erased
+from tests.conftest import compact
+from tests.helpers import deletion, itin_id, run_cli, trip
+
+TRIP_VIEWS = ("trips", "trip_samples", "trip_events")
+
+
+def visible(con, itin: str) -> dict[str, int]:
+    return {v: con.execute(f"SELECT count(*) FROM {v} WHERE itin_id = ?", [itin]).fetchall()[0][0]
+            for v in TRIP_VIEWS}
+
+
+async def test_deletion_is_invisible_at_ack_before_any_compaction(pusher, data):
+    for i in range(3):
+        await pusher.push("trip", trip(itin_id(i)))
+    compact(data)
+    con = queries.connect(data)  # a connection opened before the deletion
+    assert visible(con, itin_id(1)) == {"trips": 1, "trip_samples": 10, "trip_events": 3}
+    status, _ = await pusher.push("trip/event", deletion(itin_id(1)))
+    assert status == 200
+    # no compaction has run: the tombstone alone hides the trip, in the old and in a new connection
+    assert visible(con, itin_id(1)) == {"trips": 0, "trip_samples": 0, "trip_events": 0}
+    assert visible(queries.connect(data), itin_id(1)) == {"trips": 0, "trip_samples": 0, "trip_events": 0}
+    assert con.execute("SELECT count(*) FROM trips").fetchall() == [(2,)]
+    assert con.execute("SELECT count(*) FROM trip_samples").fetchall() == [(20,)]
+    # the other team-confined view too
+    with queries.connect(data, team="acme") as t:
+        assert visible(t, itin_id(1)) == {"trips": 0, "trip_samples": 0, "trip_events": 0}
+    # the compactor then rewrites the files without the trip
+    stats, _ = compact(data)
+    assert visible(con, itin_id(1)) == {"trips": 0, "trip_samples": 0, "trip_events": 0}
+    assert con.execute("SELECT count(*) FROM trips").fetchall() == [(2,)]
+    assert con.execute("SELECT itin_id FROM trip_deletions").fetchall() == [(itin_id(1),)]
+
+
+async def test_deletion_before_the_trip_wins(pusher, data):
+    await pusher.push("trip/event", deletion(itin_id(5)))
+    compact(data)
+    await pusher.push("trip", trip(itin_id(5)))  # a late retry of the trip
+    await pusher.push("trip", trip(itin_id(6)))
+    stats, _ = compact(data)
+    assert stats.deleted == 1
+    con = queries.connect(data)
+    assert visible(con, itin_id(5)) == {"trips": 0, "trip_samples": 0, "trip_events": 0}
+    assert con.execute("SELECT itin_id FROM trips").fetchall() == [(itin_id(6),)]
+
+
+async def test_deletion_and_trip_in_the_same_batch_in_either_order(pusher, data):
+    await pusher.push("trip", trip(itin_id(1)))
+    await pusher.push("trip/event", deletion(itin_id(1)))
+    await pusher.push("trip/event", deletion(itin_id(2)))
+    await pusher.push("trip", trip(itin_id(2)))
+    await pusher.push("trip", trip(itin_id(3)))
+    compact(data)
+    con = queries.connect(data)
+    assert con.execute("SELECT itin_id FROM trips").fetchall() == [(itin_id(3),)]
+    assert con.execute("SELECT DISTINCT itin_id FROM trip_samples").fetchall() == [(itin_id(3),)]
+
+
+async def test_repeated_deletion_is_idempotent(pusher, data):
+    await pusher.push("trip", trip(itin_id(1)))
+    compact(data)
+    for _ in range(3):
+        status, _ = await pusher.push("trip/event", deletion(itin_id(1)))
+        assert status == 200
+    compact(data)
+    await pusher.push("trip/event", deletion(itin_id(1)))
+    compact(data)
+    con = queries.connect(data)
+    assert con.execute("SELECT count(*) FROM trip_deletions").fetchall() == [(1,)]
+    assert visible(con, itin_id(1)) == {"trips": 0, "trip_samples": 0, "trip_events": 0}
+
+
+async def test_deletion_is_per_team(make_pusher, acme, globex, data):
+    a, g = await make_pusher(acme), await make_pusher(globex)
+    await a.push("trip", trip(itin_id(1)))
+    await g.push("trip", trip(itin_id(1)))
+    compact(data)
+    await g.push("trip/event", deletion(itin_id(1)))
+    con = queries.connect(data)
+    assert con.execute("SELECT team_id FROM trips").fetchall() == [("acme",)]
+    compact(data)
+    assert con.execute("SELECT team_id FROM trips").fetchall() == [("acme",)]
+
+
+async def test_erasure_after_retention_zero_is_verified(pusher, data):
+    victim, keep = itin_id(0xdead), itin_id(0xbeef)
+    await pusher.push("trip", trip(victim))
+    await pusher.push("trip", trip(keep))
+    compact(data)
+    await pusher.push("trip", trip(victim, user="re-push"))  # old file replaced: an old version lingers
+    compact(data)
+    await pusher.push("trip/event", deletion(victim))
+    compact(data)  # default retention: rows gone from live files, old files and log still hold it
+    findings, _ = verify_erased(data, victim)
+    assert any("row(s) of the trip" in f for f in findings)
+    assert any("trip record at offset" in f for f in findings)
+    # the receiver still holds the last segment open: seal it, as a restart or age would
+    await pusher.client.close()
+    with Compactor(data, retention_days=0) as c:
+        c.drain()
+        m = c.maintain()
+    assert m["vacuumed"] >= 1 and m["log_records_erased"] == 2
+    findings, examined = verify_erased(data, victim)
+    assert findings == [] and examined > 5
+    # the CLI says so too, and the kept trip is intact
+    out = run_cli("erase", "--verify", victim, data=data)
+    assert "is erased" in out.stdout
+    assert run_cli("erase", "--verify", keep, data=data, check=False).returncode == 1
+    con = queries.connect(data)
+    assert con.execute("SELECT itin_id FROM trips").fetchall() == [(keep,)]
+    assert con.execute("SELECT count(*) FROM trip_samples").fetchall() == [(10,)]
+    raw = b"".join(p.read_bytes() for p in data.rglob("*.log"))
+    assert victim.encode() in raw  # its TRIP_DELETION record stays, as the audit trail
+    assert keep.encode() in raw
+
+
+async def test_erase_now_from_the_cli(pusher, data):
+    victim = itin_id(77)
+    await pusher.push("trip", trip(victim))
+    await pusher.push("trip/event", deletion(victim))
+    await pusher.client.close()
+    out = run_cli("erase", victim, "--now", data=data)
+    assert "is erased" in out.stdout, out.stdout
