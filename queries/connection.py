@@ -25,6 +25,7 @@ from lake.files import ensure_empty_files
 from lake.schema import SCHEMAS, TRIP_TABLES
 
 DELETED = "_pushlake_deleted"
+READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
 
 class LakeConnection:
@@ -88,12 +89,23 @@ class LakeConnection:
         self.snapshot = snap
         return True
 
+    def _guard(self, query: str) -> None:
+        """A team connection runs one read-only statement at a time: no COPY ... TO (which
+        could write inside the team's own directories), no SET, ATTACH, INSTALL or DDL."""
+        if self.team is None:
+            return
+        stmts = self.con.extract_statements(query)
+        if len(stmts) != 1 or stmts[0].type not in READ_ONLY:
+            raise PermissionError("a team connection runs a single read-only SELECT statement")
+
     # statements go through refresh() first; everything else is DuckDB's own connection
     def execute(self, query: str, parameters: Any = None):
+        self._guard(query)
         self.refresh()
         return self.con.execute(query, parameters)
 
     def sql(self, query: str, *args, **kw):
+        self._guard(query)
         self.refresh()
         return self.con.sql(query, *args, **kw)
 
