@@ -64,7 +64,7 @@ def export(data_dir: Path, table: str, out: Path, fmt: str = "parquet", team: st
     con = connect(data_dir, team=team)
     try:
         total = con.execute(f"SELECT count(*) FROM {table} WHERE {cond}", params).fetchall()[0][0]
-        reader = con.execute(f"SELECT * FROM {table} WHERE {cond} ORDER BY date", params).fetch_record_batch(batch_rows)
+        reader = con.execute(f"SELECT * FROM {table} WHERE {cond} ORDER BY date", params).to_arrow_reader(batch_rows)
         done = 0
         if progress:
             progress(f"export {table}", 0, total)
