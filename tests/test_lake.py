@@ -244,3 +244,11 @@ async def test_small_files_are_merged(pusher, data):
     con = queries.connect(data)
     assert con.execute("SELECT count(*), count(DISTINCT itin_id) FROM trips").fetchall() == [(5, 5)]
     assert con.execute("SELECT count(*) FROM trip_samples").fetchall() == [(50,)]
+
+
+def test_docs_tables_md_matches_the_schemas():
+    from pathlib import Path
+
+    from lake.schema import markdown
+    doc = Path(__file__).resolve().parent.parent / "docs" / "tables.md"
+    assert doc.read_text() == markdown(), "regenerate with: python -m lake.schema > docs/tables.md"
