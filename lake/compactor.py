@@ -286,17 +286,22 @@ class Compactor:
         return {"merged": self.merge_small_files(), "vacuumed": self.vacuum(), "log_records_erased": self.clean_log()}
 
     def run_forever(self, stop, interval: float = 0.2, maintain_every: float = 30.0) -> None:
-        last_maint = 0.0
+        """Project as records arrive; merge, vacuum and clean every ``maintain_every`` seconds,
+        busy or not, so that a steady stream does not starve maintenance."""
+        last_maint = time.monotonic()
         while not stop.is_set():
             try:
                 s = self.step()
                 if s.records:
                     log.info("compacted %d records (%d stored, %d failed) in %.2fs",
                              s.records, s.stored, s.failed, s.seconds)
-                    continue
                 if time.monotonic() - last_maint > maintain_every:
-                    self.maintain()
+                    m = self.maintain()
+                    if any(m.values()):
+                        log.info("maintenance: %s", m)
                     last_maint = time.monotonic()
+                if s.records:
+                    continue
             except Exception:
                 log.exception("compaction step failed; retrying")
                 stop.wait(5)
