@@ -96,7 +96,7 @@ class Row:
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        ratio = self.pushlake.rps / self.noop.rps if self.noop.rps else None
+        ratio = round(self.pushlake.rps / self.noop.rps, 3) if self.noop.rps else None
         return {"scenario": self.scenario, "ratio_pushlake_over_noop": ratio, "notes": self.notes,
                 **self.extra, "noop": asdict(self.noop), "pushlake": asdict(self.pushlake)}
 
@@ -396,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         for target, max_run in zip(("noop", "pushlake"), small):
             half[target], sweeps[target] = bench.half_load(target, max_run)
         notes = "; ".join(f"{t}: c={half[t].connections} gives {half[t].rps / m.rps:.0%} of max"
+                          + (" (even one connection is above half)" if all(r.rps > m.rps / 2 for r in sweeps[t]) else "")
                           for t, m in zip(("noop", "pushlake"), small))
         rows.append(Row("small, ~half load", half["noop"], half["pushlake"], notes,
                         {"sweep": {t: [asdict(r) for r in sweeps[t]] for t in sweeps}}))

@@ -124,7 +124,7 @@ def _tombstone_sink(data_dir: Path, part: str):
             if kind == KIND_EVENT:
                 itin = deleted_itin(key)
                 if itin is not None:
-                    rows.append((team, itin, part, first + n, ts / 1e6))
+                    rows.append((team, itin, part, first + n, ts))
         if rows:
             if "cat" not in holder:
                 holder["cat"] = Catalog(data_dir)

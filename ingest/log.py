@@ -284,3 +284,37 @@ def iter_all_records(data_dir: Path, partition: str) -> Iterator[tuple[Path, rec
         scan_segment(path, lambda r, s, e: found.append(r))
         for r in found:
             yield path, r
+
+
+def read_at(data_dir: Path, partition: str, offsets: list[int]) -> dict[int, rec.Record]:
+    """The records at the given offsets (absent if the cleaner removed them), one pass per segment."""
+    want = sorted(set(offsets))
+    if not want:
+        return {}
+    segs = list_segments(Path(data_dir) / "log" / partition)
+    out: dict[int, rec.Record] = {}
+    for i, (base, path) in enumerate(segs):
+        nxt = segs[i + 1][0] if i + 1 < len(segs) else None
+        mine = {o for o in want if o >= base and (nxt is None or o < nxt)}
+        if not mine:
+            continue
+        with open(path, "rb") as f:
+            while mine:
+                head = f.read(rec.FRAME_SIZE)
+                if len(head) < rec.FRAME_SIZE:
+                    break
+                length, crc = rec.FRAME.unpack(head)
+                if length < rec.HEAD.size or length > rec.MAX_RECORD:
+                    break
+                first = f.read(rec.HEAD.size)
+                if len(first) < rec.HEAD.size:
+                    break
+                offset = rec.HEAD.unpack(first)[2]
+                if offset in mine:
+                    payload = first + f.read(length - rec.HEAD.size)
+                    if len(payload) == length and zlib.crc32(payload) == crc:
+                        out[offset] = rec.decode_payload(payload)
+                    mine.discard(offset)
+                else:
+                    f.seek(length - rec.HEAD.size, os.SEEK_CUR)
+    return out

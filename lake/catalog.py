@@ -26,10 +26,11 @@ CREATE INDEX IF NOT EXISTS file_keys_key ON file_keys(key);
 CREATE INDEX IF NOT EXISTS file_keys_file ON file_keys(file_id);
 CREATE TABLE IF NOT EXISTS versions(
   kind INTEGER NOT NULL, team TEXT NOT NULL, key TEXT NOT NULL, received_us INTEGER NOT NULL,
-  part TEXT NOT NULL, offset INTEGER NOT NULL, PRIMARY KEY(kind, team, key)) WITHOUT ROWID;
+  part TEXT NOT NULL, offset INTEGER NOT NULL, body_sha256 TEXT NOT NULL,
+  PRIMARY KEY(kind, team, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS positions(part TEXT PRIMARY KEY, next_offset INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS tombstones(
-  team TEXT NOT NULL, itin_id TEXT NOT NULL, part TEXT, offset INTEGER, received_at REAL NOT NULL,
+  team TEXT NOT NULL, itin_id TEXT NOT NULL, part TEXT, offset INTEGER, received_us INTEGER NOT NULL,
   applied_at REAL, log_cleaned INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY(team, itin_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tombstones_pending ON tombstones(itin_id) WHERE applied_at IS NULL;
@@ -37,7 +38,21 @@ CREATE TABLE IF NOT EXISTS failed(
   id INTEGER PRIMARY KEY, kind INTEGER NOT NULL, team TEXT NOT NULL, key TEXT NOT NULL,
   part TEXT NOT NULL, offset INTEGER NOT NULL, received_us INTEGER NOT NULL, reason TEXT NOT NULL,
   status TEXT NOT NULL, failed_at REAL NOT NULL, UNIQUE(part, offset));
+CREATE INDEX IF NOT EXISTS failed_status ON failed(status, kind);
+-- exact push counts per receive day, team and kind, committed with the records they count
+CREATE TABLE IF NOT EXISTS push_stats(
+  day TEXT NOT NULL, team TEXT NOT NULL, kind INTEGER NOT NULL, received INTEGER NOT NULL DEFAULT 0,
+  stored INTEGER NOT NULL DEFAULT 0, duplicates INTEGER NOT NULL DEFAULT 0,
+  discarded INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY(day, team, kind)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tasks(
+  task_id TEXT PRIMARY KEY, type TEXT NOT NULL, status TEXT NOT NULL, created_at REAL NOT NULL,
+  completed_at REAL, nb_items INTEGER NOT NULL, nb_remaining INTEGER NOT NULL, error TEXT);
+CREATE TABLE IF NOT EXISTS task_items(
+  task_id TEXT NOT NULL, failed_id INTEGER NOT NULL, done INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY(task_id, failed_id)) WITHOUT ROWID;
 """
+STAT_FIELDS = ("received", "stored", "duplicates", "discarded", "deleted")
 
 LIVE = "removed_snapshot IS NULL"
 
@@ -60,12 +75,15 @@ class Commit:
     positions: dict[str, int] = field(default_factory=dict)
     add_files: list[NewFile] = field(default_factory=list)
     remove_files: set[int] = field(default_factory=set)
-    versions: list[tuple[int, str, str, int, str, int]] = field(default_factory=list)
+    versions: list[tuple[int, str, str, int, str, int, str]] = field(default_factory=list)
     drop_versions: list[tuple[int, str, str]] = field(default_factory=list)
     tombstones: list[tuple[str, str, str, int, float]] = field(default_factory=list)
     applied: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[int, str, str, str, int, int, str]] = field(default_factory=list)
     resolved: list[tuple[int, str, str, int]] = field(default_factory=list)
+    superseded: list[tuple[str, int]] = field(default_factory=list)        # FAILED items now stale
+    stats: dict[tuple[str, str, int], list[int]] = field(default_factory=dict)  # (day, team, kind) -> counts
+    task: tuple[str, list[int]] | None = None                               # retry task, items done
     summary: str = ""
 
     def empty(self) -> bool:
@@ -100,11 +118,12 @@ class Catalog:
         self.con.close()
 
     # -- receiver side ------------------------------------------------------------------------
-    def add_tombstones(self, rows: Iterable[tuple[str, str, str, int, float]]) -> None:
-        """Make deletions visible to readers (called by the receiver before it acknowledges)."""
+    def add_tombstones(self, rows: Iterable[tuple[str, str, str, int, int]]) -> None:
+        """Make deletions visible to readers (called by the receiver before it acknowledges).
+        Rows are (team, itin_id, partition, offset, received_us)."""
         with self._tx():
             self.con.executemany(
-                "INSERT OR IGNORE INTO tombstones(team, itin_id, part, offset, received_at) VALUES (?,?,?,?,?)",
+                "INSERT OR IGNORE INTO tombstones(team, itin_id, part, offset, received_us) VALUES (?,?,?,?,?)",
                 list(rows))
 
     # -- reader side --------------------------------------------------------------------------
@@ -136,19 +155,22 @@ class Catalog:
     def positions(self) -> dict[str, int]:
         return dict(self.con.execute("SELECT part, next_offset FROM positions"))
 
-    def versions_of(self, kind: int, team: str, keys: list[str]) -> dict[str, tuple[int, str, int]]:
+    def versions_of(self, kind: int, team: str, keys: list[str]) -> dict[str, tuple[tuple[int, str, int], str]]:
+        """key -> ((received_us, part, offset), body_sha256) of the version in the lake."""
         out = {}
         for chunk in _chunks(keys, 500):
-            q = f"SELECT key, received_us, part, offset FROM versions WHERE kind=? AND team=? AND key IN ({','.join('?' * len(chunk))})"
-            for k, ts, part, off in self.con.execute(q, (kind, team, *chunk)):
-                out[k] = (ts, part, off)
+            q = ("SELECT key, received_us, part, offset, body_sha256 FROM versions WHERE kind=? AND team=? "
+                 f"AND key IN ({','.join('?' * len(chunk))})")
+            for k, ts, part, off, h in self.con.execute(q, (kind, team, *chunk)):
+                out[k] = ((ts, part, off), h)
         return out
 
-    def deleted_among(self, team: str, itins: list[str]) -> set[str]:
-        out = set()
+    def deleted_among(self, team: str, itins: list[str]) -> dict[str, tuple[int, str, int]]:
+        """itin_id -> (received_us, part, offset) of its deletion, for those deleted."""
+        out = {}
         for chunk in _chunks(itins, 500):
-            q = f"SELECT itin_id FROM tombstones WHERE team=? AND itin_id IN ({','.join('?' * len(chunk))})"
-            out.update(r[0] for r in self.con.execute(q, (team, *chunk)))
+            q = f"SELECT itin_id, received_us, part, offset FROM tombstones WHERE team=? AND itin_id IN ({','.join('?' * len(chunk))})"
+            out.update((r[0], (r[1], r[2], r[3])) for r in self.con.execute(q, (team, *chunk)))
         return out
 
     def files_with_keys(self, tables: tuple[str, ...], team: str, keys: list[str]) -> list[tuple]:
@@ -189,10 +211,10 @@ class Catalog:
                 fid = con.execute("INSERT INTO files(tbl, team, date, path, rows, bytes, added_snapshot) VALUES (?,?,?,?,?,?,?)",
                                   (f.tbl, f.team, f.date, f.path, f.rows, f.bytes, snap)).lastrowid
                 con.executemany("INSERT INTO file_keys(file_id, key) VALUES (?,?)", ((fid, k) for k in f.keys))
-            con.executemany("INSERT OR REPLACE INTO versions(kind, team, key, received_us, part, offset) VALUES (?,?,?,?,?,?)",
-                            c.versions)
+            con.executemany("INSERT OR REPLACE INTO versions(kind, team, key, received_us, part, offset, body_sha256) "
+                            "VALUES (?,?,?,?,?,?,?)", c.versions)
             con.executemany("DELETE FROM versions WHERE kind=? AND team=? AND key=?", c.drop_versions)
-            con.executemany("INSERT OR IGNORE INTO tombstones(team, itin_id, part, offset, received_at) VALUES (?,?,?,?,?)",
+            con.executemany("INSERT OR IGNORE INTO tombstones(team, itin_id, part, offset, received_us) VALUES (?,?,?,?,?)",
                             c.tombstones)
             con.executemany("UPDATE tombstones SET applied_at=? WHERE team=? AND itin_id=? AND applied_at IS NULL",
                             ((now, t, i) for t, i in c.applied))
@@ -202,6 +224,23 @@ class Catalog:
             con.executemany("UPDATE failed SET status='RESOLVED' WHERE kind=? AND team=? AND key=? AND status='FAILED' "
                             "AND received_us <= ?",
                             c.resolved)
+            # a deleted trip's FAILED items are no longer retriable
+            con.executemany("UPDATE failed SET status='DELETED' WHERE kind=1 AND team=? AND key=? AND status='FAILED'",
+                            c.applied)
+            con.executemany("UPDATE failed SET status='SUPERSEDED' WHERE part=? AND offset=? AND status='FAILED'",
+                            c.superseded)
+            for (day, team, kind), counts in c.stats.items():
+                con.execute("INSERT INTO push_stats(day, team, kind) VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                            (day, team, kind))
+                con.execute("UPDATE push_stats SET " + ", ".join(f"{f} = {f} + ?" for f in STAT_FIELDS)
+                            + " WHERE day=? AND team=? AND kind=?", (*counts, day, team, kind))
+            if c.task is not None:
+                task_id, done = c.task
+                con.executemany("UPDATE task_items SET done=1 WHERE task_id=? AND failed_id=?",
+                                ((task_id, i) for i in done))
+                left = con.execute("SELECT count(*) FROM task_items WHERE task_id=? AND done=0", (task_id,)).fetchone()[0]
+                con.execute("UPDATE tasks SET nb_remaining=?, status=?, completed_at=? WHERE task_id=?",
+                            (left, "IN_PROGRESS" if left else "COMPLETED", None if left else now, task_id))
             con.executemany("INSERT INTO positions(part, next_offset) VALUES (?,?) "
                             "ON CONFLICT(part) DO UPDATE SET next_offset=excluded.next_offset", c.positions.items())
         return snap
@@ -233,8 +272,63 @@ class Catalog:
             return self.con.execute(q + " WHERE status = ? ORDER BY id", (status,)).fetchall()
         return self.con.execute(q + " ORDER BY id").fetchall()
 
+    # -- retry tasks ------------------------------------------------------------------------------
+    TASK_KINDS = {"PUSH_FAILED_TRIPS": 1, "PUSH_FAILED_CRASHES": 3}
+
+    def create_task(self, task_type: str, task_id: str) -> tuple[str, int]:
+        """Queue a retry of every FAILED item of that kind; TaskRunning if one is unfinished."""
+        kind = self.TASK_KINDS[task_type]
+        with self._tx():
+            if self.con.execute("SELECT 1 FROM tasks WHERE type=? AND status IN ('PENDING','IN_PROGRESS')",
+                                (task_type,)).fetchone():
+                raise TaskRunning(f"a {task_type} task is already running")
+            ids = [r[0] for r in self.con.execute("SELECT id FROM failed WHERE kind=? AND status='FAILED' ORDER BY id",
+                                                  (kind,))]
+            now = time.time()
+            done = not ids
+            self.con.execute("INSERT INTO tasks VALUES (?,?,?,?,?,?,?,NULL)",
+                             (task_id, task_type, "COMPLETED" if done else "PENDING", now, now if done else None,
+                              len(ids), len(ids)))
+            self.con.executemany("INSERT INTO task_items(task_id, failed_id) VALUES (?,?)", ((task_id, i) for i in ids))
+        return task_id, len(ids)
+
+    def get_task(self, task_id: str) -> tuple | None:
+        return self.con.execute("SELECT task_id, type, status, created_at, completed_at, nb_items, nb_remaining "
+                                "FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+
+    def next_task(self) -> tuple[str, int] | None:
+        r = self.con.execute("SELECT task_id, type FROM tasks WHERE status IN ('PENDING','IN_PROGRESS') "
+                             "ORDER BY created_at LIMIT 1").fetchone()
+        return (r[0], self.TASK_KINDS[r[1]]) if r else None
+
+    def task_items(self, task_id: str, limit: int) -> list[tuple[int, str, int, str]]:
+        """(failed id, part, offset, current status) of the task's unfinished items."""
+        return self.con.execute("SELECT f.id, f.part, f.offset, f.status FROM task_items i JOIN failed f ON f.id = i.failed_id "
+                                "WHERE i.task_id=? AND i.done=0 ORDER BY f.part, f.offset LIMIT ?",
+                                (task_id, limit)).fetchall()
+
+    # -- push reports -------------------------------------------------------------------------------
+    def report(self, kind: int, start: str, end: str, team: str | None = None) -> list[dict]:
+        """Counts per receive day and team: the stored counters plus the live FAILED count."""
+        tq, args = ("", ()) if team is None else (" AND team = ?", (team,))
+        rows: dict[tuple[str, str], dict] = {}
+        for day, t, *counts in self.con.execute(
+                f"SELECT day, team, {', '.join(STAT_FIELDS)} FROM push_stats WHERE kind=? AND day BETWEEN ? AND ?{tq}",
+                (kind, start, end, *args)):
+            rows[(day, t)] = dict(zip(STAT_FIELDS, counts), failed=0)
+        for day, t, n in self.con.execute(
+                "SELECT date(received_us / 1000000, 'unixepoch') AS day, team, count(*) FROM failed "
+                f"WHERE kind=? AND status='FAILED'{tq} GROUP BY 1, 2 HAVING day BETWEEN ? AND ?",
+                (kind, *args, start, end)):
+            rows.setdefault((day, t), dict.fromkeys(STAT_FIELDS, 0))["failed"] = n
+        return [{"date": d, "teamId": t, **v} for (d, t), v in sorted(rows.items())]
+
     def _tx(self):
         return _Tx(self.con)
+
+
+class TaskRunning(Exception):
+    pass
 
 
 class _Tx:

@@ -20,13 +20,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest.keys import deleted_itin
-from ingest.log import LogReader, list_partitions, try_lock
+from ingest.keys import body_sha256
+from ingest.log import LogReader, list_partitions, read_at, try_lock
 from ingest.record import KIND_EVENT, KIND_TRIP, Record
 from pushlake import failpoints
 
 from . import files as lf
-from .catalog import Catalog, Commit
-from .project import TABLES_OF_KIND, Projected, ProjectionError, project
+from .catalog import STAT_FIELDS, Catalog, Commit
+from .project import TABLES_OF_KIND, Projected, ProjectionError, project, received_date
 from .schema import SCHEMAS, TRIP_TABLES
 
 log = logging.getLogger("pushlake.compactor")
@@ -117,67 +118,119 @@ class Compactor:
         stats.seconds = time.monotonic() - t0
         return stats
 
-    def _plan(self, records: list[tuple[str, Record]], b: _Batch, st: StepStats) -> None:
+    def _plan(self, records: list[tuple[str, Record]], b: _Batch, st: StepStats, retry: bool = False) -> None:
+        """Decide the fate of every record, in order of arrival, as if each were processed alone:
+        so the lake and the push counts do not depend on where batch boundaries fall."""
         c = b.commit
-        # order of arrival across partitions: receive time, then partition and offset
         records.sort(key=lambda pr: (pr[1].received_us, pr[0], pr[1].offset))
-        latest: dict[tuple[int, str, str], list[tuple[str, Record]]] = defaultdict(list)
+        cands: dict[tuple[int, str, str], list[tuple[str, Record]]] = defaultdict(list)
         deletions: dict[tuple[str, str], tuple[str, Record]] = {}
         for part, r in records:
-            latest[(r.kind, r.team, r.key)].append((part, r))
+            if not retry:
+                self._count(c, r, "received")
             if r.kind == KIND_EVENT:
                 itin = deleted_itin(r.key)
                 if itin is not None:
                     deletions.setdefault((r.team, itin), (part, r))
-        # tombstones: deletions in this batch and every earlier one (catalog)
-        by_team: dict[str, list[str]] = defaultdict(list)
-        for (kind, team, key) in latest:
-            if kind == KIND_TRIP:
-                by_team[team].append(key)
-        deleted = {(t, i) for t, i in deletions}
-        for team, itins in by_team.items():
-            deleted.update((team, i) for i in self.catalog.deleted_among(team, itins))
-        # versions already in the lake, to keep "latest push wins" across batches
+                    if not retry:
+                        self._count(c, r, "deleted", kind=KIND_TRIP)
+            cands[(r.kind, r.team, r.key)].append((part, r))
+        # the first deletion of each trip: from the catalog, or from this batch
+        tomb: dict[tuple[str, str], tuple[int, str, int]] = {
+            k: (r.received_us, part, r.offset) for k, (part, r) in deletions.items()}
         groups: dict[tuple[int, str], list[str]] = defaultdict(list)
-        for (kind, team, key) in latest:
+        for (kind, team, key) in cands:
             groups[(kind, team)].append(key)
-        known: dict[tuple[int, str, str], tuple[int, str, int]] = {}
+        known: dict[tuple[int, str, str], tuple[tuple[int, str, int], str]] = {}
         for (kind, team), keys in groups.items():
             for k, v in self.catalog.versions_of(kind, team, keys).items():
                 known[(kind, team, k)] = v
-        for (kind, team, key), cands in latest.items():
-            if kind == KIND_TRIP and (team, key) in deleted:
-                st.deleted += len(cands)
-                continue
-            old = known.get((kind, team, key))
-            # the latest push that projects wins; a newer one that cannot is quarantined
-            p = None
-            while cands and p is None:
-                part, r = cands.pop()
-                if old is not None and old >= (r.received_us, part, r.offset):
-                    cands.append((part, r))
-                    break
+            if kind == KIND_TRIP:
+                for itin, order in self.catalog.deleted_among(team, keys).items():
+                    tomb[(team, itin)] = min(order, tomb.get((team, itin), order))
+        for (kind, team, key), lst in cands.items():
+            deleted_at = tomb.get((team, key)) if kind == KIND_TRIP else None
+            before = known.get((kind, team, key))
+            cur = before
+            chosen = None
+            for part, r in lst:
+                order = (r.received_us, part, r.offset)
+                if cur is not None and cur[0] >= order:
+                    st.stale += 1   # older than the version in the lake (another partition, or a retry)
+                    if retry:
+                        c.superseded.append((part, r.offset))
+                    else:
+                        self._count(c, r, "duplicates")
+                    continue
+                if deleted_at is not None and deleted_at < order:
+                    st.deleted += 1  # pushed after its deletion: never visible
+                    self._count(c, r, "discarded")
+                    continue
                 try:
                     p = project(r, part)
                 except (ProjectionError, pa.ArrowException, ValueError, TypeError, OverflowError) as e:
                     reason = str(e) if isinstance(e, ProjectionError) else f"{type(e).__name__}: {e}"
                     c.failed.append((kind, team, key, part, r.offset, r.received_us, reason))
                     st.failed += 1
-            st.stale += len(cands)
-            if p is None:
+                    continue
+                h = body_sha256(r.body)
+                self._count(c, r, "duplicates" if cur is not None and cur[1] == h else "stored")
+                cur = (order, h)
+                chosen = (part, r, p, h)
+            if chosen is None:
                 continue
-            if old is not None:
-                b.remove_keys[(TABLES_OF_KIND[kind], team)].add(key)
-            c.versions.append((kind, team, key, r.received_us, part, r.offset))
+            part, r, p, h = chosen
             c.resolved.append((kind, team, key, r.received_us))
+            if deleted_at is not None:
+                st.deleted += 1  # stored before its deletion, which this batch or an earlier one applies
+                continue
+            if before is not None:
+                b.remove_keys[(TABLES_OF_KIND[kind], team)].add(key)
+            c.versions.append((kind, team, key, r.received_us, part, r.offset, h))
             self._buffer(b, team, p)
             st.stored += 1
+        by_team: dict[str, list[str]] = defaultdict(list)
+        for team, itin in deletions:
+            if (KIND_TRIP, team, itin) not in known:
+                by_team[team].append(itin)
+        in_lake = {(KIND_TRIP, team, k) for team, itins in by_team.items()
+                   for k in self.catalog.versions_of(KIND_TRIP, team, itins)} | set(known)
         for (team, itin), (part, r) in deletions.items():
-            c.tombstones.append((team, itin, part, r.offset, r.received_us / 1e6))
-            if (KIND_TRIP, team, itin) in known or self.catalog.versions_of(KIND_TRIP, team, [itin]):
+            c.tombstones.append((team, itin, part, r.offset, r.received_us))
+            if (KIND_TRIP, team, itin) in in_lake:
                 b.remove_keys[(TRIP_TABLES, team)].add(itin)
                 c.drop_versions.append((KIND_TRIP, team, itin))
             c.applied.append((team, itin))
+
+    @staticmethod
+    def _count(c: Commit, r: Record, what: str, kind: int | None = None) -> None:
+        day = received_date(r).isoformat()
+        counts = c.stats.setdefault((day, r.team, r.kind if kind is None else kind), [0] * len(STAT_FIELDS))
+        counts[STAT_FIELDS.index(what)] += 1
+
+    # -- retry of FAILED items (asynchronous tasks) ---------------------------------------------
+    def run_tasks(self, chunk: int = 200) -> int:
+        """Advance the oldest unfinished retry task by up to ``chunk`` items; return items done."""
+        task = self.catalog.next_task()
+        if task is None:
+            return 0
+        task_id, kind = task
+        items = self.catalog.task_items(task_id, chunk)
+        by_part: dict[str, list[int]] = defaultdict(list)
+        for fid, part, offset, status in items:
+            if status == "FAILED":
+                by_part[part].append(offset)
+        records: list[tuple[str, Record]] = []
+        for part, offsets in by_part.items():
+            found = read_at(self.data_dir, part, offsets)
+            records.extend((part, found[o]) for o in offsets if o in found)
+        batch = _Batch(Commit("retry", task=(task_id, [fid for fid, *_ in items])))
+        st = StepStats(records=len(records))
+        self._plan(records, batch, st, retry=True)
+        self._apply(batch, st)
+        batch.commit.summary = f"retry task {task_id}: {st.stored} stored, {st.failed} failed again"
+        self.catalog.commit(batch.commit)
+        return len(items)
 
     @staticmethod
     def _buffer(b: _Batch, team: str, p: Projected) -> None:
@@ -218,10 +271,13 @@ class Compactor:
         failpoints.hit("compactor.after_write")
 
     def drain(self, progress=None) -> StepStats:
+        """Project everything in the log, then finish any queued retry task."""
         total = StepStats()
         while True:
             s = self.step()
             if not s.records:
+                while self.run_tasks():
+                    pass
                 return total
             total.add(s)
             if progress:
@@ -295,6 +351,8 @@ class Compactor:
                 if s.records:
                     log.info("compacted %d records (%d stored, %d failed) in %.2fs",
                              s.records, s.stored, s.failed, s.seconds)
+                elif self.run_tasks():
+                    continue
                 if time.monotonic() - last_maint > maintain_every:
                     m = self.maintain()
                     if any(m.values()):

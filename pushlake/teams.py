@@ -22,6 +22,9 @@ CREATE TABLE IF NOT EXISTS teams(
 """
 
 
+COLS = "team_id, status, created_at, push_key_hash, admin_key_hash, keys_issued_at"
+
+
 class TeamError(Exception):
     status = 400
 
@@ -32,6 +35,10 @@ class InvalidTeamId(TeamError):
 
 class TeamExists(TeamError):
     status = 409
+
+
+class TeamQuota(TeamError):
+    status = 429
 
 
 class UnknownTeam(TeamError):
@@ -53,6 +60,7 @@ class TeamRow:
     created_at: float
     push_key_hash: str
     admin_key_hash: str
+    keys_issued_at: float
 
     @property
     def enabled(self) -> bool:
@@ -80,26 +88,36 @@ class Teams:
     def _new_keys(self) -> tuple[str, str]:
         return "pk_" + secrets.token_urlsafe(24), "ak_" + secrets.token_urlsafe(24)
 
-    def create(self, team_id: str) -> dict:
+    def create(self, team_id: str, quota: int | None = None) -> dict:
         if not isinstance(team_id, str) or not TEAM_ID.match(team_id):
             raise InvalidTeamId("teamId must be 1-64 characters: letters, digits, '_', '.', '-', not starting with a symbol")
         push, admin = self._new_keys()
         now = time.time()
+        self.con.execute("BEGIN IMMEDIATE")
         try:
-            self.con.execute("INSERT INTO teams VALUES (?,?,?,?,?,?)",
-                             (team_id, "ENABLED", now, hash_key(push), hash_key(admin), now))
-        except sqlite3.IntegrityError:
-            raise TeamExists(f"team '{team_id}' already exists") from None
+            if quota is not None and self.con.execute("SELECT count(*) FROM teams").fetchone()[0] >= quota:
+                raise TeamQuota(f"at most {quota} teams")
+            try:
+                self.con.execute("INSERT INTO teams VALUES (?,?,?,?,?,?)",
+                                 (team_id, "ENABLED", now, hash_key(push), hash_key(admin), now))
+            except sqlite3.IntegrityError:
+                raise TeamExists(f"team '{team_id}' already exists") from None
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
         return {"teamId": team_id, "pushApiKey": push, "adminApiKey": admin}
 
     def get(self, team_id: str) -> TeamRow | None:
-        r = self.con.execute("SELECT team_id, status, created_at, push_key_hash, admin_key_hash FROM teams "
-                             "WHERE team_id = ?", (team_id,)).fetchone()
+        r = self.con.execute(f"SELECT {COLS} FROM teams WHERE team_id = ?", (team_id,)).fetchone()
         return TeamRow(*r) if r else None
 
     def all(self) -> list[TeamRow]:
-        return [TeamRow(*r) for r in self.con.execute(
-            "SELECT team_id, status, created_at, push_key_hash, admin_key_hash FROM teams ORDER BY created_at, team_id")]
+        return [TeamRow(*r) for r in self.con.execute(f"SELECT {COLS} FROM teams ORDER BY created_at, team_id")]
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (process) commits to admin.db."""
+        return self.con.execute("PRAGMA data_version").fetchone()[0]
 
     def set_status(self, team_id: str, status: str) -> dict:
         """Disabling revokes the keys at once; enabling again issues new keys (returned once)."""

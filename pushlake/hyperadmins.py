@@ -1,0 +1,114 @@
+"""Hyper-admins: accounts that may read every team. Passwords are stored with scrypt (salted,
+deliberately slow) and checked against DriveQuant's documented policy."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+import time
+from pathlib import Path
+
+from lake.catalog import connect_sqlite
+
+from .teams import TeamError, format_date
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS hyperadmins(
+  user_id TEXT PRIMARY KEY, firstname TEXT NOT NULL, lastname TEXT NOT NULL,
+  salt BLOB NOT NULL, pw_hash BLOB NOT NULL, created_at REAL NOT NULL);
+"""
+
+NAME = re.compile(r"^[A-Za-z0-9 -_]+$")  # the documented class: ' -_' is the range space..underscore
+SPECIALS = "!@#$%^?=+_-"
+POLICY: list[tuple[str, re.Pattern]] = [
+    ("at least 12 characters", re.compile(r"^.{12,}$", re.S)),
+    ("at least one lowercase letter", re.compile(r"[a-z]")),
+    ("at least one uppercase letter", re.compile(r"[A-Z]")),
+    ("at least one digit", re.compile(r"\d")),
+    (f"at least one special character among {SPECIALS}", re.compile(r"[!@#$%^?=+_-]")),
+]
+SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "dklen": 32}
+
+
+class WeakPassword(TeamError):
+    status = 422
+
+
+class InvalidField(TeamError):
+    status = 422
+
+
+class AdminExists(TeamError):
+    status = 409
+
+
+class UnknownAdmin(TeamError):
+    status = 404
+
+
+class QuotaExceeded(TeamError):
+    status = 429
+
+
+def password_problems(password: str) -> list[str]:
+    return [rule for rule, rx in POLICY if not rx.search(password)]
+
+
+def _hash(password: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(password.encode(), salt=salt, maxmem=64 << 20, **SCRYPT)
+
+
+class HyperAdmins:
+    def __init__(self, data_dir: Path, quota: int = 10):
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        self.con = connect_sqlite(Path(data_dir) / "admin.db")
+        self.con.executescript(SCHEMA)
+        self.quota = quota
+
+    def close(self) -> None:
+        self.con.close()
+
+    def create(self, user_id, firstname, lastname, password) -> dict:
+        for field, v in (("userId", user_id), ("firstname", firstname), ("lastname", lastname)):
+            if not isinstance(v, str) or not NAME.match(v) or len(v) > 128:
+                raise InvalidField(f"{field} is required and must match {NAME.pattern} (at most 128 characters)")
+        if not isinstance(password, str):
+            raise WeakPassword("password is required")
+        problems = password_problems(password)
+        if problems:
+            raise WeakPassword("password needs " + ", ".join(problems))
+        salt = secrets.token_bytes(16)
+        pw = _hash(password, salt)
+        now = time.time()
+        self.con.execute("BEGIN IMMEDIATE")
+        try:
+            if self.con.execute("SELECT count(*) FROM hyperadmins").fetchone()[0] >= self.quota:
+                raise QuotaExceeded(f"at most {self.quota} hyper-admins")
+            try:
+                self.con.execute("INSERT INTO hyperadmins VALUES (?,?,?,?,?,?)",
+                                 (user_id, firstname, lastname, salt, pw, now))
+            except sqlite3.IntegrityError:
+                raise AdminExists(f"hyper-admin '{user_id}' already exists") from None
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        return {"userId": user_id, "firstname": firstname, "lastname": lastname}
+
+    def list(self) -> list[dict]:
+        return [{"userId": u, "firstname": f, "lastname": l, "creationDate": format_date(c)}
+                for u, f, l, c in self.con.execute(
+                    "SELECT user_id, firstname, lastname, created_at FROM hyperadmins ORDER BY created_at, user_id")]
+
+    def delete(self, user_id: str) -> None:
+        if self.con.execute("DELETE FROM hyperadmins WHERE user_id = ?", (user_id,)).rowcount == 0:
+            raise UnknownAdmin(f"unknown hyper-admin '{user_id}'")
+
+    def verify(self, user_id: str, password: str) -> bool:
+        row = self.con.execute("SELECT salt, pw_hash FROM hyperadmins WHERE user_id = ?", (user_id,)).fetchone()
+        if row is None:
+            _hash(password, b"0" * 16)  # same cost whether or not the user exists
+            return False
+        return hmac.compare_digest(_hash(password, row[0]), row[1])
