@@ -229,6 +229,7 @@ class Compactor:
         self._plan(records, batch, st, retry=True)
         self._apply(batch, st)
         batch.commit.summary = f"retry task {task_id}: {st.stored} stored, {st.failed} failed again"
+        failpoints.hit("task.before_commit")
         self.catalog.commit(batch.commit)
         return len(items)
 

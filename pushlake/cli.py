@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("failed", help="FAILED items: pushes stored in the log that could not be projected")
     _data(p)
-    p.add_argument("action", choices=("list",))
+    p.add_argument("action", choices=("list", "retry"))
+    p.add_argument("--kind", choices=("trips", "crashes"), default="trips", help="what to retry (default trips)")
     _json_flag(p)
     return ap
 
@@ -334,10 +335,33 @@ def cmd_check(a) -> int:
 
 
 def cmd_failed(a) -> int:
+    """List FAILED items, or retry them: a task that re-projects them (run here and now when no
+    compactor is running, else by the running one)."""
+    import secrets
+
     from ingest.record import KIND_NAMES
-    from lake.catalog import Catalog
+    from lake.catalog import Catalog, TaskRunning
+    from lake.compactor import Compactor, CompactorBusy
     if not (a.data / "catalog.db").exists():
         raise CliError(f"no catalog in {a.data}")
+    if a.action == "retry":
+        cat = Catalog(a.data)
+        try:
+            task_id, n = cat.create_task("PUSH_FAILED_TRIPS" if a.kind == "trips" else "PUSH_FAILED_CRASHES",
+                                         secrets.token_hex(12))
+        except TaskRunning as e:
+            raise CliError(str(e)) from None
+        try:
+            with Compactor(a.data) as c:
+                while c.run_tasks():
+                    pass
+        except CompactorBusy:
+            pass  # the running compactor (pushlake serve) picks the task up
+        row = cat.get_task(task_id)
+        cat.close()
+        out = {"taskId": task_id, "nbItems": n, "status": row[2], "nbRemainingItems": row[6]}
+        _print_json(out) if a.json else print(" ".join(f"{k}={v}" for k, v in out.items()))
+        return 0
     cat = Catalog(a.data, readonly=True)
     try:
         rows = [{"id": r[0], "kind": KIND_NAMES.get(r[1]), "team": r[2], "key": r[3], "part": r[4], "offset": r[5],

@@ -22,6 +22,12 @@ class Settings:
     segment_age_s: float = 600.0
     compact_interval_s: float = 0.2
     compactor: bool = True
+    max_teams: int = 100
+    max_hyperadmins: int = 10
+    token_ttl_s: int = 3600
+    query_timeout_s: float = 30.0
+    query_max_rows: int = 100_000
+    query_memory_limit: str = "1GB"
 
 
 def enterprise_key(data_dir: Path) -> tuple[str, bool]:

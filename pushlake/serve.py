@@ -39,8 +39,8 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def run_receiver(settings: Settings, partition: int, reuse_port: bool) -> None:
-    from ingest.app import build_app
-    app = build_app(settings, partition)
+    from pushlake.api import make_app
+    app = make_app(settings, partition)
     web.run_app(app, host=settings.host, port=settings.port, reuse_port=reuse_port or None,
                 print=None, access_log=None, handle_signals=True)
 

@@ -8,7 +8,9 @@ that hold a trip with a pending tombstone are read through an anti-join; all oth
 untouched, so pending deletions cost only where they apply.
 
 With ``team`` the connection is confined: views over that team's files only, external access
-disabled, ``allowed_directories`` limited to the team's partitions, configuration locked.
+disabled, ``allowed_directories`` limited to the team's partitions, configuration locked, one
+read-only statement at a time. ``sandbox=True`` applies the same confinement to the whole lake
+(every team), for hyper-admins reading over HTTP: all the data, nothing of the host.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
 
 class LakeConnection:
-    def __init__(self, data_dir: Path | str, team: str | None = None):
+    def __init__(self, data_dir: Path | str, team: str | None = None, sandbox: bool = False,
+                 settings: dict | None = None):
         self.data_dir = Path(data_dir).resolve()
         if not (self.data_dir / "catalog.db").exists():
             if not self.data_dir.is_dir():
@@ -38,14 +41,20 @@ class LakeConnection:
         if not (self.data_dir / "lake" / "_empty").exists():
             ensure_empty_files(self.data_dir)
         self.team = team
+        self.confined = team is not None or sandbox
         self._catalog = Catalog(self.data_dir, readonly=True)
         self._version: int | None = None
         self.snapshot = 0
         self.con = duckdb.connect()
         lake = self.data_dir / "lake"
-        if team is not None:
+        for k, v in (settings or {}).items():
+            self.con.execute(f"SET {k} = ?", [v])
+        if self.confined:
             self._tmp = tempfile.TemporaryDirectory(prefix="pushlake-duckdb-")
-            dirs = [f"{lake / t / f'team={team}'}/" for t in SCHEMAS] + [f"{lake / '_empty'}/"]
+            if team is not None:
+                dirs = [f"{lake / t / f'team={team}'}/" for t in SCHEMAS] + [f"{lake / '_empty'}/"]
+            else:
+                dirs = [f"{lake / t}/" for t in SCHEMAS] + [f"{lake / '_empty'}/"]
             self.con.execute(f"SET temp_directory = '{_q(self._tmp.name)}'")
             self.con.execute("SET allowed_directories = ?", [dirs])
             self.con.execute("SET enable_external_access = false")
@@ -61,7 +70,7 @@ class LakeConnection:
                     f"(SELECT 1 FROM {DELETED} d WHERE d.team_id = x.team_id AND d.itin_id = x.itin_id)")
             else:
                 self.con.execute(f"CREATE VIEW {t} AS SELECT * FROM {src}")
-        if team is not None:
+        if self.confined:
             self.con.execute("SET lock_configuration = true")
 
     def refresh(self) -> bool:
@@ -92,7 +101,7 @@ class LakeConnection:
     def _guard(self, query: str) -> None:
         """A team connection runs one read-only statement at a time: no COPY ... TO (which
         could write inside the team's own directories), no SET, ATTACH, INSTALL or DDL."""
-        if self.team is None:
+        if not self.confined:
             return
         stmts = self.con.extract_statements(query)
         if len(stmts) != 1 or stmts[0].type not in READ_ONLY:
@@ -118,7 +127,7 @@ class LakeConnection:
     def close(self) -> None:
         self.con.close()
         self._catalog.close()
-        if self.team is not None:
+        if self.confined:
             self._tmp.cleanup()
 
     def __getattr__(self, name: str):
@@ -131,9 +140,11 @@ class LakeConnection:
         self.close()
 
 
-def connect(data_dir: Path | str, team: str | None = None) -> LakeConnection:
-    """A DuckDB connection with the lake's views (SPEC §6); ``team`` confines it to one team."""
-    return LakeConnection(data_dir, team)
+def connect(data_dir: Path | str, team: str | None = None, sandbox: bool = False,
+            settings: dict | None = None) -> LakeConnection:
+    """A DuckDB connection with the lake's views (SPEC §6). ``team`` confines it to one team;
+    ``sandbox`` confines it to the lake; ``settings`` are DuckDB options (e.g. memory_limit)."""
+    return LakeConnection(data_dir, team, sandbox, settings)
 
 
 def _q(s: str) -> str:

@@ -1,21 +1,23 @@
-"""Batch exports of one table, streamed in record batches with a progress bar."""
+"""Batch exports of one table, streamed in record batches: to a file (CLI, with a progress bar)
+or chunk by chunk to an HTTP response."""
 from __future__ import annotations
 
 import datetime as dt
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import orjson
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from lake.schema import SCHEMAS
 
-from .connection import connect
+from .connection import LakeConnection, connect
 
-FORMATS = ("parquet", "csv", "jsonl")
+FORMATS = {"parquet": "application/vnd.apache.parquet", "csv": "text/csv", "jsonl": "application/x-ndjson"}
 
 
 class ExportError(ValueError):
@@ -23,7 +25,7 @@ class ExportError(ValueError):
 
 
 def parse_date(s: str | None, what: str) -> dt.date | None:
-    if s is None:
+    if s is None or s == "":
         return None
     try:
         return dt.date.fromisoformat(s)
@@ -43,14 +45,35 @@ def progress_bar(stream=sys.stderr) -> Callable[[str, int, int], None]:
     return show
 
 
-def export(data_dir: Path, table: str, out: Path, fmt: str = "parquet", team: str | None = None,
-           date_from: str | None = None, date_to: str | None = None,
-           progress: Callable[[str, int, int], None] | None = None, batch_rows: int = 65_536) -> int:
+class _Chunks:
+    """A write-only file object that hands over what was written so far."""
+
+    def __init__(self):
+        self.parts: list[bytes] = []
+        self.closed = False
+
+    def write(self, b) -> int:
+        self.parts.append(bytes(b))
+        return len(b)
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        out = b"".join(self.parts)
+        self.parts.clear()
+        return out
+
+
+def stream(con: LakeConnection, table: str, fmt: str, date_from: str | None = None, date_to: str | None = None,
+           batch_rows: int = 65_536, on_rows: Callable[[int, int], None] | None = None) -> tuple[int, Iterator[bytes]]:
+    """(row count, iterator of the encoded bytes) of ``table`` between two dates, deleted trips
+    excluded (it reads the views)."""
     if table not in SCHEMAS:
         raise ExportError(f"unknown table '{table}' (one of: {', '.join(SCHEMAS)})")
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}' (one of: {', '.join(FORMATS)})")
-    d0, d1 = parse_date(date_from, "--from"), parse_date(date_to, "--to")
+    d0, d1 = parse_date(date_from, "from"), parse_date(date_to, "to")
     where, params = ["TRUE"], []
     if d0:
         where.append("date >= ?")
@@ -59,38 +82,53 @@ def export(data_dir: Path, table: str, out: Path, fmt: str = "parquet", team: st
         where.append("date <= ?")
         params.append(d1)
     cond = " AND ".join(where)
+    total = con.execute(f"SELECT count(*) FROM {table} WHERE {cond}", params).fetchall()[0][0]
+    reader = con.execute(f"SELECT * FROM {table} WHERE {cond} ORDER BY date", params).to_arrow_reader(batch_rows)
+
+    def chunks() -> Iterator[bytes]:
+        sink = _Chunks()
+        writer = None
+        if fmt == "parquet":
+            writer = pq.ParquetWriter(pa.PythonFile(sink, mode="w"), reader.schema, compression="zstd")
+        elif fmt == "csv":
+            writer = pacsv.CSVWriter(pa.PythonFile(sink, mode="w"), reader.schema)
+        done = 0
+        if on_rows:
+            on_rows(0, total)
+        for batch in reader:
+            if fmt == "jsonl":
+                sink.write(b"".join(orjson.dumps(r, default=str) + b"\n" for r in batch.to_pylist()))
+            else:
+                writer.write_batch(batch)
+            done += batch.num_rows
+            if on_rows:
+                on_rows(done, total)
+            yield sink.take()
+        if writer is not None:
+            writer.close()
+        yield sink.take()
+    return total, chunks()
+
+
+def export(data_dir: Path, table: str, out: Path, fmt: str = "parquet", team: str | None = None,
+           date_from: str | None = None, date_to: str | None = None,
+           progress: Callable[[str, int, int], None] | None = None, batch_rows: int = 65_536) -> int:
+    """Write an export to ``out`` atomically (a partial file never carries the final name)."""
     out = Path(out)
     tmp = out.with_name(f".{out.name}.part")
     con = connect(data_dir, team=team)
     try:
-        total = con.execute(f"SELECT count(*) FROM {table} WHERE {cond}", params).fetchall()[0][0]
-        reader = con.execute(f"SELECT * FROM {table} WHERE {cond} ORDER BY date", params).to_arrow_reader(batch_rows)
-        done = 0
-        if progress:
-            progress(f"export {table}", 0, total)
+        on_rows = (lambda done, total: progress(f"export {table}", done, total)) if progress else None
+        total, chunks = stream(con, table, fmt, date_from, date_to, batch_rows, on_rows)
         with open(tmp, "wb") as f:
-            writer = None
-            if fmt == "parquet":
-                writer = pq.ParquetWriter(f, reader.schema, compression="zstd")
-            elif fmt == "csv":
-                writer = pacsv.CSVWriter(f, reader.schema)
-            for batch in reader:
-                if fmt == "jsonl":
-                    f.write(b"".join(orjson.dumps(r, default=str) + b"\n" for r in batch.to_pylist()))
-                else:
-                    writer.write_batch(batch)
-                done += batch.num_rows
-                if progress:
-                    progress(f"export {table}", done, total)
-            if writer is not None:
-                writer.close()
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
-        return done
+        return total
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     finally:
         con.close()
-

@@ -86,7 +86,7 @@ def test_export_of_samples_excludes_deleted_trips(lake, tmp_path):
     (("sql", "SELEC nonsense"), "Parser Error"),
     (("sql", "--query", "nope"), "no named query"),
     (("export", "nope", "--out", "/tmp/x"), "unknown table"),
-    (("export", "trips", "--from", "yesterday", "--out", "/tmp/x"), "--from must be a date"),
+    (("export", "trips", "--from", "yesterday", "--out", "/tmp/x"), "from must be a date"),
     (("teams", "create", "bad/name"), "teamId must be"),
     (("teams", "disable", "ghost"), "unknown team"),
     (("sql", "--team", "acme", "COPY trips TO '/tmp/x.csv'"), "read-only"),

@@ -1,0 +1,19 @@
+"""The HTTP application: the push receiver plus OAuth2, the enterprise administration API,
+team-scoped reads and the OpenAPI document."""
+from __future__ import annotations
+
+from aiohttp import web
+
+from ingest.app import build_app
+from pushlake.config import Settings
+
+from . import enterprise, oauth, openapi, reads
+
+
+def make_app(settings: Settings, partition: int = 0) -> web.Application:
+    app = build_app(settings, partition)
+    oauth.setup(app)
+    enterprise.setup(app)
+    reads.setup(app)
+    openapi.setup(app)
+    return app

@@ -1,0 +1,200 @@
+"""``/v1/enterprise/*``: teams, hyper-admins, push reports, retry of FAILED items, tasks.
+
+Every call needs the enterprise key in ``x-dq-enterprise-api-key`` (compared in constant time).
+Dates follow DriveQuant: ``yyyy-MM-dd'T'HH:mm:ss.SSSZ``.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hmac
+import secrets
+from functools import partial
+
+import orjson
+from aiohttp import web
+
+from ingest.app import AUTH, SETTINGS, error
+from lake.catalog import Catalog, TaskRunning
+from pushlake.config import enterprise_key
+from pushlake.hyperadmins import HyperAdmins
+from pushlake.teams import TeamError, Teams, format_date
+
+ENTERPRISE_KEY = web.AppKey("enterprise_key", str)
+ADMIN = web.AppKey("admin_stores", dict)
+HEADER = "x-dq-enterprise-api-key"
+
+
+def json(payload, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+
+
+def enterprise(handler):
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        given = request.headers.get(HEADER, "")
+        if not hmac.compare_digest(given.encode(), request.app[ENTERPRISE_KEY].encode()):
+            return error(401, "unauthorized", f"missing or wrong {HEADER} header")
+        try:
+            return await handler(request)
+        except TeamError as e:
+            return error(e.status, _code(e.status), str(e))
+    wrapped.__name__ = handler.__name__
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+def _code(status: int) -> str:
+    return {400: "bad_request", 404: "not_found", 409: "conflict", 422: "unprocessable", 429: "too_many_requests"}.get(
+        status, "error")
+
+
+async def _body(request: web.Request) -> dict:
+    try:
+        doc = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise TeamError("body must be a JSON object") from None
+    if not isinstance(doc, dict):
+        raise TeamError("body must be a JSON object")
+    return doc
+
+
+async def _run(request: web.Request, fn, *args):
+    """SQLite and scrypt work happens off the event loop, one call at a time."""
+    return await asyncio.get_running_loop().run_in_executor(request.app[ADMIN]["executor"], partial(fn, *args))
+
+
+# -- teams ------------------------------------------------------------------------------------------
+@enterprise
+async def create_team(request: web.Request) -> web.Response:
+    doc = await _body(request)
+    out = await _run(request, request.app[ADMIN]["teams"].create, doc.get("teamId"), request.app[SETTINGS].max_teams)
+    request.app[AUTH].reload()
+    return json(out)
+
+
+@enterprise
+async def list_teams(request: web.Request) -> web.Response:
+    rows = await _run(request, request.app[ADMIN]["teams"].all)
+    return json([{"teamId": r.team_id, "status": r.status, "creationDate": r.creation_date()} for r in rows])
+
+
+@enterprise
+async def team_status(request: web.Request) -> web.Response:
+    doc = await _body(request)
+    status = doc.get("status")
+    if status not in ("ENABLED", "DISABLED"):
+        raise TeamError("status must be ENABLED or DISABLED")
+    out = await _run(request, request.app[ADMIN]["teams"].set_status, request.match_info["teamId"], status)
+    request.app[AUTH].reload()  # this process refuses the team's keys and tokens from now on
+    return json(out)
+
+
+# -- hyper-admins -----------------------------------------------------------------------------------
+@enterprise
+async def create_hyperadmin(request: web.Request) -> web.Response:
+    doc = await _body(request)
+    out = await _run(request, request.app[ADMIN]["admins"].create, doc.get("userId"), doc.get("firstname"),
+                     doc.get("lastname"), doc.get("password"))
+    return json(out)
+
+
+@enterprise
+async def list_hyperadmins(request: web.Request) -> web.Response:
+    return json(await _run(request, request.app[ADMIN]["admins"].list))
+
+
+@enterprise
+async def delete_hyperadmin(request: web.Request) -> web.Response:
+    await _run(request, request.app[ADMIN]["admins"].delete, request.match_info["userId"])
+    request.app[AUTH].reload()
+    return json({"userId": request.match_info["userId"], "deleted": True})
+
+
+# -- push reports -----------------------------------------------------------------------------------
+def _day(request: web.Request, name: str) -> str:
+    v = request.query.get(name)
+    if not v:
+        raise TeamError(f"{name} is required (yyyy-MM-dd)")
+    try:
+        if len(v) != 10:
+            raise ValueError(v)
+        return dt.date.fromisoformat(v).isoformat()
+    except ValueError:
+        raise TeamError(f"{name} must be a date yyyy-MM-dd, got '{v}'") from None
+
+
+def report_handler(kind: int, fields: tuple[str, ...]):
+    @enterprise
+    async def report(request: web.Request) -> web.Response:
+        start, end = _day(request, "startDate"), _day(request, "endDate")
+        if start > end:
+            raise TeamError("startDate is after endDate")
+        team = request.query.get("teamId")
+        if team is not None and request.app[AUTH].team(team) is None:
+            return error(404, "not_found", f"unknown team '{team}'")
+        rows = await _run(request, request.app[ADMIN]["catalog"]().report, kind, start, end, team)
+        return json({"startDate": start, "endDate": end,
+                     "items": [{k: r[k] for k in ("date", "teamId", *fields)} for r in rows]})
+    return report
+
+
+# -- FAILED items and retry tasks -------------------------------------------------------------------
+def retry_handler(task_type: str):
+    @enterprise
+    async def retry(request: web.Request) -> web.Response:
+        try:
+            task_id, n = await _run(request, request.app[ADMIN]["catalog"]().create_task, task_type, secrets.token_hex(12))
+        except TaskRunning as e:
+            return error(409, "conflict", str(e))
+        return json({"taskId": task_id, "nbItems": n})
+    return retry
+
+
+@enterprise
+async def get_task(request: web.Request) -> web.Response:
+    row = await _run(request, request.app[ADMIN]["catalog"]().get_task, request.match_info["taskId"])
+    if row is None:
+        return error(404, "not_found", f"unknown task '{request.match_info['taskId']}'")
+    task_id, type_, status, created, completed, n, left = row
+    return json({"taskId": task_id, "createdAt": format_date(created),
+                 "completedAt": format_date(completed) if completed else None, "type": type_, "status": status,
+                 "nbItems": n, "nbRemainingItems": left})
+
+
+def setup(app: web.Application) -> None:
+    s = app[SETTINGS]
+    from concurrent.futures import ThreadPoolExecutor
+    stores: dict = {"executor": ThreadPoolExecutor(1, thread_name_prefix="admin")}
+
+    def catalog() -> Catalog:
+        if "cat" not in stores:
+            stores["cat"] = Catalog(s.data_dir)
+        return stores["cat"]
+
+    stores["teams"] = Teams(s.data_dir)
+    stores["admins"] = HyperAdmins(s.data_dir, s.max_hyperadmins)
+    stores["catalog"] = catalog
+    app[ADMIN] = stores
+    app[ENTERPRISE_KEY] = enterprise_key(s.data_dir)[0]
+
+    async def close(app: web.Application) -> None:
+        stores["executor"].shutdown(wait=True)
+        stores["teams"].close()
+        stores["admins"].close()
+        if "cat" in stores:
+            stores["cat"].close()
+    app.on_cleanup.append(close)
+    r = app.router
+    r.add_post("/v1/enterprise/team", create_team)
+    r.add_get("/v1/enterprise/teams", list_teams)
+    r.add_put("/v1/enterprise/teams/{teamId}/status", team_status)
+    r.add_post("/v1/enterprise/hyperadmin", create_hyperadmin)
+    r.add_get("/v1/enterprise/hyperadmins", list_hyperadmins)
+    r.add_delete("/v1/enterprise/hyperadmin/{userId}", delete_hyperadmin)
+    r.add_get("/v1/enterprise/push/trips/report",
+              report_handler(1, ("received", "stored", "duplicates", "failed", "deleted", "discarded")))
+    r.add_get("/v1/enterprise/push/crashes/report",
+              report_handler(3, ("received", "stored", "duplicates", "failed")))
+    r.add_post("/v1/enterprise/push/trips/failed/retry", retry_handler("PUSH_FAILED_TRIPS"))
+    r.add_post("/v1/enterprise/push/crashes/failed/retry", retry_handler("PUSH_FAILED_CRASHES"))
+    r.add_get("/v1/enterprise/task/{taskId}", get_task)

@@ -1,0 +1,50 @@
+"""``POST /oauth/token``: OAuth2 client credentials (RFC 6749 §4.4), client = team id, secret =
+push key, given in the form body or as HTTP Basic. Errors follow §5.2."""
+from __future__ import annotations
+
+from aiohttp import web
+
+from ingest.app import AUTH, SETTINGS
+from ingest.auth import AuthError, _basic
+from pushlake import tokens
+
+
+def _error(status: int, code: str, description: str, basic: bool = False) -> web.Response:
+    headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+    if status == 401 and basic:
+        headers["WWW-Authenticate"] = 'Basic realm="pushlake"'
+    return web.json_response({"error": code, "error_description": description}, status=status, headers=headers)
+
+
+async def token(request: web.Request) -> web.Response:
+    if request.content_type != "application/x-www-form-urlencoded":
+        return _error(400, "invalid_request", "the body must be application/x-www-form-urlencoded")
+    form = await request.post()
+    grant = form.get("grant_type")
+    if not grant:
+        return _error(400, "invalid_request", "grant_type is required")
+    header = request.headers.get("Authorization")
+    basic = bool(header and header.lower().startswith("basic "))
+    try:
+        if basic:
+            client_id, secret = _basic(header.split(" ", 1)[1].strip())
+            if "client_id" in form and form["client_id"] != client_id:
+                return _error(400, "invalid_request", "client_id in the body differs from the Basic credentials")
+        else:
+            client_id, secret = form.get("client_id"), form.get("client_secret")
+            if not client_id or not secret:
+                return _error(401, "invalid_client", "client authentication required (client_id and client_secret, "
+                                                     "or HTTP Basic)")
+        if grant != "client_credentials":
+            return _error(400, "unsupported_grant_type", "only grant_type=client_credentials is supported")
+        team = request.app[AUTH].client_credentials(client_id, secret)
+    except AuthError as e:
+        return _error(401, "invalid_client", e.message, basic)
+    ttl = request.app[SETTINGS].token_ttl_s
+    access, expires = tokens.issue(request.app[AUTH].secret, team.team_id, team.keys_issued_at, ttl)
+    return web.json_response({"access_token": access, "token_type": "Bearer", "expires_in": expires},
+                             headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/oauth/token", token)
