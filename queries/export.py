@@ -83,7 +83,7 @@ def stream(con: LakeConnection, table: str, fmt: str, date_from: str | None = No
         params.append(d1)
     cond = " AND ".join(where)
     total = con.execute(f"SELECT count(*) FROM {table} WHERE {cond}", params).fetchall()[0][0]
-    reader = con.execute(f"SELECT * FROM {table} WHERE {cond} ORDER BY date", params).to_arrow_reader(batch_rows)
+    reader = con.sql(f"SELECT * FROM {table} WHERE {cond} ORDER BY date", params=params).to_arrow_reader(batch_rows)
 
     def chunks() -> Iterator[bytes]:
         sink = _Chunks()

@@ -56,7 +56,10 @@ def _run_query(con, sql: str, max_rows: int, timeout: float) -> tuple[pa.Table, 
     timer = threading.Timer(timeout, con.interrupt)
     timer.start()
     try:
-        reader = con.execute(sql).to_arrow_reader(8192)
+        rel = con.sql(sql)
+        if rel is None:
+            raise duckdb.InvalidInputException("the statement returns no rows")
+        reader = rel.to_arrow_reader(8192)
         batches, n = [], 0
         for b in reader:
             batches.append(b)
