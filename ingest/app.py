@@ -21,7 +21,7 @@ from pushlake.config import Settings
 from .auth import AuthError, PushAuth
 from .groupcommit import GroupCommit, Item, Overloaded, WriteFailed
 from .keys import ROUTES, MissingKey, deleted_itin, key_of
-from .log import LogWriter
+from .log import LogReader, LogWriter
 from .record import KIND_EVENT
 
 log = logging.getLogger("pushlake.receiver")
@@ -115,7 +115,11 @@ async def health(request: web.Request) -> web.Response:
 
 
 def _tombstone_sink(data_dir: Path, part: str):
-    """Publish deletions in the catalog before they are acknowledged (SPEC §4)."""
+    """Publish deletions in the catalog before they are acknowledged (SPEC §4).
+
+    The commit is made visible to readers but not fsynced (``synchronous=NORMAL``): the log
+    record, fsynced just before, is the durable copy, and ``_republish_tombstones`` re-inserts
+    any tombstone an OS crash could have dropped before the receiver accepts traffic again."""
     holder: dict = {}
 
     def sink(first: int, items: list[Item]) -> None:
@@ -128,8 +132,32 @@ def _tombstone_sink(data_dir: Path, part: str):
         if rows:
             if "cat" not in holder:
                 holder["cat"] = Catalog(data_dir)
+                holder["cat"].con.execute("PRAGMA synchronous=NORMAL")
             holder["cat"].add_tombstones(rows)
     return sink
+
+
+def _republish_tombstones(data_dir: Path, part: str) -> int:
+    """Tombstones of the log tail the compactor has not reached yet, inserted again on start."""
+    cat = Catalog(data_dir)
+    try:
+        reader = LogReader(data_dir, part)
+        pos = cat.positions().get(part, 0)
+        rows = []
+        while True:
+            recs = reader.read(pos, max_records=50_000)
+            if not recs:
+                break
+            for r in recs:
+                itin = deleted_itin(r.key) if r.kind == KIND_EVENT else None
+                if itin is not None:
+                    rows.append((r.team, itin, part, r.offset, r.received_us))
+            pos = recs[-1].offset + 1
+        if rows:
+            cat.add_tombstones(rows)
+        return len(rows)
+    finally:
+        cat.close()
 
 
 async def _watch_disk(app: web.Application) -> None:
@@ -154,7 +182,7 @@ def build_app(settings: Settings, partition: int = 0) -> web.Application:
 
     async def startup(app: web.Application) -> None:
         writer = LogWriter(settings.data_dir, partition, settings.segment_bytes, settings.segment_age_s)
-        Catalog(settings.data_dir).close()  # schema exists before the first tombstone
+        _republish_tombstones(settings.data_dir, writer.partition)
         gc = GroupCommit(writer, _tombstone_sink(settings.data_dir, writer.partition),
                          settings.max_pending_requests, settings.max_pending_bytes)
         gc.start()

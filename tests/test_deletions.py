@@ -127,3 +127,20 @@ async def test_erase_now_from_the_cli(pusher, data):
     await pusher.client.close()
     out = run_cli("erase", victim, "--now", data=data)
     assert "is erased" in out.stdout, out.stdout
+
+
+async def test_tombstones_of_the_uncompacted_tail_are_republished_on_start(pusher, data):
+    """If an OS crash dropped a tombstone the receiver published (not fsynced), the restart
+    publishes it again from the log before taking traffic."""
+    from lake.catalog import Catalog
+    from ingest.app import _republish_tombstones
+    await pusher.push("trip", trip(itin_id(1)))
+    compact(data)
+    await pusher.push("trip/event", deletion(itin_id(1)))
+    cat = Catalog(data)
+    cat.con.execute("DELETE FROM tombstones")  # what an OS crash could leave behind
+    con = queries.connect(data)
+    assert visible(con, itin_id(1))["trips"] == 1
+    assert _republish_tombstones(data, "p0") == 1
+    assert visible(con, itin_id(1)) == {"trips": 0, "trip_samples": 0, "trip_events": 0}
+    cat.close()
