@@ -1,0 +1,324 @@
+"""The OpenAPI document describes exactly the app's routes, completely, and what the handlers answer."""
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import orjson
+import pytest
+
+from pushlake.api import make_app
+from pushlake.api.openapi import document
+from pushlake.config import Settings, enterprise_key
+from tests.helpers import trip
+
+METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+# what each handler can answer (read from the handlers); the document may say more, never less
+PUSH = {200, 400, 401, 403, 413, 415, 503}
+EXPECTED = {
+    ("post", "/push/trip"): PUSH,
+    ("post", "/push/trip/event"): PUSH,
+    ("post", "/push/crash"): PUSH,
+    ("post", "/push/diagnosis"): PUSH,
+    ("get", "/health"): {200},
+    ("post", "/oauth/token"): {200, 400, 401},
+    ("post", "/v1/enterprise/team"): {200, 400, 401, 409, 422, 429},
+    ("get", "/v1/enterprise/teams"): {200, 401},
+    ("put", "/v1/enterprise/teams/{teamId}/status"): {200, 400, 401, 404, 409},
+    ("post", "/v1/enterprise/hyperadmin"): {200, 400, 401, 409, 422, 429},
+    ("get", "/v1/enterprise/hyperadmins"): {200, 401},
+    ("delete", "/v1/enterprise/hyperadmin/{userId}"): {200, 401, 404},
+    ("get", "/v1/enterprise/push/trips/report"): {200, 400, 401, 404},
+    ("get", "/v1/enterprise/push/crashes/report"): {200, 400, 401, 404},
+    ("post", "/v1/enterprise/push/trips/failed/retry"): {200, 401, 409},
+    ("post", "/v1/enterprise/push/crashes/failed/retry"): {200, 401, 409},
+    ("get", "/v1/enterprise/task/{taskId}"): {200, 401, 404},
+    ("post", "/v1/query"): {200, 400, 401, 403, 404, 406},
+    ("get", "/v1/export/{table}"): {200, 400, 401, 403, 404},
+    ("get", "/openapi.json"): {200},
+    ("get", "/docs"): {200},
+}
+
+
+@pytest.fixture
+def doc() -> dict:
+    return document()
+
+
+@pytest.fixture
+async def client(aiohttp_client, tmp_path: Path):
+    return await aiohttp_client(make_app(Settings(data_dir=tmp_path, min_free_bytes=0)))
+
+
+def operations(doc: dict):
+    for path, item in doc["paths"].items():
+        for method in METHODS:
+            if method in item:
+                yield method, path, item[method]
+
+
+def app_routes(app) -> set[tuple[str, str]]:
+    return {(r.method.lower(), r.resource.canonical) for r in app.router.routes() if r.method != "HEAD"}
+
+
+def resolve(doc: dict, pointer: str):
+    assert pointer.startswith("#/"), f"only local references: {pointer}"
+    node = doc
+    for part in pointer[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        assert isinstance(node, dict) and part in node, f"{pointer} does not resolve"
+        node = node[part]
+    return node
+
+
+def refs(node):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "$ref":
+                yield v
+            else:
+                yield from refs(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from refs(v)
+
+
+def conforms(doc: dict, schema: dict, value, where: str = "$") -> list[str]:
+    """A small JSON Schema check, enough for the response schemas of this document."""
+    if "$ref" in schema:
+        return conforms(doc, resolve(doc, schema["$ref"]), value, where)
+    if "const" in schema:
+        return [] if value == schema["const"] else [f"{where}: {value!r} != {schema['const']!r}"]
+    if "enum" in schema and value not in schema["enum"]:
+        return [f"{where}: {value!r} not in {schema['enum']}"]
+    types = schema.get("type")
+    if types is None:
+        return []
+    types = types if isinstance(types, list) else [types]
+    checks = {"object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list),
+              "string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool),
+              "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "null": lambda v: v is None}
+    if not any(checks[t](value) for t in types):
+        return [f"{where}: {value!r} is not {types}"]
+    problems = []
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        problems += [f"{where}: missing '{k}'" for k in schema.get("required", ()) if k not in value]
+        for k, v in value.items():
+            if k in props:
+                problems += conforms(doc, props[k], v, f"{where}.{k}")
+            elif schema.get("additionalProperties", True) is False:
+                problems.append(f"{where}: undocumented field '{k}'")
+    if isinstance(value, list) and "items" in schema:
+        for i, v in enumerate(value):
+            problems += conforms(doc, schema["items"], v, f"{where}[{i}]")
+    return problems
+
+
+async def check(doc: dict, method: str, path: str, resp) -> object:
+    """The status is documented for the operation and a JSON body matches the documented schema."""
+    o = doc["paths"][path][method]
+    status = str(resp.status)
+    body = await resp.read()
+    assert status in o["responses"], f"{method.upper()} {path} answered {status}, undocumented: {body[:200]!r}"
+    r = o["responses"][status]
+    ctype = resp.content_type
+    assert ctype in r.get("content", {}), f"{method.upper()} {path} {status}: undocumented content type {ctype}"
+    schema = r["content"][ctype].get("schema", {})
+    if ctype == "application/json":
+        value = orjson.loads(body)
+        problems = conforms(doc, schema, value)
+        assert not problems, f"{method.upper()} {path} {status}: {problems}"
+        return value
+    return body
+
+
+def basic(user: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
+
+
+# -- (a) the document and the app have the same operations ----------------------------------------------
+async def test_every_route_is_documented_and_every_operation_exists(client, doc):
+    routes = app_routes(client.server.app)
+    documented = {(m, p) for m, p, _ in operations(doc)}
+    assert routes - documented == set(), "routes missing from the OpenAPI document"
+    assert documented - routes == set(), "documented operations the app does not serve"
+
+
+# -- (b) every operation is complete --------------------------------------------------------------------
+def test_every_operation_has_a_summary_a_success_and_its_errors(doc):
+    schemes = doc["components"]["securitySchemes"]
+    ids = set()
+    for method, path, o in operations(doc):
+        name = f"{method.upper()} {path}"
+        assert o.get("summary"), f"{name}: no summary"
+        assert o.get("description"), f"{name}: no description"
+        assert o.get("operationId") and o["operationId"] not in ids, f"{name}: missing or repeated operationId"
+        ids.add(o["operationId"])
+        codes = set(o["responses"])
+        assert all(re.fullmatch(r"[1-5]\d\d", c) for c in codes), f"{name}: odd status codes {codes}"
+        assert any(c.startswith("2") for c in codes), f"{name}: no 2xx response"
+        assert all(r.get("description") for r in o["responses"].values()), f"{name}: response without description"
+        assert "security" in o, f"{name}: security not stated"
+        for req in o["security"]:
+            assert set(req) <= set(schemes), f"{name}: unknown security scheme in {req}"
+        if any(o["security"]):
+            assert "401" in codes, f"{name}: authenticated but no 401"
+        expected = EXPECTED.get((method, path))
+        if expected is not None:
+            assert {str(c) for c in expected} <= codes, f"{name}: undocumented {expected - {int(c) for c in codes}}"
+
+
+def test_push_503_says_when_to_retry_and_errors_have_their_schema(doc):
+    for method, path, o in operations(doc):
+        for status, r in o["responses"].items():
+            if status >= "400":
+                schema = r["content"]["application/json"]["schema"]["$ref"]
+                assert schema.endswith("/OAuthError" if path == "/oauth/token" else "/Error"), (path, status)
+        if path.startswith("/push/"):
+            assert "Retry-After" in o["responses"]["503"]["headers"]
+            assert "requestBody" in o
+
+
+def test_security_schemes(doc):
+    s = doc["components"]["securitySchemes"]
+    assert s["enterpriseKey"] == {**s["enterpriseKey"], "type": "apiKey", "in": "header",
+                                  "name": "x-dq-enterprise-api-key"}
+    assert s["oauth2"]["flows"]["clientCredentials"]["tokenUrl"] == "/oauth/token"
+    assert {s[n]["scheme"] for n in ("pushBearer", "adminBearer")} == {"bearer"}
+    assert {s[n]["scheme"] for n in ("pushBasic", "hyperadminBasic")} == {"basic"}
+
+
+# -- (c) served over HTTP -------------------------------------------------------------------------------
+async def test_openapi_json_and_docs_are_served(client, doc):
+    resp = await client.get("/openapi.json")
+    assert resp.status == 200
+    assert resp.content_type == "application/json"
+    assert orjson.loads(await resp.read()) == orjson.loads(orjson.dumps(doc))
+
+    resp = await client.get("/docs")
+    assert resp.status == 200
+    assert resp.content_type == "text/html"
+    page = await resp.text()
+    assert page.startswith("<!doctype html>")
+    assert "<script" not in page and "http://" not in page and "https://" not in page  # self-contained
+    for method, path, o in operations(doc):
+        assert path in page, f"/docs does not mention {path}"
+        assert o["summary"].replace("&", "&amp;") in page
+    for name in doc["components"]["schemas"]:
+        assert f'id="schema-{name}"' in page
+
+
+# -- (d) structure ----------------------------------------------------------------------------------------
+def test_every_ref_resolves_and_every_component_is_used(doc):
+    found = set(refs(doc))
+    assert found
+    for r in found:
+        resolve(doc, r)
+    for kind in ("schemas", "headers"):
+        unused = {f"#/components/{kind}/{n}" for n in doc["components"][kind]} - found
+        assert not unused, f"unused components: {unused}"
+
+
+def test_path_parameters_match_the_templates(doc):
+    for method, path, o in operations(doc):
+        declared = {p["name"] for p in o.get("parameters", []) if p["in"] == "path"}
+        assert declared == set(re.findall(r"{(\w+)}", path)), f"{method.upper()} {path}"
+        for p in o.get("parameters", []):
+            assert p["in"] in ("query", "header", "path", "cookie") and "schema" in p
+            assert p.get("required") is True or p["in"] != "path"
+
+
+def test_document_is_valid_openapi_31(doc):
+    validator = pytest.importorskip("openapi_spec_validator")
+    validator.validate(doc)
+
+
+# -- the document is true: what the handlers answer is documented ------------------------------------------
+async def test_every_operation_without_credentials_answers_as_documented(client, doc):
+    for method, path, o in operations(doc):
+        url = re.sub(r"{\w+}", "x", path)
+        resp = await client.request(method.upper(), url, data=b"{}", headers={"Content-Type": "application/json"})
+        await check(doc, method, path, resp)
+        if any(o["security"]):
+            assert resp.status in (400, 401), f"{method.upper()} {path} answered {resp.status} without credentials"
+        else:
+            assert resp.status == 200
+
+
+async def test_a_tour_of_the_api_answers_as_documented(client, doc, tmp_path):
+    ek = {"x-dq-enterprise-api-key": enterprise_key(tmp_path)[0]}
+    json_h = {"Content-Type": "application/json"}
+
+    async def call(method, path, url=None, expect=200, **kw):
+        resp = await client.request(method.upper(), url or path, **kw)
+        assert resp.status == expect, (method, url or path, resp.status, await resp.text())
+        return await check(doc, method, path, resp)
+
+    team = await call("post", "/v1/enterprise/team", json={"teamId": "acme"}, headers=ek)
+    await call("post", "/v1/enterprise/team", json={"teamId": "acme"}, headers=ek, expect=409)
+    await call("post", "/v1/enterprise/team", json={"teamId": "-bad"}, headers=ek, expect=422)
+    await call("post", "/v1/enterprise/team", data=b"[]", headers=ek, expect=400)
+    await call("get", "/v1/enterprise/teams", headers=ek)
+    status = "/v1/enterprise/teams/{teamId}/status"
+    await call("put", status, "/v1/enterprise/teams/nope/status", json={"status": "DISABLED"}, headers=ek, expect=404)
+    await call("put", status, "/v1/enterprise/teams/acme/status", json={"status": "ENABLED"}, headers=ek, expect=409)
+    await call("put", status, "/v1/enterprise/teams/acme/status", json={"status": "x"}, headers=ek, expect=400)
+
+    push_h = {**json_h, "Authorization": f"Bearer {team['pushApiKey']}"}
+    await call("post", "/push/trip", data=orjson.dumps(trip("6030ebe4ea60426b34e9b3bf")), headers=push_h)
+    await call("post", "/push/trip", data=b'{"x": 1}', headers=push_h, expect=400)
+    await call("post", "/push/trip", data=b"{}", headers={**push_h, "Content-Type": "text/plain"}, expect=415)
+    await call("post", "/push/crash", data=b'{"crashId": "c1"}', headers={**json_h, "Authorization": "Bearer no"},
+               expect=401)
+    await call("get", "/health")
+
+    token = await call("post", "/oauth/token", data={"grant_type": "client_credentials"},
+                       headers={"Authorization": basic("acme", team["pushApiKey"])})
+    await call("post", "/oauth/token", data={"grant_type": "password"},
+               headers={"Authorization": basic("acme", team["pushApiKey"])}, expect=400)
+    await call("post", "/oauth/token", data={"grant_type": "client_credentials", "client_id": "acme",
+                                             "client_secret": "wrong"}, expect=401)
+    await call("post", "/push/diagnosis", data=b'{"userId": "u1"}',
+               headers={**json_h, "Authorization": f"Bearer {token['access_token']}"})
+
+    admin = {"firstname": "Jane", "lastname": "Doe", "password": "PnsPYthv4N?zI%CK"}
+    await call("post", "/v1/enterprise/hyperadmin", json={"userId": "jane", **admin}, headers=ek)
+    await call("post", "/v1/enterprise/hyperadmin", json={"userId": "jane", **admin}, headers=ek, expect=409)
+    await call("post", "/v1/enterprise/hyperadmin", json={"userId": "joe", **admin, "password": "short"},
+               headers=ek, expect=422)
+    await call("get", "/v1/enterprise/hyperadmins", headers=ek)
+
+    report = "/v1/enterprise/push/trips/report"
+    await call("get", report, f"{report}?startDate=2025-01-01&endDate=2025-01-31", headers=ek)
+    await call("get", report, f"{report}?startDate=2025-01-01", headers=ek, expect=400)
+    await call("get", report, f"{report}?startDate=2025-01-01&endDate=2025-01-31&teamId=nope", headers=ek, expect=404)
+    retry = await call("post", "/v1/enterprise/push/crashes/failed/retry", headers=ek)
+    task = "/v1/enterprise/task/{taskId}"
+    await call("get", task, f"/v1/enterprise/task/{retry['taskId']}", headers=ek)
+    await call("get", task, "/v1/enterprise/task/nope", headers=ek, expect=404)
+
+    reader = {"Authorization": f"Bearer {team['adminApiKey']}"}
+    hyper = {"Authorization": basic("jane", admin["password"])}
+    await call("post", "/v1/query", json={"sql": "SELECT 1 AS n"}, headers=reader)
+    await call("post", "/v1/query", json={"sql": "SELECT 1 AS n"}, headers={**reader, "Accept": "text/csv"})
+    await call("post", "/v1/query", json={"sql": "SELECT 1"}, headers={**reader, "Accept": "image/png"}, expect=406)
+    await call("post", "/v1/query", json={"sql": "SELEC"}, headers=reader, expect=400)
+    await call("post", "/v1/query", json={"sql": "SELECT 1", "teamId": "other"}, headers=reader, expect=403)
+    await call("post", "/v1/query", json={"sql": "SELECT 1", "teamId": "nope"}, headers=hyper, expect=404)
+    export = "/v1/export/{table}"
+    await call("get", export, "/v1/export/trips?format=jsonl", headers=reader)
+    await call("get", export, "/v1/export/trips?format=xml", headers=reader, expect=400)
+    await call("get", export, "/v1/export/nope", headers=hyper, expect=400)
+
+    user = "/v1/enterprise/hyperadmin/{userId}"
+    await call("delete", user, "/v1/enterprise/hyperadmin/jane", headers=ek)
+    await call("delete", user, "/v1/enterprise/hyperadmin/jane", headers=ek, expect=404)
+    await call("put", status, "/v1/enterprise/teams/acme/status", json={"status": "DISABLED"}, headers=ek)
+    await call("post", "/push/trip", data=orjson.dumps(trip("6030ebe4ea60426b34e9b3bf")), headers=push_h, expect=403)
+    enabled = await call("put", status, "/v1/enterprise/teams/acme/status", json={"status": "ENABLED"}, headers=ek)
+    assert set(enabled) == {"status", "pushApiKey", "adminApiKey"}
