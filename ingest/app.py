@@ -60,7 +60,7 @@ def make_handler(kind: int):
         try:
             team = request.app[AUTH].authenticate(request.headers.get("Authorization"))
         except AuthError as e:
-            headers = {"WWW-Authenticate": 'Bearer realm="pushlake"'} if e.status == 401 else None
+            headers = {"WWW-Authenticate": 'Bearer realm="pushlake", Basic realm="pushlake"'} if e.status == 401 else None
             return error(e.status, e.code, e.message, headers)
         if request.content_type != "application/json" and not request.content_type.endswith("+json"):
             return error(415, "unsupported_media_type",

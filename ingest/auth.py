@@ -1,8 +1,8 @@
 """Who is calling: teams (push key, OAuth2 access token, admin key) and hyper-admins.
 
-Teams are held in memory and reloaded when ``admin.db`` changes (``PRAGMA data_version``, a few
-microseconds), so a team disabled by any process is refused by every receiver at its next request,
-with no per-request query on the hot path.
+Teams are held in memory and reloaded when ``admin.db`` changes (``PRAGMA data_version``, checked
+at most every 10 ms), so a team disabled by any process is refused by every receiver within 10 ms,
+and at once by the process that disabled it, with no per-request query on the hot path.
 """
 from __future__ import annotations
 
@@ -55,6 +55,8 @@ class PushAuth:
         self._by_admin: dict[str, _Team] = {}
         self._verified: dict[str, tuple[str, float]] = {}   # hyper-admin credentials already checked
         self._version: int | None = None
+        self._next_check = 0.0
+        self.check_every = 0.01  # a change made by another process is seen within 10 ms
 
     def close(self) -> None:
         self.teams.close()
@@ -70,6 +72,10 @@ class PushAuth:
         self._version = self.teams.data_version()
 
     def _fresh(self) -> None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + self.check_every
         if self.teams.data_version() != self._version:
             self.reload()
 

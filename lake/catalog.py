@@ -292,6 +292,11 @@ class Catalog:
             self.con.executemany("INSERT INTO task_items(task_id, failed_id) VALUES (?,?)", ((task_id, i) for i in ids))
         return task_id, len(ids)
 
+    def fail_task(self, task_id: str, reason: str) -> None:
+        with self._tx():
+            self.con.execute("UPDATE tasks SET status='FAILED', error=?, completed_at=? WHERE task_id=?",
+                             (reason, time.time(), task_id))
+
     def get_task(self, task_id: str) -> tuple | None:
         return self.con.execute("SELECT task_id, type, status, created_at, completed_at, nb_items, nb_remaining "
                                 "FROM tasks WHERE task_id=?", (task_id,)).fetchone()

@@ -209,6 +209,18 @@ class Compactor:
         counts[STAT_FIELDS.index(what)] += 1
 
     # -- retry of FAILED items (asynchronous tasks) ---------------------------------------------
+    def run_tasks_safely(self) -> int:
+        """run_tasks, but a task whose items cannot be processed is marked FAILED with the error
+        instead of being retried forever."""
+        task = self.catalog.next_task()
+        try:
+            return self.run_tasks()
+        except Exception as e:  # noqa: BLE001 - recorded on the task
+            log.exception("retry task %s failed", task[0] if task else "?")
+            if task:
+                self.catalog.fail_task(task[0], f"{type(e).__name__}: {e}")
+            return 0
+
     def run_tasks(self, chunk: int = 200) -> int:
         """Advance the oldest unfinished retry task by up to ``chunk`` items; return items done."""
         task = self.catalog.next_task()
@@ -277,7 +289,7 @@ class Compactor:
         while True:
             s = self.step()
             if not s.records:
-                while self.run_tasks():
+                while self.run_tasks_safely():
                     pass
                 return total
             total.add(s)
@@ -352,7 +364,7 @@ class Compactor:
                 if s.records:
                     log.info("compacted %d records (%d stored, %d failed) in %.2fs",
                              s.records, s.stored, s.failed, s.seconds)
-                elif self.run_tasks():
+                elif self.run_tasks_safely():
                     continue
                 if time.monotonic() - last_maint > maintain_every:
                     m = self.maintain()

@@ -74,6 +74,8 @@ class HyperAdmins:
         for field, v in (("userId", user_id), ("firstname", firstname), ("lastname", lastname)):
             if not isinstance(v, str) or not NAME.match(v) or len(v) > 128:
                 raise InvalidField(f"{field} is required and must match {NAME.pattern} (at most 128 characters)")
+        if ":" in user_id:
+            raise InvalidField("userId cannot contain ':' (it separates user and password in Basic credentials)")
         if not isinstance(password, str):
             raise WeakPassword("password is required")
         problems = password_problems(password)

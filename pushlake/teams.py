@@ -95,6 +95,8 @@ class Teams:
         now = time.time()
         self.con.execute("BEGIN IMMEDIATE")
         try:
+            if self.con.execute("SELECT 1 FROM teams WHERE team_id = ?", (team_id,)).fetchone():
+                raise TeamExists(f"team '{team_id}' already exists")
             if quota is not None and self.con.execute("SELECT count(*) FROM teams").fetchone()[0] >= quota:
                 raise TeamQuota(f"at most {quota} teams")
             try:
@@ -123,18 +125,24 @@ class Teams:
         """Disabling revokes the keys at once; enabling again issues new keys (returned once)."""
         if status not in ("ENABLED", "DISABLED"):
             raise TeamError("status must be ENABLED or DISABLED")
-        row = self.get(team_id)
-        if row is None:
-            raise UnknownTeam(f"unknown team '{team_id}'")
-        if row.status == status:
-            raise SameStatus(f"team '{team_id}' is already {status}")
-        out: dict = {"status": status}
-        if status == "DISABLED":
-            # the hashes stay so that a revoked key is answered 403 (team disabled), not 401
-            self.con.execute("UPDATE teams SET status='DISABLED' WHERE team_id=?", (team_id,))
-        else:
-            push, admin = self._new_keys()
-            self.con.execute("UPDATE teams SET status='ENABLED', push_key_hash=?, admin_key_hash=?, keys_issued_at=? "
-                             "WHERE team_id=?", (hash_key(push), hash_key(admin), time.time(), team_id))
-            out.update(pushApiKey=push, adminApiKey=admin)
+        self.con.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.get(team_id)
+            if row is None:
+                raise UnknownTeam(f"unknown team '{team_id}'")
+            if row.status == status:
+                raise SameStatus(f"team '{team_id}' is already {status}")
+            out: dict = {"status": status}
+            if status == "DISABLED":
+                # the hashes stay so that a revoked key is answered 403 (team disabled), not 401
+                self.con.execute("UPDATE teams SET status='DISABLED' WHERE team_id=?", (team_id,))
+            else:
+                push, admin = self._new_keys()
+                self.con.execute("UPDATE teams SET status='ENABLED', push_key_hash=?, admin_key_hash=?, keys_issued_at=? "
+                                 "WHERE team_id=?", (hash_key(push), hash_key(admin), time.time(), team_id))
+                out.update(pushApiKey=push, adminApiKey=admin)
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
         return out

@@ -313,7 +313,7 @@ async def test_a_tour_of_the_api_answers_as_documented(client, doc, tmp_path):
     export = "/v1/export/{table}"
     await call("get", export, "/v1/export/trips?format=jsonl", headers=reader)
     await call("get", export, "/v1/export/trips?format=xml", headers=reader, expect=400)
-    await call("get", export, "/v1/export/nope", headers=hyper, expect=400)
+    await call("get", export, "/v1/export/nope", headers=hyper, expect=404)
 
     user = "/v1/enterprise/hyperadmin/{userId}"
     await call("delete", user, "/v1/enterprise/hyperadmin/jane", headers=ek)

@@ -2,6 +2,7 @@
 no SQL reaches other teams' files or the host."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
 import io
@@ -87,6 +88,7 @@ async def test_push_key_is_not_a_read_key_and_disabled_team_is_refused(lake, dat
     t = Teams(data)
     t.set_status("acme", "DISABLED")
     t.close()
+    await asyncio.sleep(0.02)  # another process's change is seen within 10 ms
     assert (await q(client, "SELECT 1", bearer(keys["acme"]["adminApiKey"]))).status == 403
 
 
@@ -201,6 +203,27 @@ async def test_export_streams_the_team_only(lake, fmt):
     r = await client.get("/v1/export/trips?format=parquet&teamId=globex", headers=basic("root@example.com", ADMIN_PW))
     assert pq.read_table(io.BytesIO(await r.read())).num_rows == 3
     r = await client.get("/v1/export/nope", headers=bearer(keys["acme"]["adminApiKey"]))
-    assert r.status == 400
+    assert r.status == 404
     r = await client.get("/v1/export/trips?from=yesterday", headers=bearer(keys["acme"]["adminApiKey"]))
     assert r.status == 400
+
+
+async def test_abandoned_exports_do_not_exhaust_the_query_workers(lake, data):
+    """Clients that hang up mid-download must not leave workers blocked on a full queue."""
+    import aiohttp
+    w = LogWriter(data, 0)
+    w.append([(KIND_TRIP, 1_760_000_000_000_000 + i, "acme", itin_id(1000 + i),
+               orjson.dumps(trip(itin_id(1000 + i)))) for i in range(300)])
+    w.close()
+    compact(data)
+    client, keys = await lake()
+    url = str(client.make_url("/v1/export/trip_samples?format=jsonl"))
+    for _ in range(4):  # more than the 2 query workers
+        async with aiohttp.ClientSession() as s:
+            r = await s.get(url, headers=bearer(keys["acme"]["adminApiKey"]))
+            assert r.status == 200
+            await r.content.read(1000)
+            r.close()  # hang up
+    await asyncio.sleep(1.5)
+    r = await asyncio.wait_for(q(client, "SELECT count(*) AS n FROM trips", bearer(keys["acme"]["adminApiKey"])), 10)
+    assert (await r.json())["rows"] == [{"n": 306}]

@@ -116,9 +116,9 @@ def _day(request: web.Request, name: str) -> str:
     if not v:
         raise TeamError(f"{name} is required (yyyy-MM-dd)")
     try:
-        if len(v) != 10:
-            raise ValueError(v)
-        return dt.date.fromisoformat(v).isoformat()
+        if len(v) == 10:
+            return dt.date.fromisoformat(v).isoformat()
+        return dt.datetime.fromisoformat(v).date().isoformat()  # yyyy-MM-dd'T'HH:mm:ss.SSSZ accepted too
     except ValueError:
         raise TeamError(f"{name} must be a date yyyy-MM-dd, got '{v}'") from None
 
@@ -190,7 +190,7 @@ def setup(app: web.Application) -> None:
     r.add_put("/v1/enterprise/teams/{teamId}/status", team_status)
     r.add_post("/v1/enterprise/hyperadmin", create_hyperadmin)
     r.add_get("/v1/enterprise/hyperadmins", list_hyperadmins)
-    r.add_delete("/v1/enterprise/hyperadmin/{userId}", delete_hyperadmin)
+    r.add_delete("/v1/enterprise/hyperadmin/{userId:.+}", delete_hyperadmin)
     r.add_get("/v1/enterprise/push/trips/report",
               report_handler(1, ("received", "stored", "duplicates", "failed", "deleted", "discarded")))
     r.add_get("/v1/enterprise/push/crashes/report",

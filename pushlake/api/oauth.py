@@ -28,6 +28,8 @@ async def token(request: web.Request) -> web.Response:
     try:
         if basic:
             client_id, secret = _basic(header.split(" ", 1)[1].strip())
+            if "client_secret" in form:
+                return _error(400, "invalid_request", "use one client authentication method: Basic or the body")
             if "client_id" in form and form["client_id"] != client_id:
                 return _error(400, "invalid_request", "client_id in the body differs from the Basic credentials")
         else:

@@ -609,10 +609,11 @@ def document() -> dict:
                        content={mime: {"schema": {"type": "string"} if fmt != "parquet"
                                        else {"type": "string", "format": "binary"}}
                                 for fmt, mime in FORMATS.items()}),
-             "400": err("Unknown table or format, or a date that is not `yyyy-MM-dd`",
+             "400": err("Unknown format, or a date that is not `yyyy-MM-dd`",
                         "invalid_request invalid_query"),
-             **reader_errors()},
-            parameters=[path_param("table", "A lake table (another name gets 400).", {"type": "string",
+             **reader_errors(),
+             "404": err("No such table; or, for a hyper-admin, `teamId` names no team", "not_found")},
+            parameters=[path_param("table", "A lake table (another name gets 404).", {"type": "string",
                                                                                       "enum": list(TABLES)}),
                         query_param("format", "Output format.", {"type": "string", "enum": list(FORMATS),
                                                                  "default": "parquet"}),

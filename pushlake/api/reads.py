@@ -33,6 +33,11 @@ class QueryTimeout(Exception):
     pass
 
 
+def _auth_error(e: AuthError) -> web.Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="pushlake", Basic realm="pushlake"'} if e.status == 401 else None
+    return error(e.status, e.code, e.message, headers)
+
+
 def _principal(request: web.Request) -> Principal:
     return request.app[AUTH].reader(request.headers.get("Authorization"))
 
@@ -95,7 +100,7 @@ async def query(request: web.Request) -> web.StreamResponse:
             return error(400, "invalid_request", "body must be JSON: {\"sql\": \"SELECT ...\"}")
         scope = _scope(request, who, doc.get("teamId"))
     except AuthError as e:
-        return error(e.status, e.code, e.message)
+        return _auth_error(e)
     mime = _negotiate(request.headers.get("Accept", "application/json"))
     if not mime:
         return error(406, "not_acceptable", "Accept application/json, text/csv, "
@@ -141,13 +146,26 @@ async def export(request: web.Request) -> web.StreamResponse:
         who = _principal(request)
         scope = _scope(request, who, request.query.get("teamId"))
     except AuthError as e:
-        return error(e.status, e.code, e.message)
+        return _auth_error(e)
     if fmt not in FORMATS:
         return error(400, "invalid_request", f"format must be one of {', '.join(FORMATS)}")
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue(maxsize=4)
     DONE = object()
     started: asyncio.Future = loop.create_future()
+
+    cancelled = threading.Event()
+
+    def put(item) -> None:
+        f = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+        while True:
+            try:
+                f.result(timeout=0.5)
+                return
+            except TimeoutError:
+                if cancelled.is_set():
+                    f.cancel()
+                    raise ConnectionAbortedError("export cancelled: the client went away") from None
 
     def produce():
         con = None
@@ -157,24 +175,40 @@ async def export(request: web.Request) -> web.StreamResponse:
             loop.call_soon_threadsafe(started.set_result, total)
             for chunk in chunks:
                 if chunk:
-                    asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
+                    put(chunk)
+        except ConnectionAbortedError:
+            return
         except BaseException as e:  # noqa: BLE001 - reported to the request
             if not started.done():
                 loop.call_soon_threadsafe(started.set_exception, e)
             else:
-                asyncio.run_coroutine_threadsafe(queue.put(e), loop).result()
+                try:
+                    put(e)
+                except ConnectionAbortedError:
+                    pass
             return
         finally:
             if con is not None:
                 con.close()
-        asyncio.run_coroutine_threadsafe(queue.put(DONE), loop).result()
+        try:
+            put(DONE)
+        except ConnectionAbortedError:
+            pass
 
     fut = loop.run_in_executor(request.app[POOL], produce)
+    try:
+        return await _send(request, fut, started, queue, DONE, table, fmt)
+    finally:
+        cancelled.set()  # a client that went away must not leave the producer blocked on a full queue
+
+
+async def _send(request, fut, started, queue, DONE, table, fmt) -> web.StreamResponse:
     try:
         total = await started
     except ExportError as e:
         await fut
-        return error(400, "invalid_request", str(e))
+        status = 404 if str(e).startswith("unknown table") else 400
+        return error(status, "not_found" if status == 404 else "invalid_request", str(e))
     except duckdb.Error as e:
         await fut
         return error(400, "invalid_query", str(e).splitlines()[0])
