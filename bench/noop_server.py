@@ -37,8 +37,13 @@ def main() -> None:
     ap.add_argument("--reuse-port", action="store_true", help="share the port with sibling processes")
     ap.add_argument("--max-body", type=int, default=32 << 20, metavar="BYTES")
     a = ap.parse_args()
+    try:  # the same event loop as pushlake serve, so the ratio compares handlers, not loops
+        import uvloop
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = None
     web.run_app(build_app(a.max_body), host=a.host, port=a.port, reuse_port=a.reuse_port or None,
-                print=None, access_log=None)
+                print=None, access_log=None, loop=loop)
 
 
 if __name__ == "__main__":

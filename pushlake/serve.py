@@ -38,11 +38,22 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+def event_loop_factory():
+    """uvloop when installed (a dependency): the same aiohttp code, ~25 % more requests per core."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def run_receiver(settings: Settings, partition: int, reuse_port: bool) -> None:
     from pushlake.api import make_app
     app = make_app(settings, partition)
+    factory = event_loop_factory()
+    loop = factory() if factory else None
     web.run_app(app, host=settings.host, port=settings.port, reuse_port=reuse_port or None,
-                print=None, access_log=None, handle_signals=True)
+                print=None, access_log=None, handle_signals=True, loop=loop)
 
 
 def _receiver_child(settings: Settings, partition: int) -> None:
