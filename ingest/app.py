@@ -20,7 +20,7 @@ from pushlake.config import Settings
 
 from .auth import AuthError, PushAuth
 from .groupcommit import GroupCommit, Item, Overloaded, WriteFailed
-from .keys import ROUTES, MissingKey, deleted_itin, key_of
+from .keys import ROUTES, MissingKey, NotJson, deleted_itin, key_of, parse_keys
 from .log import LogReader, LogWriter
 from .record import KIND_EVENT
 
@@ -82,13 +82,9 @@ def make_handler(kind: int):
             except zlib.error as e:
                 return error(400, "bad_encoding", f"body is not valid {encoding}: {e}")
         try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as e:
-            return error(400, "invalid_json", f"body is not valid JSON: {e}")
-        if not isinstance(doc, dict):
-            return error(400, "invalid_json", "body must be a JSON object")
-        try:
-            key = key_of(kind, doc, body)
+            key = key_of(kind, parse_keys(body), body)
+        except NotJson as e:
+            return error(400, "invalid_json", str(e))
         except MissingKey as e:
             return error(400, "missing_key", str(e))
         state = request.app[STATE]
@@ -133,6 +129,8 @@ def _tombstone_sink(data_dir: Path, part: str):
             if "cat" not in holder:
                 holder["cat"] = Catalog(data_dir)
                 holder["cat"].con.execute("PRAGMA synchronous=NORMAL")
+                # checkpoints (which fsync the database) are left to the compactor's connection
+                holder["cat"].con.execute("PRAGMA wal_autocheckpoint=0")
             holder["cat"].add_tombstones(rows)
     return sink
 

