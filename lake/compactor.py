@@ -27,7 +27,9 @@ from pushlake import failpoints
 
 from . import files as lf
 from .catalog import STAT_FIELDS, Catalog, Commit
-from .project import TABLES_OF_KIND, Projected, ProjectionError, project, received_date
+from .project import TABLES_OF_KIND, Projected, ProjectionError, project, project_trip, received_date, split_trip
+from .routes import Routes
+from .routes import parse as parse_routes
 from .schema import SCHEMAS, TRIP_TABLES
 
 log = logging.getLogger("pushlake.compactor")
@@ -56,13 +58,14 @@ class StepStats:
 @dataclass
 class _Batch:
     commit: Commit
+    routes: Routes | None = None
     buffers: dict = field(default_factory=lambda: defaultdict(list))   # (tbl, team, date) -> list[Projected parts]
     remove_keys: dict = field(default_factory=lambda: defaultdict(set))  # (tables, team) -> keys
 
 
 class Compactor:
     def __init__(self, data_dir: Path, out_dir: Path | None = None, retention_days: float = 7.0,
-                 batch_records: int = 20_000, batch_bytes: int = 256 << 20, merge_min_files: int = 8):
+                 batch_records: int = 20_000, batch_bytes: int = 128 << 20, merge_min_files: int = 8):
         self.data_dir = Path(data_dir)
         self.out_dir = Path(out_dir) if out_dir else self.data_dir
         self.retention = retention_days * 86400.0
@@ -123,9 +126,10 @@ class Compactor:
         so the lake and the push counts do not depend on where batch boundaries fall."""
         c = b.commit
         records.sort(key=lambda pr: (pr[1].received_us, pr[0], pr[1].offset))
+        trips = self._prepare_trips(records, b)
         cands: dict[tuple[int, str, str], list[tuple[str, Record]]] = defaultdict(list)
         deletions: dict[tuple[str, str], tuple[str, Record]] = {}
-        for part, r in records:
+        for k, (part, r) in enumerate(records):
             if not retry:
                 self._count(c, r, "received")
             if r.kind == KIND_EVENT:
@@ -134,7 +138,7 @@ class Compactor:
                     deletions.setdefault((r.team, itin), (part, r))
                     if not retry:
                         self._count(c, r, "deleted", kind=KIND_TRIP)
-            cands[(r.kind, r.team, r.key)].append((part, r))
+            cands[(r.kind, r.team, r.key)].append((part, r, k))
         # the first deletion of each trip: from the catalog, or from this batch
         tomb: dict[tuple[str, str], tuple[int, str, int]] = {
             k: (r.received_us, part, r.offset) for k, (part, r) in deletions.items()}
@@ -153,7 +157,7 @@ class Compactor:
             before = known.get((kind, team, key))
             cur = before
             chosen = None
-            for part, r in lst:
+            for part, r, k in lst:
                 order = (r.received_us, part, r.offset)
                 if cur is not None and cur[0] >= order:
                     st.stale += 1   # older than the version in the lake (another partition, or a retry)
@@ -167,7 +171,7 @@ class Compactor:
                     self._count(c, r, "discarded")
                     continue
                 try:
-                    p = project(r, part)
+                    p = self._project(r, part, k, trips, b.routes)
                 except (ProjectionError, pa.ArrowException, ValueError, TypeError, OverflowError) as e:
                     reason = str(e) if isinstance(e, ProjectionError) else f"{type(e).__name__}: {e}"
                     c.failed.append((kind, team, key, part, r.offset, r.received_us, reason))
@@ -201,6 +205,42 @@ class Compactor:
                 b.remove_keys[(TRIP_TABLES, team)].add(itin)
                 c.drop_versions.append((KIND_TRIP, team, itin))
             c.applied.append((team, itin))
+
+    @staticmethod
+    def _prepare_trips(records: list[tuple[str, Record]], b: _Batch) -> dict[int, tuple | ProjectionError]:
+        """Split every trip of the batch and parse all their routes at once (``lake.routes``)."""
+        trips: dict[int, tuple | ProjectionError] = {}
+        raw: list[tuple[int, bytes]] = []
+        for k, (part, r) in enumerate(records):
+            if r.kind != KIND_TRIP:
+                continue
+            try:
+                doc, route, problem = split_trip(r.body)
+            except ProjectionError as e:
+                trips[k] = e
+                continue
+            trips[k] = (doc, route is not None, problem)
+            if route is not None:
+                raw.append((k, route))
+        b.routes, errors = parse_routes(raw)
+        errors.update(b.routes.check())
+        for k, reason in errors.items():
+            trips[k] = (trips[k][0], False, reason)
+        return trips
+
+    @staticmethod
+    def _project(r: Record, part: str, k: int, trips: dict, routes: Routes | None) -> Projected:
+        if r.kind != KIND_TRIP:
+            return project(r, part)
+        pre = trips[k]
+        if isinstance(pre, ProjectionError):
+            raise pre
+        doc, has_route, route_problem = pre
+        p = project_trip(r, part, doc, routes.count(k) if has_route else 0)
+        if route_problem:
+            raise ProjectionError(route_problem)
+        p.route = k if has_route else None
+        return p
 
     @staticmethod
     def _count(c: Commit, r: Record, what: str, kind: int | None = None) -> None:
@@ -251,9 +291,11 @@ class Compactor:
         for tbl, rows in p.rows.items():
             if rows:
                 b.buffers[(tbl, team, d)].append(rows)
-        for tbl, batch in p.batches.items():
-            if batch.num_rows:
-                b.buffers[(tbl, team, d)].append(batch)
+        if p.route is not None:
+            trip = p.rows["trips"][0]
+            b.buffers[("trip_samples", team, d)].append(
+                (p.route, trip["itin_id"], trip["team_id"], trip["date"], trip["received_at"], trip["log_part"],
+                 trip["log_offset"]))
 
     def _apply(self, b: _Batch, st: StepStats) -> None:
         c = b.commit
@@ -268,20 +310,22 @@ class Compactor:
                     c.add_files.append(lf.write_file(self.out_dir, tbl, fteam, date, t))
                 st.files_rewritten += 1
         for (tbl, team, date), parts in b.buffers.items():
-            schema = SCHEMAS[tbl]
-            tables = []
-            rows: list[dict] = []
-            for part in parts:
-                if isinstance(part, list):
-                    rows.extend(part)
-                else:
-                    tables.append(pa.Table.from_batches([part]))
-            if rows:
-                tables.append(pa.Table.from_pylist(rows, schema=schema))
-            table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+            if tbl == "trip_samples":
+                table = self._samples(b.routes, parts)
+            else:
+                table = pa.Table.from_pylist([row for rows in parts for row in rows], schema=SCHEMAS[tbl])
+            if table.num_rows == 0:
+                continue
             c.add_files.append(lf.write_file(self.out_dir, tbl, team, date, table))
             st.files_written += 1
         failpoints.hit("compactor.after_write")
+
+    @staticmethod
+    def _samples(routes: Routes, parts: list[tuple]) -> pa.Table:
+        names = ("itin_id", "team_id", "date", "received_at", "log_part", "log_offset")
+        cols = list(zip(*parts))
+        common = {name: pa.array(cols[i + 1], SCHEMAS["trip_samples"].field(name).type) for i, name in enumerate(names)}
+        return routes.samples(list(cols[0]), common)
 
     def drain(self, progress=None) -> StepStats:
         """Project everything in the log, then finish any queued retry task."""

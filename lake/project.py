@@ -10,14 +10,14 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
-import pyarrow as pa
 
 from ingest.keys import body_sha256
 from ingest.record import KIND_CRASH, KIND_DIAGNOSIS, KIND_EVENT, KIND_TRIP, Record
 
-from .schema import (CRASH_FIELDS, DELETION_FIELDS, DIAGNOSIS_FIELDS, EVENT_ARRAYS, EVENT_FIELDS,
-                     SAMPLE_FIELDS, SAMPLE_TS_FIELD, SCHEMAS, TRIP_FIELDS)
+from .schema import (CRASH_FIELDS, DELETION_FIELDS, DIAGNOSIS_FIELDS, EVENT_ARRAYS, EVENT_FIELDS, ROUTE_SOURCES,
+                     TRIP_FIELDS)
 
 UTC = dt.timezone.utc
 TABLES_OF_KIND = {KIND_TRIP: ("trips", "trip_samples", "trip_events"), KIND_EVENT: ("trip_deletions",),
@@ -32,7 +32,7 @@ class ProjectionError(ValueError):
 class Projected:
     date: dt.date
     rows: dict[str, list[dict]]               # table -> row dicts
-    batches: dict[str, pa.RecordBatch]        # table -> columnar rows (samples)
+    route: int | None = None                  # a trip's route, by its id in the batch's lake.routes
 
 
 def _num(v: Any, path: str) -> float | None:
@@ -152,20 +152,58 @@ def received_date(r: Record) -> dt.date:
 
 
 def project(r: Record, part: str) -> Projected:
-    fn = {KIND_TRIP: _trip, KIND_EVENT: _deletion, KIND_CRASH: _crash, KIND_DIAGNOSIS: _diagnosis}[r.kind]
+    """Crashes, diagnoses and deletions (trips go through ``split_trip`` and ``project_trip``)."""
+    fn = {KIND_EVENT: _deletion, KIND_CRASH: _crash, KIND_DIAGNOSIS: _diagnosis}[r.kind]
     p = fn(r, _load(r))
     for rows in p.rows.values():
         for row in rows:
             row["log_part"] = part
-    if p.batches:
-        p.batches = {t: b.set_column(b.schema.get_field_index("log_part"), "log_part",
-                                     pa.array([part] * b.num_rows, pa.string())) for t, b in p.batches.items()}
     return p
 
 
-def _trip(r: Record, body: dict) -> Projected:
+_TOP = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_ROUTE_SOURCES = set(ROUTE_SOURCES)
+
+
+def split_trip(body: bytes) -> tuple[dict, bytes | None, str | None]:
+    """The trip without its route, as Python objects, and the route's raw JSON.
+
+    Only the top level is split (msgspec keeps each value as raw bytes), so the route's
+    thousands of numbers are never turned into Python objects: ``lake.routes`` parses them, for
+    the whole batch at once. Null or non-array route tables are reported here (third value), per
+    trip; the caller reports them after the trip's other fields, so a reason names the first
+    problem in reading order."""
+    try:
+        top = _TOP.decode(body)
+    except msgspec.ValidationError:
+        raise ProjectionError("body is not a JSON object") from None
+    except msgspec.DecodeError as e:
+        raise ProjectionError(f"body is not JSON: {e}") from None
+    route = top.pop("route", None)
+    doc = {k: orjson.loads(memoryview(v)) for k, v in top.items()}
+    if route is None or bytes(route) == b"null":
+        return doc, None, None
+    try:
+        parts = _TOP.decode(route)
+    except msgspec.ValidationError:
+        return doc, None, f"route: expected an object of arrays, got {_show(orjson.loads(memoryview(route)))}"
+    extra = {}
+    problem = None
+    for k, v in parts.items():
+        if k in _ROUTE_SOURCES:
+            if problem is None and bytes(memoryview(v)[:1]) != b"[":
+                problem = f"route.{k}: expected an array of numbers, got {_show(orjson.loads(memoryview(v)))}"
+        else:
+            extra[k] = orjson.loads(memoryview(v))  # arrays without a column (e.g. stoppingStateRoute) stay in extra
+    if extra:
+        doc["route"] = extra
+    return doc, (None if problem else bytes(route)), problem
+
+
+def project_trip(r: Record, part: str, body: dict, n_samples: int) -> Projected:
+    """The trips row and trip_events rows; samples come from ``lake.routes`` (``n_samples`` of them)."""
+    body = dict(body)
     itin = body.pop("itinId", None)
-    route = body.pop("route", None)
     events_src = {name: body.pop(name, None) for name in EVENT_ARRAYS}
     top_end = body.get("endDate")
     row: dict = {"itin_id": itin}
@@ -177,56 +215,12 @@ def _trip(r: Record, body: dict) -> Projected:
     start = row["start_date"] or row["end_date"]
     date = start.date() if start else received_date(r)
     common = _common(r, date)
-    samples = _samples(r, itin, route, common)
-    if route:
-        body["route"] = route  # arrays without a column (e.g. stoppingStateRoute) stay in extra
-    row["n_samples"] = samples.num_rows
+    common["log_part"] = part
+    row["n_samples"] = n_samples
     events = _events(itin, events_src, common)
     row["extra"] = _extra(body)
     row.update(common)
-    return Projected(date, {"trips": [row], "trip_events": events}, {"trip_samples": samples})
-
-
-def _samples(r: Record, itin: str, route: Any, common: dict) -> pa.RecordBatch:
-    schema = SCHEMAS["trip_samples"]
-    if route is None:
-        return pa.RecordBatch.from_pylist([], schema=schema)
-    if not isinstance(route, dict):
-        raise ProjectionError(f"route: expected an object of arrays, got {_show(route)}")
-    cols: dict[str, pa.Array] = {}
-    n = None
-    for col, src in [("ts", SAMPLE_TS_FIELD)] + [(c, s) for c, s in SAMPLE_FIELDS]:
-        if src not in route:
-            continue
-        v = route.pop(src)
-        if not isinstance(v, list):
-            raise ProjectionError(f"route.{src}: expected an array of numbers, got {_show(v)}")
-        if n is not None and len(v) != n:
-            raise ProjectionError(f"route.{src}: has {len(v)} samples, other route arrays have {n}")
-        n = len(v)
-        try:
-            cols[col] = pa.array(v, pa.float64())
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as e:
-            raise ProjectionError(f"route.{src}: expected an array of numbers ({e})") from None
-    n = n or 0
-    out = []
-    for f in schema:
-        name = f.name
-        if name == "ts":
-            a = cols.get("ts")
-            out.append(pa.nulls(n, f.type) if a is None else
-                       pa.compute.cast(pa.compute.multiply(a, 1e6), pa.int64(), safe=False).cast(f.type))
-        elif name in cols:
-            out.append(cols[name])
-        elif name == "seq":
-            out.append(pa.array(range(n), pa.int32()))
-        elif name == "itin_id":
-            out.append(pa.array([itin] * n, pa.string()))
-        elif name in common:
-            out.append(pa.array([common[name]] * n, f.type))
-        else:
-            out.append(pa.nulls(n, f.type))
-    return pa.RecordBatch.from_arrays(out, schema=schema)
+    return Projected(date, {"trips": [row], "trip_events": events})
 
 
 def _events(itin: str, src: dict, common: dict) -> list[dict]:
@@ -254,7 +248,7 @@ def _crash(r: Record, body: dict) -> Projected:
     date = row["crash_date"].date() if row["crash_date"] else received_date(r)
     row["extra"] = _extra(body)
     row.update(_common(r, date))
-    return Projected(date, {"crashes": [row]}, {})
+    return Projected(date, {"crashes": [row]})
 
 
 def _diagnosis(r: Record, body: dict) -> Projected:
@@ -268,7 +262,7 @@ def _diagnosis(r: Record, body: dict) -> Projected:
     row["extra"] = _extra(body)
     date = received_date(r)
     row.update(_common(r, date))
-    return Projected(date, {"diagnoses": [row]}, {})
+    return Projected(date, {"diagnoses": [row]})
 
 
 def _deletion(r: Record, body: dict) -> Projected:
@@ -277,5 +271,5 @@ def _deletion(r: Record, body: dict) -> Projected:
     row["extra"] = _extra(body)
     date = received_date(r)
     row.update(_common(r, date))
-    return Projected(date, {"trip_deletions": [row]}, {})
+    return Projected(date, {"trip_deletions": [row]})
 

@@ -95,6 +95,7 @@ SAMPLE_FIELDS: list[tuple[str, str]] = [
     ("pitch", "pitch"), ("yaw", "yaw"), ("gyroscope_norm_var", "gyroscopeNormVar"),
 ]
 SAMPLE_TS_FIELD = "gpsDate"
+ROUTE_SOURCES = [SAMPLE_TS_FIELD] + [src for _, src in SAMPLE_FIELDS]  # the route arrays with a column
 
 EVENT_ARRAYS = {"safetyEvents": "safety", "speedingEvents": "speeding", "callEvents": "call"}
 EVENT_FIELDS: list[tuple[str, tuple[str, ...], str]] = [
