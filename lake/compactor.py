@@ -65,7 +65,7 @@ class _Batch:
 
 class Compactor:
     def __init__(self, data_dir: Path, out_dir: Path | None = None, retention_days: float = 7.0,
-                 batch_records: int = 20_000, batch_bytes: int = 128 << 20, merge_min_files: int = 8):
+                 batch_records: int = 20_000, batch_bytes: int = 64 << 20, merge_min_files: int = 8):
         self.data_dir = Path(data_dir)
         self.out_dir = Path(out_dir) if out_dir else self.data_dir
         self.retention = retention_days * 86400.0

@@ -107,9 +107,10 @@ def _parse(items: list[tuple[int, bytes]], chunks: list, ids: list[int], errors:
     if not items:
         return
     buf = b"".join(b'{"i":%d,"r":%s}\n' % (i, raw) for i, raw in items)
+    # blocks of a few MB are parsed in parallel; every line must fit in one
+    block = max(4 << 20, 2 * max(len(raw) for _, raw in items) + 64)
     try:
-        t = pj.read_json(io.BytesIO(buf), read_options=pj.ReadOptions(block_size=max(1 << 20, len(buf) + 1)),
-                         parse_options=_PARSE)
+        t = pj.read_json(io.BytesIO(buf), read_options=pj.ReadOptions(block_size=block), parse_options=_PARSE)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         if len(items) == 1:
             msg = str(e).replace("JSON parse error: ", "")
