@@ -43,6 +43,7 @@ def trip_bodies(n: int, teams: int = 1, days: int = 30, drivers: int = 500, smal
         t["vehicleId"] = f"veh-{i % drivers:05d}"
         t["itineraryData"] = {**base["itineraryData"], "startDate": _fmt(begin),
                               "endDate": _fmt(begin + dt.timedelta(seconds=dur))}
+        t["endDate"] = t["itineraryData"]["endDate"]
         t["itineraryStatistics"] = {**base["itineraryStatistics"],
                                     "distance": round(base["itineraryStatistics"]["distance"] * rng.uniform(0.5, 1.5), 1)}
         t["ecoDriving"] = {**base["ecoDriving"], "score": round(rng.uniform(4, 10), 1)}

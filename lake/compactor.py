@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,10 +79,12 @@ class Compactor:
             raise CompactorBusy(f"another compactor is running on {self.out_dir}")
         self.catalog = Catalog(self.out_dir)
         self.readers: dict[str, LogReader] = {}
+        self._pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="compactor-write")
         lf.ensure_empty_files(self.out_dir)
         self.orphans_removed = self._remove_orphans()
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
         self.catalog.close()
         if self._lock is not None:
             os.close(self._lock)
@@ -309,15 +312,18 @@ class Compactor:
                 if t.num_rows:
                     c.add_files.append(lf.write_file(self.out_dir, tbl, fteam, date, t))
                 st.files_rewritten += 1
-        for (tbl, team, date), parts in b.buffers.items():
+        def build_and_write(key: tuple[str, str, str], parts: list):
+            tbl, team, date = key
             if tbl == "trip_samples":
                 table = self._samples(b.routes, parts)
             else:
                 table = pa.Table.from_pylist([row for rows in parts for row in rows], schema=SCHEMAS[tbl])
-            if table.num_rows == 0:
-                continue
-            c.add_files.append(lf.write_file(self.out_dir, tbl, team, date, table))
-            st.files_written += 1
+            return lf.write_file(self.out_dir, tbl, team, date, table) if table.num_rows else None
+        # Arrow and Parquet release the GIL: partitions are built and written on every core
+        for f in self._pool.map(lambda kv: build_and_write(*kv), list(b.buffers.items())):
+            if f is not None:
+                c.add_files.append(f)
+                st.files_written += 1
         failpoints.hit("compactor.after_write")
 
     @staticmethod

@@ -30,6 +30,22 @@ def partition_dir(data_dir: Path, tbl: str, team: str, date: str) -> Path:
     return Path(data_dir) / "lake" / tbl / f"team={team}" / f"date={date}"
 
 
+def _parquet_options(tbl: str) -> dict:
+    """Dictionary encoding for the string columns only (it costs time and buys nothing on
+    measurements), delta encoding for the monotonic sample timestamps, zstd level 3 (the
+    level DuckDB uses: smaller files at the same speed as level 1)."""
+    schema = SCHEMAS[tbl]
+    strings = [f.name for f in schema if pa.types.is_string(f.type)]
+    opts: dict = {"compression": "zstd", "compression_level": 3, "use_dictionary": strings,
+                  "row_group_size": 256 * 1024}
+    if tbl == "trip_samples":
+        opts["column_encoding"] = {"ts": "DELTA_BINARY_PACKED", "seq": "DELTA_BINARY_PACKED"}
+    return opts
+
+
+_OPTIONS = {name: _parquet_options(name) for name in SCHEMAS}
+
+
 def write_file(data_dir: Path, tbl: str, team: str, date: str, table: pa.Table) -> NewFile:
     """Write, fsync (file and directories) and describe a new data file."""
     d = partition_dir(data_dir, tbl, team, date)
@@ -41,7 +57,7 @@ def write_file(data_dir: Path, tbl: str, team: str, date: str, table: pa.Table) 
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"part-{uuid.uuid4().hex}.parquet"
     table = table.cast(SCHEMAS[tbl]) if table.schema != SCHEMAS[tbl] else table
-    pq.write_table(table, path, compression="zstd", row_group_size=256 * 1024)
+    pq.write_table(table, path, **_OPTIONS[tbl])
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
