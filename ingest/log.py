@@ -1,7 +1,9 @@
 """Append-only segmented log: the source of truth.
 
 Layout: ``<data>/log/p<N>/<base offset, 20 digits>.log``. One writer process owns a partition
-(flock on ``.lock``). Only the last segment of a partition is ever appended to; a segment is
+(flock on ``.lock``) and publishes, after each fdatasync, the next offset in ``.durable``: readers
+never go past it while a writer holds the partition, so nothing is projected that an OS crash
+could still take back (which would let new records reuse offsets the compactor already passed). Only the last segment of a partition is ever appended to; a segment is
 sealed when it reaches ``segment_bytes`` or ``segment_age`` seconds. On open, the last segment is
 scanned and a torn or corrupt tail is cut off, after being copied aside to ``*.torn-<pos>`` so
 that nothing is destroyed, and reported through ``recovery``.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import struct
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -22,6 +25,22 @@ from . import record as rec
 log = logging.getLogger("pushlake.log")
 
 SEGMENT_SUFFIX = ".log"
+DURABLE = ".durable"
+DURABLE_FMT = struct.Struct("<Q")
+
+
+def durable_limit(pdir: Path) -> int | None:
+    """The first offset not yet fsynced while a writer holds the partition; None when no
+    writer does (then everything on disk is as durable as it will get)."""
+    fd = try_lock(pdir / ".lock")
+    if fd is not None:
+        os.close(fd)
+        return None
+    try:
+        raw = (pdir / DURABLE).read_bytes()[:DURABLE_FMT.size]
+    except FileNotFoundError:
+        return 0
+    return DURABLE_FMT.unpack(raw)[0] if len(raw) == DURABLE_FMT.size else 0
 
 
 def segment_name(base: int) -> str:
@@ -138,6 +157,8 @@ class LogWriter:
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
             self._size = res.good_bytes
             self._opened_at = time.monotonic()
+        self._durable_fd = os.open(self.dir / DURABLE, os.O_RDWR | os.O_CREAT, 0o644)
+        self._publish()
 
     def _cut_tail(self, path: Path, res: ScanResult) -> None:
         saved = path.with_name(f"{path.name}.torn-{res.good_bytes}")
@@ -186,8 +207,12 @@ class LogWriter:
             raise
         self._size += len(buf)
         self.next_offset = first + len(items)
+        self._publish()
         self.maybe_roll()
         return first
+
+    def _publish(self) -> None:
+        os.pwrite(self._durable_fd, DURABLE_FMT.pack(self.next_offset), 0)
 
     def maybe_roll(self) -> bool:
         """Seal the active segment if it is big or old enough; return whether it rolled."""
@@ -205,6 +230,7 @@ class LogWriter:
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
+            os.close(self._durable_fd)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -234,6 +260,9 @@ class LogReader:
         segs = list_segments(self.dir)
         if not segs:
             return []
+        limit = durable_limit(self.dir)
+        if limit is not None and limit <= from_offset:
+            return []
         if self._seg_base is None or self._next != from_offset or all(b != self._seg_base for b, _ in segs):
             # (re)position: the last segment whose base is <= from_offset
             cand = [b for b, _ in segs if b <= from_offset] or [segs[0][0]]
@@ -259,6 +288,8 @@ class LogReader:
                     if zlib.crc32(payload) != crc:
                         raise rec.CorruptRecord(f"{path.name}: CRC mismatch at byte {self._pos}")
                     r = rec.decode_payload(payload)
+                    if limit is not None and r.offset >= limit:
+                        return out  # written, not yet fsynced: read it next time
                     self._pos += rec.FRAME_SIZE + length
                     if r.offset < from_offset:
                         continue

@@ -74,14 +74,17 @@ def read_file(data_dir: Path, rel: str) -> pa.Table:
     return pq.read_table(Path(data_dir) / rel, schema=None)
 
 
-def ensure_empty_files(data_dir: Path) -> Path:
-    """Zero-row files used in place of an empty file list (DuckDB refuses an empty list)."""
-    d = Path(data_dir) / "lake" / "_empty"
-    d.mkdir(parents=True, exist_ok=True)
+def empty_file(data_dir: Path, tbl: str) -> Path:
+    """A zero-row file used in place of an empty file list (DuckDB refuses an empty list),
+    in a hive-shaped path like every other file, so that partition pruning applies to all."""
+    return Path(data_dir) / "lake" / "_empty" / tbl / "team=_" / "date=1970-01-01" / "empty.parquet"
+
+
+def ensure_empty_files(data_dir: Path) -> None:
     for name, schema in SCHEMAS.items():
-        p = d / f"{name}.parquet"
+        p = empty_file(data_dir, name)
         if not p.exists():
-            tmp = d / f".{name}.parquet.tmp"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(".empty.parquet.tmp")
             pq.write_table(schema.empty_table(), tmp)
             os.replace(tmp, p)
-    return d

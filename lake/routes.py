@@ -77,7 +77,7 @@ class Routes:
         out = []
         for f in _SAMPLES:
             if f.name == "ts":
-                out.append(pc.cast(pc.multiply(cols["ts"], 1e6), pa.int64(), safe=False).cast(f.type))
+                out.append(pc.cast(pc.multiply(cols["ts"], pa.scalar(1e6)), pa.int64(), safe=False).cast(f.type))
             elif f.name == "seq":
                 out.append(seq)
             elif f.name in cols:

@@ -23,11 +23,12 @@ import duckdb
 import pyarrow as pa
 
 from lake.catalog import Catalog
-from lake.files import ensure_empty_files
+from lake.files import empty_file, ensure_empty_files
 from lake.schema import SCHEMAS, TRIP_TABLES
 
 DELETED = "_pushlake_deleted"
 READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+HIVE = "hive_partitioning = true, hive_types = {'team': VARCHAR, 'date': DATE}"
 
 
 class LakeConnection:
@@ -38,7 +39,7 @@ class LakeConnection:
             if not self.data_dir.is_dir():
                 raise FileNotFoundError(f"no pushlake data directory at {self.data_dir}")
             Catalog(self.data_dir).close()
-        if not (self.data_dir / "lake" / "_empty").exists():
+        if not all(empty_file(self.data_dir, t).exists() for t in SCHEMAS):
             ensure_empty_files(self.data_dir)
         self.team = team
         self.confined = team is not None or sandbox
@@ -61,9 +62,11 @@ class LakeConnection:
         self.con.execute(f"CREATE TEMP TABLE {DELETED}(team_id VARCHAR, itin_id VARCHAR)")
         self.refresh()
         for t in SCHEMAS:
-            src = f"read_parquet(getvariable('pl_{t}'), hive_partitioning = false)"
+            # the partition path is read (hive) so that a filter on date skips whole files before
+            # opening them; the path's `team` duplicates team_id and is not shown
+            src = f"(SELECT * EXCLUDE (team) FROM read_parquet(getvariable('pl_{t}'), {HIVE}))"
             if t in TRIP_TABLES:
-                dirty = f"read_parquet(getvariable('pl_{t}_dirty'), hive_partitioning = false)"
+                dirty = f"(SELECT * EXCLUDE (team) FROM read_parquet(getvariable('pl_{t}_dirty'), {HIVE}))"
                 self.con.execute(
                     f"CREATE VIEW {t} AS SELECT * FROM {src} UNION ALL "
                     f"SELECT * FROM {dirty} x WHERE NOT EXISTS "
@@ -83,11 +86,10 @@ class LakeConnection:
         for fid, tbl, team, date, path, rows in files:
             name = f"pl_{tbl}_dirty" if (tbl in TRIP_TABLES and fid in dirty) else f"pl_{tbl}"
             lists[name].append(str(self.data_dir / path))
-        empty = self.data_dir / "lake" / "_empty"
         for t in SCHEMAS:
             names = [f"pl_{t}"] + ([f"pl_{t}_dirty"] if t in TRIP_TABLES else [])
             for name in names:
-                self.con.execute(f"SET VARIABLE {name} = ?", [lists.get(name) or [str(empty / f"{t}.parquet")]])
+                self.con.execute(f"SET VARIABLE {name} = ?", [lists.get(name) or [str(empty_file(self.data_dir, t))]])
         self.con.execute(f"DELETE FROM {DELETED}")
         if tombs:
             arrow = pa.table({"team_id": [t for t, _ in tombs], "itin_id": [i for _, i in tombs]})

@@ -221,3 +221,21 @@ async def test_full_disk_answers_503_and_keeps_every_acknowledged_push(tiny_disk
     from ingest.log import iter_all_records
     keys = [r.key for _, r in iter_all_records(data, "p0")]
     assert keys == [itin_id(i) for i, _, _ in acked] + ["9d9b9e60a9ee841fd67a6e92"]
+
+
+def test_readers_stop_at_the_durable_mark_while_a_writer_holds_the_partition(tmp_path):
+    """A record written but not yet fsynced must not be projected: an OS crash could take it
+    back, and new records would then reuse offsets the compactor had already passed."""
+    from ingest.log import DURABLE, DURABLE_FMT, LogReader
+    w = LogWriter(tmp_path, 0)
+    w.append([(KIND_TRIP, i, "t", f"k{i}", b"{}") for i in range(5)])
+    # simulate the window between write() and fdatasync() of a next batch: the mark says 3
+    with open(tmp_path / "log" / "p0" / DURABLE, "r+b") as f:
+        f.write(DURABLE_FMT.pack(3))
+    reader = LogReader(tmp_path, "p0")
+    assert [r.offset for r in reader.read(0)] == [0, 1, 2]
+    assert reader.read(3) == []
+    w.append([(KIND_TRIP, 9, "t", "k9", b"{}")])  # fsynced: the mark moves to 6
+    assert [r.offset for r in reader.read(3)] == [3, 4, 5]
+    w.close()  # no writer: everything on disk is readable
+    assert [r.offset for r in LogReader(tmp_path, "p0").read(0)] == [0, 1, 2, 3, 4, 5]
