@@ -21,6 +21,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import os
@@ -258,16 +259,26 @@ class Bench:
         self.data = data
         self.records = log_records(data)["records"]
         self.failures: list[str] = []
+        self.gzip_body = data.parent / "trip.json.gz"
+        self.gzip_body.write_bytes(gzip.compress(TRIP_FIXTURE.read_bytes()))
 
     def wrk_run(self, target: str, scenario: str, connections: int, duration: float | None = None) -> Run:
         duration = duration or self.duration
         threads = min(2, connections)
-        mode, path, body_bytes = ("trip", TRIP_PATH, TRIP_FIXTURE.stat().st_size) if scenario == "trip" \
-            else ("event", EVENT_PATH, EVENT_BODY_BYTES)
-        lua_args = [mode, secrets.token_hex(4)] + ([str(TRIP_FIXTURE)] if mode == "trip" else [])
+        extra_headers = []
+        if scenario == "trip":
+            mode, path, body_bytes = "trip", TRIP_PATH, TRIP_FIXTURE.stat().st_size
+            lua_args = [mode, secrets.token_hex(4), str(TRIP_FIXTURE)]
+        elif scenario == "gzip":
+            mode, path, body_bytes = "raw", TRIP_PATH, TRIP_FIXTURE.stat().st_size  # MB/s of the inflated body
+            lua_args = [mode, secrets.token_hex(4), str(self.gzip_body)]
+            extra_headers = ["Content-Encoding: gzip"]
+        else:
+            mode, path, body_bytes = "event", EVENT_PATH, EVENT_BODY_BYTES
+            lua_args = [mode, secrets.token_hex(4)]
         cmd = [self.wrk, "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s", "--timeout", WRK_TIMEOUT,
                "-s", str(PUSH_LUA)]
-        for h in self.headers:
+        for h in self.headers + extra_headers:
             cmd += ["-H", h]
         cmd += [self.urls[target] + path, "--", *lua_args]
         out = subprocess.run(cmd, capture_output=True, text=True)
@@ -403,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"\n(iii) ~{TRIP_FIXTURE.stat().st_size // 1000} KB trips, max load", flush=True)
         rows.append(Row("trip 170KB, max load", *bench.pair("trip", a.connections)))
+        print("\n(iv) the same trip gzip-encoded, max load", flush=True)
+        rows.append(Row("trip 170KB gzip, max load", *bench.pair("gzip", a.connections)))
+        disk = disk_fsync_mb_s(tmp)
+        print(f"\ndisk: sequential write + fdatasync of random data (dd conv=fdatasync): {disk:.0f} MB/s")
 
         print("\nResults (latencies in ms; ratio = pushlake req/s / no-op req/s; MB/s = request bodies)")
         print(fmt_table(rows))
@@ -413,11 +428,13 @@ def main(argv: list[str] | None = None) -> int:
         for f in bench.failures:
             print(f"  FAIL {f}")
 
-        RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS_FILE.write_text(json.dumps({"meta": meta, "durable_ok": not bench.failures,
-                                            "durability_failures": bench.failures,
-                                            "rows": [r.as_dict() for r in rows]}, indent=2) + "\n")
-        print(f"wrote {RESULTS_FILE.relative_to(ROOT)}")
+        results = RESULTS_FILE if a.workers == 1 else RESULTS_FILE.with_name(f"ingest-w{a.workers}.json")
+        results.parent.mkdir(parents=True, exist_ok=True)
+        summary = common_rows(rows, disk, a.workers)
+        results.write_text(json.dumps({"meta": meta, "durable_ok": not bench.failures,
+                                       "durability_failures": bench.failures, "disk_fsync_mb_s": disk,
+                                       "rows": [r.as_dict() for r in rows], "summary": summary}, indent=2) + "\n")
+        print(f"wrote {results.relative_to(ROOT)}")
         return 1 if bench.failures else 0
     except BenchError as e:
         print(f"bench/ingest.py: {e}", file=sys.stderr)
@@ -425,6 +442,44 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def disk_fsync_mb_s(tmp: Path, mb: int = 512) -> float:
+    """The disk's fsynced sequential write bandwidth, measured like `dd ... conv=fdatasync`
+    from a file of random bytes (zeros compress or dedupe on some disks and mislead)."""
+    src, dst = tmp / "random.bin", tmp / "dd.out"
+    with open(src, "wb") as f:
+        for _ in range(mb // 16):
+            f.write(os.urandom(16 << 20))
+    t = time.perf_counter()
+    subprocess.run(["dd", f"if={src}", f"of={dst}", "bs=1M", "conv=fdatasync"], check=True, capture_output=True)
+    el = time.perf_counter() - t
+    src.unlink()
+    dst.unlink()
+    return mb * 1.048576 / el
+
+
+def common_rows(rows: list, disk: float, workers: int) -> list[dict]:
+    """The ratios of issue 4, in bench/common.py's row format (read by bench/run_all.py)."""
+    sys.path.insert(0, str(ROOT))
+    from bench.common import row
+    by = {r.scenario: r for r in rows}
+    w = f" (--workers {workers})" if workers > 1 else ""
+    out = []
+    for name, target in (("small, max load", 0.8), ("trip 170KB, max load", None), ("trip 170KB gzip, max load", None)):
+        r = by.get(name)
+        if r:
+            out.append(row(f"ingest {name}: req/s{w}", "req/s", "no-op aiohttp", r.noop.rps, r.pushlake.rps, target=target))
+    half = by.get("small, ~half load")
+    if half:
+        out.append(row(f"ingest small, ~half load: p99{w}", "ms", "10 ms target", 10.0, half.pushlake.latency_ms["p99"],
+                       higher_is_better=False, target=1.0))
+    for name in ("trip 170KB, max load", "trip 170KB gzip, max load"):
+        r = by.get(name)
+        if r:
+            out.append(row(f"ingest {name}: MB/s vs disk{w}", "MB/s", "dd conv=fdatasync", disk, r.pushlake.mb_s,
+                           target=0.9))
+    return out
 
 
 if __name__ == "__main__":

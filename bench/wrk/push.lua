@@ -32,14 +32,23 @@ function init(args)
     local s, e = string.find(body, FIXTURE_ITIN_ID, 1, true)  -- plain find, no pattern
     assert(s, "fixture does not contain itinId " .. FIXTURE_ITIN_ID)
     prefix, suffix = body:sub(1, s - 1), body:sub(e + 1)
+  elseif mode == "raw" then
+    -- a body sent as is (the gzip-encoded trip): the same bytes every time, which the
+    -- receiver logs like any other push
+    local f = assert(io.open(assert(args[3], "missing body path"), "rb"))
+    prefix = f:read("*a")
+    f:close()
   else
-    error("mode must be 'event' or 'trip', got " .. tostring(mode))
+    error("mode must be 'event', 'trip' or 'raw', got " .. tostring(mode))
   end
   wrk.method = "POST"
 end
 
 function request()
   counter = counter + 1
+  if suffix == nil then
+    return wrk.format(nil, nil, nil, prefix)
+  end
   local id = string.format("%s%04x%012x", nonce, tid, counter)
   return wrk.format(nil, nil, nil, prefix .. id .. suffix)
 end
