@@ -105,9 +105,13 @@ def make_handler(kind: int):
 
 async def health(request: web.Request) -> web.Response:
     gc = request.app[COMMIT]
+    rec = request.app[STATE].get("recovery")
     return ok({"status": "degraded" if request.app[STATE]["disk_low"] else "ok",
                "partition": gc.writer.partition, "nextOffset": gc.writer.next_offset,
-               "pending": gc.pending, "batches": gc.batches, "records": gc.records})
+               "pending": gc.pending, "batches": gc.batches, "records": gc.records,
+               "recovery": None if rec is None else {"segment": rec.segment, "keptBytes": rec.kept_bytes,
+                                                     "cutBytes": rec.cut_bytes, "reason": rec.reason,
+                                                     "savedAs": rec.saved_as}})
 
 
 def _tombstone_sink(data_dir: Path, part: str):
@@ -133,6 +137,15 @@ def _tombstone_sink(data_dir: Path, part: str):
                 holder["cat"].con.execute("PRAGMA wal_autocheckpoint=0")
             holder["cat"].add_tombstones(rows)
     return sink
+
+
+def _compacted_up_to(data_dir: Path, part: str) -> int:
+    """The compactor's position in this partition: offsets below it are never reused."""
+    cat = Catalog(data_dir)
+    try:
+        return cat.positions().get(part, 0)
+    finally:
+        cat.close()
 
 
 def _republish_tombstones(data_dir: Path, part: str) -> int:
@@ -179,7 +192,8 @@ def build_app(settings: Settings, partition: int = 0) -> web.Application:
     app[AUTH] = PushAuth(settings.data_dir)
 
     async def startup(app: web.Application) -> None:
-        writer = LogWriter(settings.data_dir, partition, settings.segment_bytes, settings.segment_age_s)
+        writer = LogWriter(settings.data_dir, partition, settings.segment_bytes, settings.segment_age_s,
+                           floor=_compacted_up_to(settings.data_dir, f"p{partition}"))
         _republish_tombstones(settings.data_dir, writer.partition)
         gc = GroupCommit(writer, _tombstone_sink(settings.data_dir, writer.partition),
                          settings.max_pending_requests, settings.max_pending_bytes)
@@ -188,11 +202,12 @@ def build_app(settings: Settings, partition: int = 0) -> web.Application:
         app[STATE]["disk_low"] = shutil.disk_usage(settings.data_dir).free < settings.min_free_bytes
         app[STATE]["disk_task"] = asyncio.get_running_loop().create_task(_watch_disk(app))
         if writer.recovery:
-            app[STATE]["recovery"] = writer.recovery
+            app[STATE]["recovery"] = writer.recovery  # shown by /health until the next restart
 
     async def cleanup(app: web.Application) -> None:
         app[STATE]["disk_task"].cancel()
         await app[COMMIT].close()
+        app[AUTH].close()
 
     app.on_startup.append(startup)
     app.on_cleanup.append(cleanup)

@@ -63,13 +63,15 @@ class PushAuth:
         self.admins.close()
 
     def reload(self) -> None:
+        # the version is read first: a change committed while we read counts as unseen
+        version = self.teams.data_version()
         by_id, by_push, by_admin = {}, {}, {}
         for r in self.teams.all():
             t = _Team(r.team_id, r.enabled, r.push_key_hash, r.admin_key_hash, r.keys_issued_at)
             by_id[r.team_id], by_push[r.push_key_hash], by_admin[r.admin_key_hash] = t, t, t
         self._by_id, self._by_push, self._by_admin = by_id, by_push, by_admin
         self._verified.clear()
-        self._version = self.teams.data_version()
+        self._version = version
 
     def _fresh(self) -> None:
         now = time.monotonic()
@@ -124,7 +126,9 @@ class PushAuth:
         return team
 
     def reader(self, header: str | None) -> Principal:
-        """A team's admin key (Bearer) or a hyper-admin's Basic userId:password."""
+        """A team's admin key (Bearer) or a hyper-admin's Basic userId:password. Uncached Basic
+        credentials raise ``PasswordCheck``: the caller runs the slow check where it can wait
+        (a worker thread) and hands the answer to ``remember``."""
         if not header:
             raise AuthError(401, "missing_credentials", "Authorization required: Bearer adminApiKey or Basic hyper-admin credentials")
         self._fresh()
@@ -141,11 +145,24 @@ class PushAuth:
             digest = hashlib.sha256(value.encode()).hexdigest()
             hit = self._verified.get(digest)
             if hit is None or hit[1] < time.monotonic():
-                if not self.admins.verify(user, password):
-                    raise AuthError(401, "invalid_credentials", "unknown hyper-admin or wrong password")
-                self._verified[digest] = (user, time.monotonic() + 300)
+                raise PasswordCheck(user, password, digest)
             return Principal("hyperadmin", user)
         raise AuthError(401, "invalid_credentials", "unsupported Authorization scheme (use Bearer or Basic)")
+
+
+    def remember(self, check: "PasswordCheck", ok: bool) -> Principal:
+        if not ok:
+            raise AuthError(401, "invalid_credentials", "unknown hyper-admin or wrong password")
+        self._verified[check.digest] = (check.user, time.monotonic() + 300)
+        return Principal("hyperadmin", check.user)
+
+
+class PasswordCheck(Exception):
+    """Hyper-admin credentials that need the (slow, scrypt) password check."""
+
+    def __init__(self, user: str, password: str, digest: str):
+        super().__init__(user)
+        self.user, self.password, self.digest = user, password, digest
 
 
 def _split(header: str) -> tuple[str, str]:

@@ -66,7 +66,10 @@ def key_of(kind: int, doc: dict[str, Any], body: bytes) -> str:
     if kind == KIND_TRIP:
         return need("itinId")
     if kind == KIND_EVENT:
-        return f"{need('itinId')}:{need('event')}"
+        event = need("event")
+        if ":" in event:  # the key is itinId:event; a ':' in the event would make it ambiguous
+            raise MissingKey("field 'event' cannot contain ':'")
+        return f"{need('itinId')}:{event}"
     if kind == KIND_CRASH:
         return need("crashId")
     return f"{need('userId')}:{body_sha256(body)}"

@@ -16,7 +16,7 @@ import os
 import struct
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -30,16 +30,16 @@ DURABLE_FMT = struct.Struct("<Q")
 
 
 def durable_limit(pdir: Path) -> int | None:
-    """The first offset not yet fsynced while a writer holds the partition; None when no
-    writer does (then everything on disk is as durable as it will get)."""
-    fd = try_lock(pdir / ".lock")
-    if fd is not None:
-        os.close(fd)
-        return None
+    """The first offset not known to be fsynced (None if the partition has no marker yet).
+
+    Writers publish it after every fdatasync, on open (after recovery) and on close, so it is
+    exact whenever no writer is active; after an OS crash it may lag until a writer (or the
+    compactor, see ``recover_idle_partitions``) recovers the partition. Readers never take the
+    writer's lock to decide this, so they cannot keep a receiver from starting."""
     try:
         raw = (pdir / DURABLE).read_bytes()[:DURABLE_FMT.size]
     except FileNotFoundError:
-        return 0
+        return None
     return DURABLE_FMT.unpack(raw)[0] if len(raw) == DURABLE_FMT.size else 0
 
 
@@ -133,26 +133,34 @@ class LogWriter:
     """Owner of one partition: appends batches and makes them durable with one fdatasync."""
 
     def __init__(self, data_dir: Path, partition: int = 0, segment_bytes: int = 128 << 20,
-                 segment_age: float = 600.0):
+                 segment_age: float = 600.0, floor: int = 0, wait: float = 10.0):
+        """``floor``: offsets below it are never handed out again (the catalog's position), even
+        if the cleaner removed the records that carried them. ``wait``: how long to wait for
+        the partition lock, which a cleaner or ``check`` may hold for a moment."""
         self.dir = Path(data_dir) / "log" / f"p{partition}"
         self.partition = f"p{partition}"
         self.segment_bytes = segment_bytes
         self.segment_age = segment_age
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = try_lock(self.dir / ".lock")
-        if self._lock_fd is None:
-            raise PartitionBusy(f"log partition {self.dir} is held by another process")
+        deadline = time.monotonic() + wait
+        while (fd := try_lock(self.dir / ".lock")) is None:
+            if time.monotonic() >= deadline:
+                raise PartitionBusy(f"log partition {self.dir} is held by another process")
+            time.sleep(0.05)
+        self._lock_fd = fd
         self.recovery: Recovery | None = None
         segs = list_segments(self.dir)
         if not segs:
-            self._open_segment(0)
-            self.next_offset = 0
+            self.next_offset = max(durable_limit(self.dir) or 0, floor)
+            self._open_segment(self.next_offset)
         else:
             base, path = segs[-1]
             res = scan_segment(path)
             if res.error is not None:
                 self._cut_tail(path, res)
             self.next_offset = base if res.last_offset is None else res.last_offset + 1
+            # a cleaned tail must not give offsets back: the last published mark and the floor
+            self.next_offset = max(self.next_offset, durable_limit(self.dir) or 0, floor)
             self._base = base
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
             self._size = res.good_bytes
@@ -230,10 +238,26 @@ class LogWriter:
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
+            self._publish()
             os.close(self._durable_fd)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def recover_idle_partitions(data_dir: Path) -> list[Recovery]:
+    """Run a writer's recovery (torn tail cut, mark published) on every partition no receiver
+    holds, so that ``compact`` and ``rebuild`` after a crash see the whole durable log."""
+    found = []
+    for part in list_partitions(data_dir):
+        try:
+            w = LogWriter(data_dir, int(part[1:]), wait=0)
+        except PartitionBusy:
+            continue
+        if w.recovery:
+            found.append(w.recovery)
+        w.close()
+    return found
 
 
 @dataclass
@@ -247,7 +271,6 @@ class LogReader:
     _seg_base: int | None = None
     _pos: int = 0
     _next: int = 0
-    _cache: dict = field(default_factory=dict)
 
     @property
     def dir(self) -> Path:
@@ -308,7 +331,7 @@ class LogReader:
 
 
 def iter_all_records(data_dir: Path, partition: str) -> Iterator[tuple[Path, rec.Record]]:
-    """Every valid record of a partition, in order (used by check, erase and the cleaner)."""
+    """Every valid record of a partition, in order."""
     pdir = Path(data_dir) / "log" / partition
     for _, path in list_segments(pdir):
         found: list[rec.Record] = []

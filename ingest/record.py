@@ -22,7 +22,6 @@ KIND_EVENT = 2
 KIND_CRASH = 3
 KIND_DIAGNOSIS = 4
 KIND_NAMES = {KIND_TRIP: "trip", KIND_EVENT: "event", KIND_CRASH: "crash", KIND_DIAGNOSIS: "diagnosis"}
-KINDS_BY_NAME = {v: k for k, v in KIND_NAMES.items()}
 
 
 @dataclass(frozen=True, slots=True)

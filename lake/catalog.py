@@ -82,13 +82,10 @@ class Commit:
     failed: list[tuple[int, str, str, str, int, int, str]] = field(default_factory=list)
     resolved: list[tuple[int, str, str, int]] = field(default_factory=list)
     superseded: list[tuple[str, int]] = field(default_factory=list)        # FAILED items now stale
+    reclean: set[tuple[str, str]] = field(default_factory=set)             # deleted trips pushed again
     stats: dict[tuple[str, str, int], list[int]] = field(default_factory=dict)  # (day, team, kind) -> counts
     task: tuple[str, list[int]] | None = None                               # retry task, items done
     summary: str = ""
-
-    def empty(self) -> bool:
-        return not (self.positions or self.add_files or self.remove_files or self.applied or self.failed
-                    or self.tombstones)
 
 
 def connect_sqlite(path: Path, readonly: bool = False) -> sqlite3.Connection:
@@ -229,6 +226,8 @@ class Catalog:
                             c.applied)
             con.executemany("UPDATE failed SET status='SUPERSEDED' WHERE part=? AND offset=? AND status='FAILED'",
                             c.superseded)
+            # a deleted trip pushed again (a retry) left a record in the log: the cleaner must come back
+            con.executemany("UPDATE tombstones SET log_cleaned=0 WHERE team=? AND itin_id=?", c.reclean)
             for (day, team, kind), counts in c.stats.items():
                 con.execute("INSERT INTO push_stats(day, team, kind) VALUES (?,?,?) ON CONFLICT DO NOTHING",
                             (day, team, kind))
@@ -345,7 +344,15 @@ class _Tx:
         return self.con
 
     def __exit__(self, et, e, tb):
-        self.con.execute("COMMIT" if et is None else "ROLLBACK")
+        if et is not None:
+            self.con.execute("ROLLBACK")
+            return False
+        try:
+            self.con.execute("COMMIT")
+        except BaseException:
+            if self.con.in_transaction:
+                self.con.execute("ROLLBACK")  # nothing of it is committed: callers may undo their files
+            raise
         return False
 
 

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from ingest.keys import deleted_itin
 from ingest.keys import body_sha256
-from ingest.log import LogReader, list_partitions, read_at, try_lock
+from ingest.log import LogReader, list_partitions, read_at, recover_idle_partitions, try_lock
 from ingest.record import KIND_EVENT, KIND_TRIP, Record
 from pushlake import failpoints
 
@@ -66,7 +66,10 @@ class _Batch:
 
 class Compactor:
     def __init__(self, data_dir: Path, out_dir: Path | None = None, retention_days: float = 7.0,
-                 batch_records: int = 20_000, batch_bytes: int = 64 << 20, merge_min_files: int = 8):
+                 batch_records: int = 20_000, batch_bytes: int = 64 << 20, merge_min_files: int = 8,
+                 recover: bool = True):
+        """``recover``: first run log recovery on partitions no receiver holds (on by default for
+        the CLI; ``serve`` turns it off, its receivers recover their own partitions)."""
         self.data_dir = Path(data_dir)
         self.out_dir = Path(out_dir) if out_dir else self.data_dir
         self.retention = retention_days * 86400.0
@@ -77,6 +80,7 @@ class Compactor:
         self._lock = try_lock(self.out_dir / "compactor.lock")
         if self._lock is None:
             raise CompactorBusy(f"another compactor is running on {self.out_dir}")
+        self.recovered = recover_idle_partitions(self.data_dir) if recover else []
         self.catalog = Catalog(self.out_dir)
         self.readers: dict[str, LogReader] = {}
         self._pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="compactor-write")
@@ -115,11 +119,9 @@ class Compactor:
             return stats
         batch = _Batch(Commit("append", positions=new_positions))
         self._plan(records, batch, stats)
-        self._apply(batch, stats)
-        failpoints.hit("compactor.before_commit")
         batch.commit.summary = (f"records={stats.records} stored={stats.stored} stale={stats.stale} "
                                 f"deleted={stats.deleted} failed={stats.failed}")
-        self.catalog.commit(batch.commit)
+        self._apply_and_commit(batch, stats)
         failpoints.hit("compactor.after_commit")
         stats.seconds = time.monotonic() - t0
         return stats
@@ -172,6 +174,7 @@ class Compactor:
                 if deleted_at is not None and deleted_at < order:
                     st.deleted += 1  # pushed after its deletion: never visible
                     self._count(c, r, "discarded")
+                    c.reclean.add((team, key))
                     continue
                 try:
                     p = self._project(r, part, k, trips, b.routes)
@@ -282,11 +285,21 @@ class Compactor:
         batch = _Batch(Commit("retry", task=(task_id, [fid for fid, *_ in items])))
         st = StepStats(records=len(records))
         self._plan(records, batch, st, retry=True)
-        self._apply(batch, st)
         batch.commit.summary = f"retry task {task_id}: {st.stored} stored, {st.failed} failed again"
-        failpoints.hit("task.before_commit")
-        self.catalog.commit(batch.commit)
+        self._apply_and_commit(batch, st, failpoint="task.before_commit")
         return len(items)
+
+    def _apply_and_commit(self, b: _Batch, st: StepStats, failpoint: str = "compactor.before_commit") -> None:
+        """Write the files, then commit; if the commit fails, the files just written are removed
+        (a step retried every few seconds must not fill the disk with orphans)."""
+        try:
+            self._apply(b, st)
+            failpoints.hit(failpoint)
+            self.catalog.commit(b.commit)
+        except BaseException:
+            for f in b.commit.add_files:
+                (self.out_dir / f.path).unlink(missing_ok=True)
+            raise
 
     @staticmethod
     def _buffer(b: _Batch, team: str, p: Projected) -> None:

@@ -85,6 +85,6 @@ def ensure_empty_files(data_dir: Path) -> None:
         p = empty_file(data_dir, name)
         if not p.exists():
             p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(".empty.parquet.tmp")
+            tmp = p.with_name(f".empty.{os.getpid()}.{uuid.uuid4().hex}.tmp")  # several processes may race
             pq.write_table(schema.empty_table(), tmp)
             os.replace(tmp, p)

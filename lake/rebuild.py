@@ -6,7 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ingest.log import list_partitions, try_lock
+from ingest.log import list_partitions, recover_idle_partitions, try_lock
 
 from .compactor import Compactor, CompactorBusy, StepStats
 
@@ -19,6 +19,7 @@ def rebuild(data_dir: Path, into: Path | None = None, progress=None) -> StepStat
     """Rebuild into ``into`` (a new directory), or in place: build aside, then swap the lake and
     catalog. In place requires the service to be stopped (no receiver, no compactor)."""
     data_dir = Path(data_dir)
+    recover_idle_partitions(data_dir)  # torn tails cut and durable marks exact before reading
     if into is not None:
         into = Path(into)
         if (into / "catalog.db").exists() or (into / "lake").exists():

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data(p)
     p.add_argument("itin_id")
     p.add_argument("--team")
-    p.add_argument("--verify", action="store_true", help="only verify (the default when --now is not given)")
+    p.add_argument("--verify", action="store_true", help="verify only (what erase does without --now)")
     p.add_argument("--now", action="store_true",
                    help="erase now: compact, then vacuum and clean the log with retention 0, then verify")
     _json_flag(p)
@@ -131,18 +131,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_serve(a) -> int:
     from .serve import serve, setup_logging
-    setup_logging()
-    a.data.mkdir(parents=True, exist_ok=True)
-    key, created = enterprise_key(a.data)
-    if created:
-        print(f"Created the enterprise API key in {a.data / 'enterprise.key'} (mode 0600).", file=sys.stderr)
-    print(f"Create a team:  .venv/bin/pushlake teams create my-team --data {a.data}", file=sys.stderr)
-    print(f"Push a trip:    curl -H 'Authorization: Bearer <pushApiKey>' -H 'Content-Type: application/json' "
-          f"--data @trip.json http://{a.host}:{a.port}/push/trip", file=sys.stderr)
     if a.workers < 1:
         raise CliError("--workers must be at least 1")
     if a.retention < 0:
         raise CliError("--retention must be >= 0")
+    setup_logging()
+    a.data.mkdir(parents=True, exist_ok=True)
+    key, created = enterprise_key(a.data)
+    where = "$PUSHLAKE_ENTERPRISE_KEY" if os.environ.get("PUSHLAKE_ENTERPRISE_KEY") else a.data / "enterprise.key"
+    base = f"http://{a.host}:{a.port}"
+    print(("Created the enterprise API key in " if created else "Enterprise API key: ") + f"{where}"
+          + (" (mode 0600)." if created else "."), file=sys.stderr)
+    print(f"Create a team:  curl -H \"x-dq-enterprise-api-key: $(cat {where})\" -H 'Content-Type: application/json' "
+          f"-d '{{\"teamId\":\"my-team\"}}' {base}/v1/enterprise/team", file=sys.stderr)
+    print(f"  (or locally:  .venv/bin/pushlake teams create my-team --data {a.data})", file=sys.stderr)
+    print(f"Push a trip:    curl -H 'Authorization: Bearer <pushApiKey>' -H 'Content-Type: application/json' "
+          f"--data @trip.json {base}/push/trip", file=sys.stderr)
+    print(f"API reference:  {base}/docs", file=sys.stderr)
     serve(Settings(data_dir=a.data, host=a.host, port=a.port, workers=a.workers, retention_days=a.retention,
                    max_body_bytes=a.max_body, min_free_bytes=a.min_free, segment_bytes=a.segment_bytes,
                    segment_age_s=a.segment_age, compactor=not a.no_compactor))
@@ -349,16 +354,17 @@ def cmd_failed(a) -> int:
         try:
             task_id, n = cat.create_task("PUSH_FAILED_TRIPS" if a.kind == "trips" else "PUSH_FAILED_CRASHES",
                                          secrets.token_hex(12))
+            try:
+                with Compactor(a.data) as c:
+                    while c.run_tasks_safely():
+                        pass
+            except CompactorBusy:
+                pass  # the running compactor (pushlake serve) picks the task up
+            row = cat.get_task(task_id)
         except TaskRunning as e:
             raise CliError(str(e)) from None
-        try:
-            with Compactor(a.data) as c:
-                while c.run_tasks():
-                    pass
-        except CompactorBusy:
-            pass  # the running compactor (pushlake serve) picks the task up
-        row = cat.get_task(task_id)
-        cat.close()
+        finally:
+            cat.close()
         out = {"taskId": task_id, "nbItems": n, "status": row[2], "nbRemainingItems": row[6]}
         _print_json(out) if a.json else print(" ".join(f"{k}={v}" for k, v in out.items()))
         return 0

@@ -7,6 +7,7 @@ import hmac
 import re
 import secrets
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -66,6 +67,7 @@ class HyperAdmins:
         self.con = connect_sqlite(Path(data_dir) / "admin.db")
         self.con.executescript(SCHEMA)
         self.quota = quota
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         self.con.close()
@@ -109,7 +111,8 @@ class HyperAdmins:
             raise UnknownAdmin(f"unknown hyper-admin '{user_id}'")
 
     def verify(self, user_id: str, password: str) -> bool:
-        row = self.con.execute("SELECT salt, pw_hash FROM hyperadmins WHERE user_id = ?", (user_id,)).fetchone()
+        with self._lock:  # called from worker threads; the connection is not shared concurrently
+            row = self.con.execute("SELECT salt, pw_hash FROM hyperadmins WHERE user_id = ?", (user_id,)).fetchone()
         if row is None:
             _hash(password, b"0" * 16)  # same cost whether or not the user exists
             return False

@@ -65,24 +65,68 @@ def _receiver_child(settings: Settings, partition: int) -> None:
 def _compactor_child(settings: Settings) -> None:
     _die_with_parent()
     setup_logging()
-    from lake.compactor import Compactor
+    from lake.compactor import Compactor, CompactorBusy
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
-    with Compactor(settings.data_dir, retention_days=settings.retention_days) as c:
-        c.run_forever(stop, interval=settings.compact_interval_s)
+    while not stop.is_set():
+        try:
+            c = Compactor(settings.data_dir, retention_days=settings.retention_days, recover=False)
+        except CompactorBusy:
+            log.warning("another compactor holds the lock (pushlake compact?); waiting for it")
+            stop.wait(2)
+            continue
+        with c:
+            c.run_forever(stop, interval=settings.compact_interval_s)
+
+
+class Supervisor:
+    """Keeps the child processes running: a compactor or receiver that dies is started again
+    (and logged), so the service never acknowledges pushes while nothing projects them."""
+
+    def __init__(self, specs: list[tuple[str, object, tuple]]):
+        self.ctx = mp.get_context("spawn")
+        self.specs = specs
+        self.children: dict[str, mp.Process] = {}
+        self.stopping = threading.Event()
+
+    def start(self) -> None:
+        for name, target, args in self.specs:
+            self._spawn(name, target, args)
+        threading.Thread(target=self._watch, name="supervisor", daemon=True).start()
+
+    def _spawn(self, name: str, target, args: tuple) -> None:
+        p = self.ctx.Process(target=target, args=args, name=name)
+        p.start()
+        self.children[name] = p
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(1.0):
+            for name, target, args in self.specs:
+                p = self.children[name]
+                if not p.is_alive() and not self.stopping.is_set():
+                    log.error("%s exited (code %s); starting it again", name, p.exitcode)
+                    self._spawn(name, target, args)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for p in self.children.values():
+            if p.is_alive():
+                p.terminate()
+        for p in self.children.values():
+            p.join(10)
+            if p.is_alive():
+                p.kill()
 
 
 def serve(settings: Settings) -> None:
-    ctx = mp.get_context("spawn")
-    children: list[mp.Process] = []
+    specs: list[tuple[str, object, tuple]] = []
     if settings.compactor:
-        children.append(ctx.Process(target=_compactor_child, args=(settings,), name="compactor", daemon=False))
+        specs.append(("compactor", _compactor_child, (settings,)))
     if settings.workers > 1:
-        for i in range(settings.workers):
-            children.append(ctx.Process(target=_receiver_child, args=(replace(settings), i), name=f"receiver-{i}"))
-    for c in children:
-        c.start()
+        specs += [(f"receiver-{i}", _receiver_child, (replace(settings), i)) for i in range(settings.workers)]
+    sup = Supervisor(specs)
+    sup.start()
     log.info("pushlake listening on http://%s:%d (data %s, %d worker(s), compactor %s)", settings.host,
              settings.port, settings.data_dir, settings.workers, "on" if settings.compactor else "off")
     try:
@@ -90,17 +134,8 @@ def serve(settings: Settings) -> None:
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *a: stop.set())
             signal.signal(signal.SIGINT, lambda *a: stop.set())
-            while not stop.wait(0.5):
-                if any(not c.is_alive() for c in children):
-                    log.error("a child process died; shutting down")
-                    break
+            stop.wait()
         else:
             run_receiver(settings, 0, reuse_port=False)
     finally:
-        for c in children:
-            if c.is_alive():
-                c.terminate()
-        for c in children:
-            c.join(10)
-            if c.is_alive():
-                c.kill()
+        sup.stop()

@@ -102,6 +102,9 @@ async def test_torn_tail_is_truncated_and_reported(tmp_path, tail):
     server = ServerProcess(data)
     out = server.output()
     assert "torn tail" in out, out
+    import urllib.request
+    health = json.loads(urllib.request.urlopen(server.url + "/health").read())
+    assert health["recovery"]["cutBytes"] == len(garbage)
     # new pushes after the recovery land right behind the last good record
     async with aiohttp.ClientSession() as s:
         r = await s.post(f"{server.url}/push/trip", data=orjson.dumps(trip(itin_id(10**8))),
@@ -229,7 +232,7 @@ def test_readers_stop_at_the_durable_mark_while_a_writer_holds_the_partition(tmp
     from ingest.log import DURABLE, DURABLE_FMT, LogReader
     w = LogWriter(tmp_path, 0)
     w.append([(KIND_TRIP, i, "t", f"k{i}", b"{}") for i in range(5)])
-    # simulate the window between write() and fdatasync() of a next batch: the mark says 3
+    # the window between write() and fdatasync() of a next batch: the mark still says 3
     with open(tmp_path / "log" / "p0" / DURABLE, "r+b") as f:
         f.write(DURABLE_FMT.pack(3))
     reader = LogReader(tmp_path, "p0")
@@ -237,5 +240,5 @@ def test_readers_stop_at_the_durable_mark_while_a_writer_holds_the_partition(tmp
     assert reader.read(3) == []
     w.append([(KIND_TRIP, 9, "t", "k9", b"{}")])  # fsynced: the mark moves to 6
     assert [r.offset for r in reader.read(3)] == [3, 4, 5]
-    w.close()  # no writer: everything on disk is readable
+    w.close()  # the writer publishes its final mark: everything is readable
     assert [r.offset for r in LogReader(tmp_path, "p0").read(0)] == [0, 1, 2, 3, 4, 5]

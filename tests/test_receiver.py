@@ -53,6 +53,7 @@ BAD = [
     ("empty itinId", "trip", dict(raw=b'{"itinId": ""}'), 400, "missing_key"),
     ("numeric crashId", "crash", dict(raw=b'{"crashId": 12}'), 400, "missing_key"),
     ("missing event", "trip/event", dict(raw=b'{"itinId": "abc"}'), 400, "missing_key"),
+    ("ambiguous event", "trip/event", dict(raw=b'{"itinId": "a", "event": "x:TRIP_DELETION"}'), 400, "missing_key"),
     ("missing userId", "diagnosis", dict(raw=b'{"smartphoneData": {}}'), 400, "missing_key"),
     ("text/plain", "trip", dict(raw=fixture_bytes("trip_small.json"), headers={"Content-Type": "text/plain"}), 415,
      "unsupported_media_type"),
