@@ -374,22 +374,40 @@ class Compactor:
             log.warning("removed %d orphan file(s) of an interrupted compaction", n)
         return n
 
-    def merge_small_files(self) -> int:
-        """Merge partitions that accumulated many files from frequent commits into one file."""
+    def merge_small_files(self, max_groups: int | None = None, budget_bytes: int = 128 << 20) -> int:
+        """Merge partitions that accumulated many small files from frequent commits.
+
+        Files are streamed one at a time into the merged file, and one merged file takes at most
+        ``budget_bytes`` of input: memory stays bounded by one file, and a merge is short enough to
+        run between projection steps (``max_groups`` merges per call). Returns files merged."""
         groups: dict[tuple[str, str, str], list[tuple]] = defaultdict(list)
         for fid, tbl, team, date, path, rows, nbytes in self.catalog.live_files():
             groups[(tbl, team, date)].append((fid, path, nbytes))
-        merged = 0
+        merged = done = 0
         for (tbl, team, date), fl in groups.items():
-            small = [f for f in fl if f[2] < 64 << 20]
+            small = sorted((f for f in fl if f[2] < budget_bytes // 2), key=lambda f: f[2])
             if len(small) < self.merge_min_files:
                 continue
-            t = pa.concat_tables([lf.read_file(self.out_dir, p) for _, p, _ in small])
-            c = Commit("merge", remove_files={f[0] for f in small})
-            c.add_files.append(lf.write_file(self.out_dir, tbl, team, date, t))
-            c.summary = f"merged {len(small)} files of {tbl}/{team}/{date}"
-            self.catalog.commit(c)
-            merged += len(small)
+            chosen, total = [], 0
+            for f in small:
+                if chosen and total + f[2] > budget_bytes:
+                    break
+                chosen.append(f)
+                total += f[2]
+            if len(chosen) < 2:
+                continue
+            c = Commit("merge", remove_files={f[0] for f in chosen})
+            c.add_files.append(lf.merge_files(self.out_dir, tbl, team, date, [p for _, p, _ in chosen]))
+            c.summary = f"merged {len(chosen)} files of {tbl}/{team}/{date}"
+            try:
+                self.catalog.commit(c)
+            except BaseException:
+                (self.out_dir / c.add_files[0].path).unlink(missing_ok=True)
+                raise
+            merged += len(chosen)
+            done += 1
+            if max_groups is not None and done >= max_groups:
+                break
         return merged
 
     def vacuum(self, now: float | None = None) -> int:
@@ -417,12 +435,13 @@ class Compactor:
     def maintain(self) -> dict:
         return {"merged": self.merge_small_files(), "vacuumed": self.vacuum(), "log_records_erased": self.clean_log()}
 
-    def run_forever(self, stop, interval: float = 0.2, maintain_every: float = 30.0) -> None:
+    def run_forever(self, stop, interval: float = 0.2, maintain_every: float = 30.0,
+                    merge_every: float = 2.0) -> None:
         """Project as records arrive; merge, vacuum and clean every ``maintain_every`` seconds,
         busy or not, so that a steady stream does not starve maintenance. A step that drained the
         log is followed by a pause of ``interval`` (records gather into bigger, cheaper steps:
         fewer files and commits for at most ``interval`` more latency); a full step is not."""
-        last_maint = time.monotonic()
+        last_maint = last_merge = time.monotonic()
         while not stop.is_set():
             try:
                 s = self.step()
@@ -431,8 +450,11 @@ class Compactor:
                              s.records, s.stored, s.failed, s.seconds)
                 elif self.run_tasks_safely():
                     continue
+                if time.monotonic() - last_merge > merge_every:
+                    self.merge_small_files(max_groups=1)  # one bounded merge between steps
+                    last_merge = time.monotonic()
                 if time.monotonic() - last_maint > maintain_every:
-                    m = self.maintain()
+                    m = {"vacuumed": self.vacuum(), "log_records_erased": self.clean_log()}
                     if any(m.values()):
                         log.info("maintenance: %s", m)
                     last_maint = time.monotonic()
