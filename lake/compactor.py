@@ -66,7 +66,7 @@ class _Batch:
 
 class Compactor:
     def __init__(self, data_dir: Path, out_dir: Path | None = None, retention_days: float = 7.0,
-                 batch_records: int = 20_000, batch_bytes: int = 64 << 20, merge_min_files: int = 8,
+                 batch_records: int = 200_000, batch_bytes: int = 64 << 20, merge_min_files: int = 8,
                  recover: bool = True):
         """``recover``: first run log recovery on partitions no receiver holds (on by default for
         the CLI; ``serve`` turns it off, its receivers recover their own partitions)."""
@@ -315,16 +315,22 @@ class Compactor:
 
     def _apply(self, b: _Batch, st: StepStats) -> None:
         c = b.commit
+        def rewrite(fid: int, tbl: str, team: str, date: str, path: str, keys: pa.Array):
+            """Copy-on-write: the file without the rows of these keys."""
+            t = lf.read_file(self.out_dir, path)
+            t = t.filter(pc.invert(pc.is_in(lf.key_array(tbl, t), value_set=keys)))
+            return fid, (lf.write_file(self.out_dir, tbl, team, date, t) if t.num_rows else None)
+        jobs = []
         for (tables, team), keys in b.remove_keys.items():
             klist = sorted(keys)
-            for fid, tbl, fteam, date, path in self.catalog.files_with_keys(tables, team, klist):
-                t = lf.read_file(self.out_dir, path)
-                keep = pc.invert(pc.is_in(lf.key_array(tbl, t), value_set=pa.array(klist, pa.string())))
-                t = t.filter(keep)
-                c.remove_files.add(fid)
-                if t.num_rows:
-                    c.add_files.append(lf.write_file(self.out_dir, tbl, fteam, date, t))
-                st.files_rewritten += 1
+            karr = pa.array(klist, pa.string())
+            jobs += [(*f, karr) for f in self.catalog.files_with_keys(tables, team, klist)]
+        for fid, new in self._pool.map(lambda j: rewrite(*j), jobs):  # files rewritten on every core
+            c.remove_files.add(fid)
+            if new is not None:
+                c.add_files.append(new)
+            st.files_rewritten += 1
+
         def build_and_write(key: tuple[str, str, str], parts: list):
             tbl, team, date = key
             if tbl == "trip_samples":
