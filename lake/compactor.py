@@ -380,7 +380,7 @@ class Compactor:
             log.warning("removed %d orphan file(s) of an interrupted compaction", n)
         return n
 
-    def merge_small_files(self, max_groups: int | None = None, budget_bytes: int = 128 << 20) -> int:
+    def merge_small_files(self, max_groups: int | None = None, budget_bytes: int = 32 << 20) -> int:
         """Merge partitions that accumulated many small files from frequent commits.
 
         Files are streamed one at a time into the merged file, and one merged file takes at most
