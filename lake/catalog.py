@@ -202,7 +202,7 @@ class Catalog:
                     n = con.execute(f"UPDATE files SET removed_snapshot=?, removed_at=? WHERE {LIVE} AND id IN ({ph})",
                                     (snap, now, *chunk)).rowcount
                     if n != len(chunk):
-                        raise RuntimeError("catalog changed under the compactor (file already removed)")
+                        raise CatalogConflict("a file to replace was already replaced (by a merge or a rewrite)")
                     con.execute(f"DELETE FROM file_keys WHERE file_id IN ({ph})", chunk)
             for f in c.add_files:
                 fid = con.execute("INSERT INTO files(tbl, team, date, path, rows, bytes, added_snapshot) VALUES (?,?,?,?,?,?,?)",
@@ -333,6 +333,10 @@ class Catalog:
 
 class TaskRunning(Exception):
     pass
+
+
+class CatalogConflict(Exception):
+    """A commit would replace files another commit replaced first: nothing was committed."""
 
 
 class _Tx:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ from ingest.record import KIND_EVENT, KIND_TRIP, Record
 from pushlake import failpoints
 
 from . import files as lf
-from .catalog import STAT_FIELDS, Catalog, Commit
+from .catalog import STAT_FIELDS, Catalog, CatalogConflict, Commit
 from .project import TABLES_OF_KIND, Projected, ProjectionError, project, project_trip, received_date, split_trip
 from .routes import Routes
 from .routes import parse as parse_routes
@@ -380,14 +381,16 @@ class Compactor:
             log.warning("removed %d orphan file(s) of an interrupted compaction", n)
         return n
 
-    def merge_small_files(self, max_groups: int | None = None, budget_bytes: int = 32 << 20) -> int:
+    def merge_small_files(self, max_groups: int | None = None, budget_bytes: int = 32 << 20,
+                          catalog: Catalog | None = None) -> int:
         """Merge partitions that accumulated many small files from frequent commits.
 
         Files are streamed one at a time into the merged file, and one merged file takes at most
         ``budget_bytes`` of input: memory stays bounded by one file, and a merge is short enough to
         run between projection steps (``max_groups`` merges per call). Returns files merged."""
+        cat = catalog or self.catalog
         groups: dict[tuple[str, str, str], list[tuple]] = defaultdict(list)
-        for fid, tbl, team, date, path, rows, nbytes in self.catalog.live_files():
+        for fid, tbl, team, date, path, rows, nbytes in cat.live_files():
             groups[(tbl, team, date)].append((fid, path, nbytes))
         merged = done = 0
         for (tbl, team, date), fl in groups.items():
@@ -406,7 +409,7 @@ class Compactor:
             c.add_files.append(lf.merge_files(self.out_dir, tbl, team, date, [p for _, p, _ in chosen]))
             c.summary = f"merged {len(chosen)} files of {tbl}/{team}/{date}"
             try:
-                self.catalog.commit(c)
+                cat.commit(c)
             except BaseException:
                 (self.out_dir / c.add_files[0].path).unlink(missing_ok=True)
                 raise
@@ -443,11 +446,14 @@ class Compactor:
 
     def run_forever(self, stop, interval: float = 0.2, maintain_every: float = 30.0,
                     merge_every: float = 2.0) -> None:
-        """Project as records arrive; merge, vacuum and clean every ``maintain_every`` seconds,
-        busy or not, so that a steady stream does not starve maintenance. A step that drained the
-        log is followed by a pause of ``interval`` (records gather into bigger, cheaper steps:
-        fewer files and commits for at most ``interval`` more latency); a full step is not."""
-        last_maint = last_merge = time.monotonic()
+        """Project as records arrive. Small files are merged by a thread beside the projection
+        (every ``merge_every`` seconds); vacuum and the log cleaner run every ``maintain_every``
+        seconds, busy or not. A step that drained the log is followed by a pause of ``interval``
+        (records gather into bigger, cheaper steps: fewer files and commits for at most
+        ``interval`` more latency); a full step is not."""
+        last_maint = time.monotonic()
+        merger = threading.Thread(target=self._merge_loop, args=(stop, merge_every), name="merger", daemon=True)
+        merger.start()
         while not stop.is_set():
             try:
                 s = self.step()
@@ -456,9 +462,6 @@ class Compactor:
                              s.records, s.stored, s.failed, s.seconds)
                 elif self.run_tasks_safely():
                     continue
-                if time.monotonic() - last_merge > merge_every:
-                    self.merge_small_files(max_groups=1)  # one bounded merge between steps
-                    last_merge = time.monotonic()
                 if time.monotonic() - last_maint > maintain_every:
                     m = {"vacuumed": self.vacuum(), "log_records_erased": self.clean_log()}
                     if any(m.values()):
@@ -466,7 +469,28 @@ class Compactor:
                     last_maint = time.monotonic()
                 if s.records >= self.batch_records or s.seconds > interval:
                     continue  # a backlog: keep going
+            except CatalogConflict:
+                log.info("a merge replaced a file this step rewrote; redoing the step")
+                continue
             except Exception:
                 log.exception("compaction step failed; retrying")
                 stop.wait(5)
             stop.wait(interval)
+        merger.join()
+
+    def _merge_loop(self, stop, every: float) -> None:
+        """Merges run beside projection (own catalog connection): Parquet work releases the GIL,
+        and a step never waits for a merge. A commit that finds its input files already replaced
+        (by the other) fails cleanly and is redone."""
+        cat = Catalog(self.out_dir)
+        try:
+            while not stop.wait(every):
+                try:
+                    while self.merge_small_files(max_groups=1, catalog=cat) and not stop.is_set():
+                        pass
+                except CatalogConflict:
+                    continue
+                except Exception:
+                    log.exception("merge failed; retrying later")
+        finally:
+            cat.close()
