@@ -21,12 +21,10 @@ CREATE TABLE IF NOT EXISTS files(
   path TEXT NOT NULL UNIQUE, rows INTEGER NOT NULL, bytes INTEGER NOT NULL,
   added_snapshot INTEGER NOT NULL, removed_snapshot INTEGER, removed_at REAL);
 CREATE INDEX IF NOT EXISTS files_live ON files(tbl, team, date) WHERE removed_snapshot IS NULL;
-CREATE TABLE IF NOT EXISTS file_keys(file_id INTEGER NOT NULL, key TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS file_keys_key ON file_keys(key);
-CREATE INDEX IF NOT EXISTS file_keys_file ON file_keys(file_id);
 CREATE TABLE IF NOT EXISTS versions(
   kind INTEGER NOT NULL, team TEXT NOT NULL, key TEXT NOT NULL, received_us INTEGER NOT NULL,
   part TEXT NOT NULL, offset INTEGER NOT NULL, body_sha256 TEXT NOT NULL,
+  date TEXT NOT NULL,  -- the partition holding its rows: where copy-on-write looks for them
   PRIMARY KEY(kind, team, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS positions(part TEXT PRIMARY KEY, next_offset INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS tombstones(
@@ -65,7 +63,6 @@ class NewFile:
     path: str          # relative to the data directory
     rows: int
     bytes: int
-    keys: list[str]
 
 
 @dataclass
@@ -75,7 +72,7 @@ class Commit:
     positions: dict[str, int] = field(default_factory=dict)
     add_files: list[NewFile] = field(default_factory=list)
     remove_files: set[int] = field(default_factory=set)
-    versions: list[tuple[int, str, str, int, str, int, str]] = field(default_factory=list)
+    versions: list[tuple[int, str, str, int, str, int, str, str]] = field(default_factory=list)
     drop_versions: list[tuple[int, str, str]] = field(default_factory=list)
     tombstones: list[tuple[str, str, str, int, float]] = field(default_factory=list)
     applied: list[tuple[str, str]] = field(default_factory=list)
@@ -139,10 +136,11 @@ class Catalog:
             files = c.execute(f"SELECT id, tbl, team, date, path, rows FROM files WHERE {LIVE}{tf}", args).fetchall()
             tombs = c.execute(f"SELECT team, itin_id FROM tombstones WHERE applied_at IS NULL{tf}", args).fetchall()
             dirty: set[int] = set()
-            if tombs:
+            if tombs:  # the files of the partitions that hold a trip with a pending tombstone
                 dirty = {r[0] for r in c.execute(
-                    "SELECT DISTINCT f.id FROM tombstones t JOIN file_keys k ON k.key = t.itin_id "
-                    f"JOIN files f ON f.id = k.file_id AND f.team = t.team AND f.{LIVE} "
+                    "SELECT DISTINCT f.id FROM tombstones t JOIN versions v ON v.kind = 1 AND v.team = t.team "
+                    f"AND v.key = t.itin_id JOIN files f ON f.team = t.team AND f.date = v.date AND f.{LIVE} "
+                    f"AND f.tbl IN ('trips', 'trip_samples', 'trip_events') "
                     f"WHERE t.applied_at IS NULL{tf.replace('team', 't.team')}", args)}
         finally:
             c.execute("COMMIT")
@@ -152,14 +150,14 @@ class Catalog:
     def positions(self) -> dict[str, int]:
         return dict(self.con.execute("SELECT part, next_offset FROM positions"))
 
-    def versions_of(self, kind: int, team: str, keys: list[str]) -> dict[str, tuple[tuple[int, str, int], str]]:
-        """key -> ((received_us, part, offset), body_sha256) of the version in the lake."""
+    def versions_of(self, kind: int, team: str, keys: list[str]) -> dict[str, tuple[tuple[int, str, int], str, str]]:
+        """key -> ((received_us, part, offset), body_sha256, date) of the version in the lake."""
         out = {}
         for chunk in _chunks(keys, 500):
-            q = ("SELECT key, received_us, part, offset, body_sha256 FROM versions WHERE kind=? AND team=? "
+            q = ("SELECT key, received_us, part, offset, body_sha256, date FROM versions WHERE kind=? AND team=? "
                  f"AND key IN ({','.join('?' * len(chunk))})")
-            for k, ts, part, off, h in self.con.execute(q, (kind, team, *chunk)):
-                out[k] = ((ts, part, off), h)
+            for k, ts, part, off, h, d in self.con.execute(q, (kind, team, *chunk)):
+                out[k] = ((ts, part, off), h, d)
         return out
 
     def deleted_among(self, team: str, itins: list[str]) -> dict[str, tuple[int, str, int]]:
@@ -170,15 +168,11 @@ class Catalog:
             out.update((r[0], (r[1], r[2], r[3])) for r in self.con.execute(q, (team, *chunk)))
         return out
 
-    def files_with_keys(self, tables: tuple[str, ...], team: str, keys: list[str]) -> list[tuple]:
-        out = {}
+    def partition_files(self, tables: tuple[str, ...], team: str, date: str) -> list[tuple]:
+        """(id, tbl, team, date, path) of the live files of these tables in one partition."""
         tq = ",".join("?" * len(tables))
-        for chunk in _chunks(keys, 500):
-            q = (f"SELECT DISTINCT f.id, f.tbl, f.team, f.date, f.path FROM file_keys k JOIN files f ON f.id = k.file_id "
-                 f"WHERE f.{LIVE} AND f.team = ? AND f.tbl IN ({tq}) AND k.key IN ({','.join('?' * len(chunk))})")
-            for row in self.con.execute(q, (team, *tables, *chunk)):
-                out[row[0]] = row
-        return list(out.values())
+        return self.con.execute(f"SELECT id, tbl, team, date, path FROM files WHERE {LIVE} AND team = ? AND date = ? "
+                                f"AND tbl IN ({tq})", (team, date, *tables)).fetchall()
 
     def live_files(self, tbl: str | None = None) -> list[tuple]:
         q = f"SELECT id, tbl, team, date, path, rows, bytes FROM files WHERE {LIVE}"
@@ -203,13 +197,10 @@ class Catalog:
                                     (snap, now, *chunk)).rowcount
                     if n != len(chunk):
                         raise CatalogConflict("a file to replace was already replaced (by a merge or a rewrite)")
-                    con.execute(f"DELETE FROM file_keys WHERE file_id IN ({ph})", chunk)
-            for f in c.add_files:
-                fid = con.execute("INSERT INTO files(tbl, team, date, path, rows, bytes, added_snapshot) VALUES (?,?,?,?,?,?,?)",
-                                  (f.tbl, f.team, f.date, f.path, f.rows, f.bytes, snap)).lastrowid
-                con.executemany("INSERT INTO file_keys(file_id, key) VALUES (?,?)", ((fid, k) for k in f.keys))
-            con.executemany("INSERT OR REPLACE INTO versions(kind, team, key, received_us, part, offset, body_sha256) "
-                            "VALUES (?,?,?,?,?,?,?)", c.versions)
+            con.executemany("INSERT INTO files(tbl, team, date, path, rows, bytes, added_snapshot) VALUES (?,?,?,?,?,?,?)",
+                            ((f.tbl, f.team, f.date, f.path, f.rows, f.bytes, snap) for f in c.add_files))
+            con.executemany("INSERT OR REPLACE INTO versions(kind, team, key, received_us, part, offset, body_sha256, date) "
+                            "VALUES (?,?,?,?,?,?,?,?)", c.versions)
             con.executemany("DELETE FROM versions WHERE kind=? AND team=? AND key=?", c.drop_versions)
             con.executemany("INSERT OR IGNORE INTO tombstones(team, itin_id, part, offset, received_us) VALUES (?,?,?,?,?)",
                             c.tombstones)

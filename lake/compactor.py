@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ingest.keys import deleted_itin
 from ingest.keys import body_sha256
@@ -62,7 +63,7 @@ class _Batch:
     commit: Commit
     routes: Routes | None = None
     buffers: dict = field(default_factory=lambda: defaultdict(list))   # (tbl, team, date) -> list[Projected parts]
-    remove_keys: dict = field(default_factory=lambda: defaultdict(set))  # (tables, team) -> keys
+    remove_keys: dict = field(default_factory=lambda: defaultdict(set))  # (tables, team, date) -> keys
 
 
 class Compactor:
@@ -151,7 +152,7 @@ class Compactor:
         groups: dict[tuple[int, str], list[str]] = defaultdict(list)
         for (kind, team, key) in cands:
             groups[(kind, team)].append(key)
-        known: dict[tuple[int, str, str], tuple[tuple[int, str, int], str]] = {}
+        known: dict[tuple[int, str, str], tuple[tuple[int, str, int], str, str]] = {}
         for (kind, team), keys in groups.items():
             for k, v in self.catalog.versions_of(kind, team, keys).items():
                 known[(kind, team, k)] = v
@@ -186,7 +187,7 @@ class Compactor:
                     continue
                 h = body_sha256(r.body)
                 self._count(c, r, "duplicates" if cur is not None and cur[1] == h else "stored")
-                cur = (order, h)
+                cur = (order, h, p.date.isoformat())
                 chosen = (part, r, p, h)
             if chosen is None:
                 continue
@@ -195,21 +196,24 @@ class Compactor:
             if deleted_at is not None:
                 st.deleted += 1  # stored before its deletion, which this batch or an earlier one applies
                 continue
-            if before is not None:
-                b.remove_keys[(TABLES_OF_KIND[kind], team)].add(key)
-            c.versions.append((kind, team, key, r.received_us, part, r.offset, h))
+            if before is not None:  # the previous version's rows, in the partition it was stored in
+                b.remove_keys[(TABLES_OF_KIND[kind], team, before[2])].add(key)
+            c.versions.append((kind, team, key, r.received_us, part, r.offset, h, p.date.isoformat()))
             self._buffer(b, team, p)
             st.stored += 1
         by_team: dict[str, list[str]] = defaultdict(list)
         for team, itin in deletions:
             if (KIND_TRIP, team, itin) not in known:
                 by_team[team].append(itin)
-        in_lake = {(KIND_TRIP, team, k) for team, itins in by_team.items()
-                   for k in self.catalog.versions_of(KIND_TRIP, team, itins)} | set(known)
+        stored_on = {k: v[2] for k, v in known.items()}  # where each stored trip's rows are
+        for team, itins in by_team.items():
+            for k, v in self.catalog.versions_of(KIND_TRIP, team, itins).items():
+                stored_on[(KIND_TRIP, team, k)] = v[2]
         for (team, itin), (part, r) in deletions.items():
             c.tombstones.append((team, itin, part, r.offset, r.received_us))
-            if (KIND_TRIP, team, itin) in in_lake:
-                b.remove_keys[(TRIP_TABLES, team)].add(itin)
+            date = stored_on.get((KIND_TRIP, team, itin))
+            if date is not None:
+                b.remove_keys[(TRIP_TABLES, team, date)].add(itin)
                 c.drop_versions.append((KIND_TRIP, team, itin))
             c.applied.append((team, itin))
 
@@ -317,16 +321,21 @@ class Compactor:
     def _apply(self, b: _Batch, st: StepStats) -> None:
         c = b.commit
         def rewrite(fid: int, tbl: str, team: str, date: str, path: str, keys: pa.Array):
-            """Copy-on-write: the file without the rows of these keys."""
+            """Copy-on-write: the file without the rows of these keys (a file that holds none of
+            them, found by reading its key columns only, is left alone)."""
+            probe = pq.read_table(self.out_dir / path, columns=lf.KEY_COLUMNS[tbl])
+            if not pc.any(pc.is_in(lf.key_array(tbl, probe), value_set=keys)).as_py():
+                return fid, None, False
             t = lf.read_file(self.out_dir, path)
             t = t.filter(pc.invert(pc.is_in(lf.key_array(tbl, t), value_set=keys)))
-            return fid, (lf.write_file(self.out_dir, tbl, team, date, t) if t.num_rows else None)
+            return fid, (lf.write_file(self.out_dir, tbl, team, date, t) if t.num_rows else None), True
         jobs = []
-        for (tables, team), keys in b.remove_keys.items():
-            klist = sorted(keys)
-            karr = pa.array(klist, pa.string())
-            jobs += [(*f, karr) for f in self.catalog.files_with_keys(tables, team, klist)]
-        for fid, new in self._pool.map(lambda j: rewrite(*j), jobs):  # files rewritten on every core
+        for (tables, team, date), keys in b.remove_keys.items():
+            karr = pa.array(sorted(keys), pa.string())
+            jobs += [(*f, karr) for f in self.catalog.partition_files(tables, team, date)]
+        for fid, new, touched in self._pool.map(lambda j: rewrite(*j), jobs):  # files rewritten on every core
+            if not touched:
+                continue
             c.remove_files.add(fid)
             if new is not None:
                 c.add_files.append(new)

@@ -62,11 +62,9 @@ def verify_erased(data_dir: Path, itin: str, team: str | None = None) -> tuple[l
             n = con.execute(f"SELECT count(*) FROM tombstones WHERE itin_id = ?{tq} AND log_cleaned = 0", args).fetchone()[0]
             if n:
                 findings.append("the log cleaner has not yet processed this deletion (retention not elapsed?)")
-            n = con.execute("SELECT count(*) FROM file_keys k JOIN files f ON f.id = k.file_id "
-                            f"WHERE k.key = ? AND f.tbl IN ('trips','trip_samples','trip_events'){tq.replace('team', 'f.team')}",
-                            args).fetchone()[0]
+            n = con.execute(f"SELECT count(*) FROM versions WHERE kind = 1 AND key = ?{tq}", args).fetchone()[0]
             if n:
-                findings.append(f"catalog still indexes {n} file(s) holding the trip")
+                findings.append("the catalog still lists a stored version of the trip")
             n = con.execute(f"SELECT count(*) FROM failed WHERE kind = 1 AND key = ?{tq} AND status = 'FAILED'",
                             args).fetchone()[0]
             if n:

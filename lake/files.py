@@ -15,6 +15,10 @@ from .catalog import NewFile
 from .schema import SCHEMAS, TRIP_TABLES
 
 
+KEY_COLUMNS = {**{t: ["itin_id"] for t in TRIP_TABLES}, "crashes": ["crash_id"],
+               "diagnoses": ["user_id", "body_sha256"], "trip_deletions": ["itin_id", "event"]}
+
+
 def key_array(tbl_name: str, t: pa.Table) -> pa.ChunkedArray:
     """The idempotency key of each row, as the receiver computed it (see ingest.keys)."""
     if tbl_name in TRIP_TABLES:
@@ -65,23 +69,19 @@ def write_file(data_dir: Path, tbl: str, team: str, date: str, table: pa.Table) 
         os.close(fd)
     for c in [d] + [c.parent for c in created]:
         fsync_dir(c)
-    keys = pc.unique(key_array(tbl, table)).to_pylist()
-    return NewFile(tbl, team, date, str(path.relative_to(data_dir)), table.num_rows, path.stat().st_size,
-                   [k for k in keys if k is not None])
+    return NewFile(tbl, team, date, str(path.relative_to(data_dir)), table.num_rows, path.stat().st_size)
 
 
 def merge_files(data_dir: Path, tbl: str, team: str, date: str, rels: list[str]) -> NewFile:
     """One file with the rows of several, streamed one input file at a time."""
     d = partition_dir(data_dir, tbl, team, date)
     path = d / f"part-{uuid.uuid4().hex}.parquet"
-    keys: set = set()
     rows = 0
     with pq.ParquetWriter(path, SCHEMAS[tbl], **{k: v for k, v in _OPTIONS[tbl].items() if k != "row_group_size"}) as w:
         for rel in rels:
             t = pq.read_table(Path(data_dir) / rel)
             t = t.cast(SCHEMAS[tbl]) if t.schema != SCHEMAS[tbl] else t
             w.write_table(t, row_group_size=_OPTIONS[tbl]["row_group_size"])
-            keys.update(pc.unique(key_array(tbl, t)).to_pylist())
             rows += t.num_rows
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -89,8 +89,7 @@ def merge_files(data_dir: Path, tbl: str, team: str, date: str, rels: list[str])
     finally:
         os.close(fd)
     fsync_dir(d)
-    return NewFile(tbl, team, date, str(path.relative_to(data_dir)), rows, path.stat().st_size,
-                   [k for k in keys if k is not None])
+    return NewFile(tbl, team, date, str(path.relative_to(data_dir)), rows, path.stat().st_size)
 
 
 def read_file(data_dir: Path, rel: str) -> pa.Table:
