@@ -73,16 +73,26 @@ def write_file(data_dir: Path, tbl: str, team: str, date: str, table: pa.Table) 
 
 
 def merge_files(data_dir: Path, tbl: str, team: str, date: str, rels: list[str]) -> NewFile:
-    """One file with the rows of several, streamed one input file at a time."""
+    """One file with the rows of several, read one input file at a time and written in full-size
+    row groups (small inputs are gathered first: one row group per small file would compress
+    and scan badly)."""
     d = partition_dir(data_dir, tbl, team, date)
     path = d / f"part-{uuid.uuid4().hex}.parquet"
+    group = _OPTIONS[tbl]["row_group_size"]
     rows = 0
+    pending: list[pa.Table] = []
     with pq.ParquetWriter(path, SCHEMAS[tbl], **{k: v for k, v in _OPTIONS[tbl].items() if k != "row_group_size"}) as w:
+        def flush() -> None:
+            if pending:
+                w.write_table(pa.concat_tables(pending).combine_chunks(), row_group_size=group)
+                pending.clear()
         for rel in rels:
             t = pq.read_table(Path(data_dir) / rel)
-            t = t.cast(SCHEMAS[tbl]) if t.schema != SCHEMAS[tbl] else t
-            w.write_table(t, row_group_size=_OPTIONS[tbl]["row_group_size"])
+            pending.append(t.cast(SCHEMAS[tbl]) if t.schema != SCHEMAS[tbl] else t)
             rows += t.num_rows
+            if sum(p.num_rows for p in pending) >= group:
+                flush()
+        flush()
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

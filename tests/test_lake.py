@@ -252,3 +252,16 @@ def test_docs_tables_md_matches_the_schemas():
     from lake.schema import markdown
     doc = Path(__file__).resolve().parent.parent / "docs" / "tables.md"
     assert doc.read_text() == markdown(), "regenerate with: python -m lake.schema > docs/tables.md"
+
+
+async def test_merged_files_have_full_row_groups(pusher, data):
+    import pyarrow.parquet as pq
+    from lake.compactor import Compactor
+    with Compactor(data, merge_min_files=4) as c:
+        for i in range(6):
+            await pusher.push("trip", trip(itin_id(i)))
+            c.step()
+        c.merge_small_files()
+        [(_, _, _, _, path, rows, _)] = c.catalog.live_files("trip_samples")
+    meta = pq.ParquetFile(data / path).metadata
+    assert rows == 60 and meta.num_row_groups == 1  # not one row group per merged input file
