@@ -136,12 +136,12 @@ class Catalog:
             files = c.execute(f"SELECT id, tbl, team, date, path, rows FROM files WHERE {LIVE}{tf}", args).fetchall()
             tombs = c.execute(f"SELECT team, itin_id FROM tombstones WHERE applied_at IS NULL{tf}", args).fetchall()
             dirty: set[int] = set()
-            if tombs:  # the files of the partitions that hold a trip with a pending tombstone
-                dirty = {r[0] for r in c.execute(
-                    "SELECT DISTINCT f.id FROM tombstones t JOIN versions v ON v.kind = 1 AND v.team = t.team "
-                    f"AND v.key = t.itin_id JOIN files f ON f.team = t.team AND f.date = v.date AND f.{LIVE} "
-                    f"AND f.tbl IN ('trips', 'trip_samples', 'trip_events') "
-                    f"WHERE t.applied_at IS NULL{tf.replace('team', 't.team')}", args)}
+            if tombs:  # the trip files of the partitions that hold a trip with a pending tombstone
+                parts = set(c.execute(
+                    "SELECT DISTINCT v.team, v.date FROM tombstones t JOIN versions v ON v.kind = 1 "
+                    f"AND v.team = t.team AND v.key = t.itin_id WHERE t.applied_at IS NULL{tf.replace('team', 't.team')}",
+                    args))
+                dirty = {f[0] for f in files if f[1] in ("trips", "trip_samples", "trip_events") and (f[2], f[3]) in parts}
         finally:
             c.execute("COMMIT")
         return snap, files, tombs, dirty
