@@ -38,6 +38,12 @@ def error(status: int, code: str, message: str, headers: dict | None = None) -> 
                              dumps=lambda o: orjson.dumps(o).decode())
 
 
+def auth_error(e: AuthError) -> web.Response:
+    """401 (with the schemes we accept) or 403 for credentials that do not pass."""
+    headers = {"WWW-Authenticate": 'Bearer realm="pushlake", Basic realm="pushlake"'} if e.status == 401 else None
+    return error(e.status, e.code, e.message, headers)
+
+
 def ok(payload: dict) -> web.Response:
     return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
@@ -60,8 +66,7 @@ def make_handler(kind: int):
         try:
             team = request.app[AUTH].authenticate(request.headers.get("Authorization"))
         except AuthError as e:
-            headers = {"WWW-Authenticate": 'Bearer realm="pushlake", Basic realm="pushlake"'} if e.status == 401 else None
-            return error(e.status, e.code, e.message, headers)
+            return auth_error(e)
         if request.content_type != "application/json" and not request.content_type.endswith("+json"):
             return error(415, "unsupported_media_type",
                          f"Content-Type must be application/json, got '{request.content_type}'")

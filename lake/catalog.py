@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from .schema import TRIP_TABLES
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots(
   id INTEGER PRIMARY KEY, created_at REAL NOT NULL, operation TEXT NOT NULL, summary TEXT);
@@ -141,7 +143,7 @@ class Catalog:
                     "SELECT DISTINCT v.team, v.date FROM tombstones t JOIN versions v ON v.kind = 1 "
                     f"AND v.team = t.team AND v.key = t.itin_id WHERE t.applied_at IS NULL{tf.replace('team', 't.team')}",
                     args))
-                dirty = {f[0] for f in files if f[1] in ("trips", "trip_samples", "trip_events") and (f[2], f[3]) in parts}
+                dirty = {f[0] for f in files if f[1] in TRIP_TABLES and (f[2], f[3]) in parts}
         finally:
             c.execute("COMMIT")
         return snap, files, tombs, dirty
@@ -319,7 +321,7 @@ class Catalog:
         return [{"date": d, "teamId": t, **v} for (d, t), v in sorted(rows.items())]
 
     def _tx(self):
-        return _Tx(self.con)
+        return transaction(self.con)
 
 
 class TaskRunning(Exception):
@@ -330,7 +332,10 @@ class CatalogConflict(Exception):
     """A commit would replace files another commit replaced first: nothing was committed."""
 
 
-class _Tx:
+class transaction:
+    """``with transaction(con):`` BEGIN IMMEDIATE, then COMMIT, or ROLLBACK on any error (a failed
+    COMMIT included, so that nothing of it stays half-applied). Used by every SQLite store."""
+
     def __init__(self, con: sqlite3.Connection):
         self.con = con
 

@@ -17,10 +17,10 @@ from ingest.keys import body_sha256
 from ingest.record import KIND_CRASH, KIND_DIAGNOSIS, KIND_EVENT, KIND_TRIP, Record
 
 from .schema import (CRASH_FIELDS, DELETION_FIELDS, DIAGNOSIS_FIELDS, EVENT_ARRAYS, EVENT_FIELDS, ROUTE_SOURCES,
-                     TRIP_FIELDS)
+                     TRIP_FIELDS, TRIP_TABLES)
 
 UTC = dt.timezone.utc
-TABLES_OF_KIND = {KIND_TRIP: ("trips", "trip_samples", "trip_events"), KIND_EVENT: ("trip_deletions",),
+TABLES_OF_KIND = {KIND_TRIP: TRIP_TABLES, KIND_EVENT: ("trip_deletions",),
                   KIND_CRASH: ("crashes",), KIND_DIAGNOSIS: ("diagnoses",)}
 
 

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from lake.catalog import connect_sqlite
+from lake.catalog import connect_sqlite, transaction
 
 from .teams import TeamError, format_date
 
@@ -86,8 +86,7 @@ class HyperAdmins:
         salt = secrets.token_bytes(16)
         pw = _hash(password, salt)
         now = time.time()
-        self.con.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.con):
             if self.con.execute("SELECT count(*) FROM hyperadmins").fetchone()[0] >= self.quota:
                 raise QuotaExceeded(f"at most {self.quota} hyper-admins")
             try:
@@ -95,10 +94,6 @@ class HyperAdmins:
                                  (user_id, firstname, lastname, salt, pw, now))
             except sqlite3.IntegrityError:
                 raise AdminExists(f"hyper-admin '{user_id}' already exists") from None
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
         return {"userId": user_id, "firstname": firstname, "lastname": lastname}
 
     def list(self) -> list[dict]:

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lake.catalog import connect_sqlite
+from lake.catalog import connect_sqlite, transaction
 
 TEAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -93,8 +93,7 @@ class Teams:
             raise InvalidTeamId("teamId must be 1-64 characters: letters, digits, '_', '.', '-', not starting with a symbol")
         push, admin = self._new_keys()
         now = time.time()
-        self.con.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.con):
             if self.con.execute("SELECT 1 FROM teams WHERE team_id = ?", (team_id,)).fetchone():
                 raise TeamExists(f"team '{team_id}' already exists")
             if quota is not None and self.con.execute("SELECT count(*) FROM teams").fetchone()[0] >= quota:
@@ -104,10 +103,6 @@ class Teams:
                                  (team_id, "ENABLED", now, hash_key(push), hash_key(admin), now))
             except sqlite3.IntegrityError:
                 raise TeamExists(f"team '{team_id}' already exists") from None
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
         return {"teamId": team_id, "pushApiKey": push, "adminApiKey": admin}
 
     def get(self, team_id: str) -> TeamRow | None:
@@ -125,8 +120,7 @@ class Teams:
         """Disabling revokes the keys at once; enabling again issues new keys (returned once)."""
         if status not in ("ENABLED", "DISABLED"):
             raise TeamError("status must be ENABLED or DISABLED")
-        self.con.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.con):
             row = self.get(team_id)
             if row is None:
                 raise UnknownTeam(f"unknown team '{team_id}'")
@@ -141,8 +135,4 @@ class Teams:
                 self.con.execute("UPDATE teams SET status='ENABLED', push_key_hash=?, admin_key_hash=?, keys_issued_at=? "
                                  "WHERE team_id=?", (hash_key(push), hash_key(admin), time.time(), team_id))
                 out.update(pushApiKey=push, adminApiKey=admin)
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
         return out

@@ -19,7 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from aiohttp import web
 
-from ingest.app import AUTH, SETTINGS, error
+from ingest.app import AUTH, SETTINGS, auth_error, error
 from ingest.auth import AuthError, PasswordCheck, Principal
 from queries import connect
 from queries.export import FORMATS, ExportError, stream
@@ -31,11 +31,6 @@ PARQUET = "application/vnd.apache.parquet"
 
 class QueryTimeout(Exception):
     pass
-
-
-def _auth_error(e: AuthError) -> web.Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="pushlake", Basic realm="pushlake"'} if e.status == 401 else None
-    return error(e.status, e.code, e.message, headers)
 
 
 async def _principal(request: web.Request) -> Principal:
@@ -107,7 +102,7 @@ async def query(request: web.Request) -> web.StreamResponse:
             return error(400, "invalid_request", "body must be JSON: {\"sql\": \"SELECT ...\"}")
         scope = _scope(request, who, doc.get("teamId"))
     except AuthError as e:
-        return _auth_error(e)
+        return auth_error(e)
     mime = _negotiate(request.headers.get("Accept", "application/json"))
     if not mime:
         return error(406, "not_acceptable", "Accept application/json, text/csv, "
@@ -153,7 +148,7 @@ async def export(request: web.Request) -> web.StreamResponse:
         who = await _principal(request)
         scope = _scope(request, who, request.query.get("teamId"))
     except AuthError as e:
-        return _auth_error(e)
+        return auth_error(e)
     if fmt not in FORMATS:
         return error(400, "invalid_request", f"format must be one of {', '.join(FORMATS)}")
     loop = asyncio.get_running_loop()
