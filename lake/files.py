@@ -73,25 +73,33 @@ def write_file(data_dir: Path, tbl: str, team: str, date: str, table: pa.Table) 
 
 
 def merge_files(data_dir: Path, tbl: str, team: str, date: str, rels: list[str]) -> NewFile:
-    """One file with the rows of several, read one input file at a time and written in full-size
-    row groups (small inputs are gathered first: one row group per small file would compress
-    and scan badly)."""
+    """One file with the rows of several, read a row group at a time and written in full-size row groups
+    (small inputs are gathered first: one row group per small file would compress and scan badly).
+    Memory holds about one row group, however large the inputs: a whole input file decompressed
+    can be ten times its size on disk."""
     d = partition_dir(data_dir, tbl, team, date)
     path = d / f"part-{uuid.uuid4().hex}.parquet"
     group = _OPTIONS[tbl]["row_group_size"]
+    schema = SCHEMAS[tbl]
     rows = 0
     pending: list[pa.Table] = []
-    with pq.ParquetWriter(path, SCHEMAS[tbl], **{k: v for k, v in _OPTIONS[tbl].items() if k != "row_group_size"}) as w:
+    held = 0
+    with pq.ParquetWriter(path, schema, **{k: v for k, v in _OPTIONS[tbl].items() if k != "row_group_size"}) as w:
         def flush() -> None:
+            nonlocal held
             if pending:
-                w.write_table(pa.concat_tables(pending).combine_chunks(), row_group_size=group)
+                w.write_table(pa.concat_tables(pending), row_group_size=group)
                 pending.clear()
+                held = 0
         for rel in rels:
-            t = pq.read_table(Path(data_dir) / rel)
-            pending.append(t.cast(SCHEMAS[tbl]) if t.schema != SCHEMAS[tbl] else t)
-            rows += t.num_rows
-            if sum(p.num_rows for p in pending) >= group:
-                flush()
+            with pq.ParquetFile(Path(data_dir) / rel) as f:
+                for i in range(f.num_row_groups):  # one row group at a time (iter_batches reads ahead)
+                    t = f.read_row_group(i, use_threads=False)
+                    pending.append(t.cast(schema) if t.schema != schema else t)
+                    held += t.num_rows
+                    rows += t.num_rows
+                    if held >= group:
+                        flush()
         flush()
     fd = os.open(path, os.O_RDONLY)
     try:
