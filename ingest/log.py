@@ -271,6 +271,7 @@ class LogReader:
     _seg_base: int | None = None
     _pos: int = 0
     _next: int = 0
+    full: bool = False  # the last read stopped at a limit: more records are waiting
 
     @property
     def dir(self) -> Path:
@@ -280,6 +281,7 @@ class LogReader:
         self._seg_base = None
 
     def read(self, from_offset: int, max_records: int = 10_000, max_bytes: int = 64 << 20) -> list[rec.Record]:
+        self.full = False
         segs = list_segments(self.dir)
         if not segs:
             return []
@@ -320,6 +322,7 @@ class LogReader:
                     nbytes += length
                     self._next = r.offset + 1
             if len(out) >= max_records or nbytes >= max_bytes:
+                self.full = True
                 break
             if idx + 1 < len(segs):
                 # move on only if this segment is sealed (a later one exists)

@@ -32,7 +32,6 @@ from . import files as lf
 from .catalog import STAT_FIELDS, Catalog, CatalogConflict, Commit
 from .project import TABLES_OF_KIND, Projected, ProjectionError, project, project_trip, received_date, split_trip
 from .routes import Routes
-from .routes import parse as parse_routes
 from .schema import SCHEMAS, TRIP_TABLES
 
 log = logging.getLogger("pushlake.compactor")
@@ -56,6 +55,17 @@ class StepStats:
     def add(self, o: "StepStats") -> None:
         for k in self.__dataclass_fields__:
             setattr(self, k, getattr(self, k) + getattr(o, k))
+
+
+@dataclass
+class _Input:
+    """A batch read from the log: where it starts, its records and where the next one starts."""
+    start: dict[str, int]
+    records: list[tuple[str, Record]] = field(default_factory=list)
+    positions: dict[str, int] = field(default_factory=dict)
+    full: bool = False          # a read stopped at a limit: a backlog
+    trips: dict | None = None   # from _prepare_trips
+    routes: Routes | None = None
 
 
 @dataclass
@@ -85,6 +95,7 @@ class Compactor:
         self.recovered = recover_idle_partitions(self.data_dir) if recover else []
         self.catalog = Catalog(self.out_dir)
         self.readers: dict[str, LogReader] = {}
+        self._ahead: _Input | None = None
         self._pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="compactor-write")
         lf.ensure_empty_files(self.out_dir)
         self.orphans_removed = self._remove_orphans()
@@ -106,34 +117,59 @@ class Compactor:
     def step(self) -> StepStats:
         t0 = time.monotonic()
         positions = self.catalog.positions()
-        records: list[tuple[str, Record]] = []
-        new_positions: dict[str, int] = {}
-        budget = self.batch_records
-        for part in list_partitions(self.data_dir):
-            reader = self.readers.setdefault(part, LogReader(self.data_dir, part))
-            got = reader.read(positions.get(part, 0), max_records=max(budget, 1), max_bytes=self.batch_bytes)
-            if got:
-                records.extend((part, r) for r in got)
-                new_positions[part] = got[-1].offset + 1
-                budget -= len(got)
-        stats = StepStats(records=len(records))
-        if not records:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and all(positions.get(p, 0) == o for p, o in ahead.start.items()):
+            inp = ahead  # read and prepared while the previous step was writing
+        else:
+            inp = self._prepare(self._read(positions))
+        stats = StepStats(records=len(inp.records))
+        if not inp.records:
             return stats
-        batch = _Batch(Commit("append", positions=new_positions))
-        self._plan(records, batch, stats)
+        batch = _Batch(Commit("append", positions=inp.positions), routes=inp.routes)
+        self._plan(inp.records, batch, stats, trips=inp.trips)
         batch.commit.summary = (f"records={stats.records} stored={stats.stored} stale={stats.stale} "
                                 f"deleted={stats.deleted} failed={stats.failed}")
-        self._apply_and_commit(batch, stats)
+
+        def read_ahead() -> None:
+            # a backlog: read and prepare the next batch on this thread while the pool writes
+            # this one (planning holds the GIL, Parquet encoding does not); used only if this
+            # step commits (the next step checks where it starts)
+            if inp.full:
+                try:
+                    self._ahead = self._prepare(self._read({**inp.start, **inp.positions}))
+                except Exception:  # noqa: BLE001 - the next step reads again and reports it
+                    log.debug("reading ahead failed", exc_info=True)
+        self._apply_and_commit(batch, stats, meanwhile=read_ahead)
         failpoints.hit("compactor.after_commit")
         stats.seconds = time.monotonic() - t0
         return stats
 
-    def _plan(self, records: list[tuple[str, Record]], b: _Batch, st: StepStats, retry: bool = False) -> None:
+    def _read(self, positions: dict[str, int]) -> _Input:
+        """The next batch of every partition, in order of arrival."""
+        inp = _Input(start={})
+        budget = self.batch_records
+        for part in list_partitions(self.data_dir):
+            reader = self.readers.setdefault(part, LogReader(self.data_dir, part))
+            inp.start[part] = positions.get(part, 0)
+            got = reader.read(inp.start[part], max_records=max(budget, 1), max_bytes=self.batch_bytes)
+            inp.full |= reader.full
+            if got:
+                inp.records.extend((part, r) for r in got)
+                inp.positions[part] = got[-1].offset + 1
+                budget -= len(got)
+        return inp
+
+    def _prepare(self, inp: _Input) -> _Input:
+        inp.records.sort(key=lambda pr: (pr[1].received_us, pr[0], pr[1].offset))
+        inp.trips, inp.routes = self._prepare_trips(inp.records)
+        return inp
+
+    def _plan(self, records: list[tuple[str, Record]], b: _Batch, st: StepStats, trips: dict | None = None,
+              retry: bool = False) -> None:
         """Decide the fate of every record, in order of arrival, as if each were processed alone:
-        so the lake and the push counts do not depend on where batch boundaries fall."""
+        so the lake and the push counts do not depend on where batch boundaries fall. ``records``
+        are sorted by arrival, ``trips`` (with ``b.routes``) prepared by ``_prepare_trips``."""
         c = b.commit
-        records.sort(key=lambda pr: (pr[1].received_us, pr[0], pr[1].offset))
-        trips = self._prepare_trips(records, b)
         cands: dict[tuple[int, str, str], list[tuple[str, Record]]] = defaultdict(list)
         deletions: dict[tuple[str, str], tuple[str, Record]] = {}
         for k, (part, r) in enumerate(records):
@@ -218,10 +254,11 @@ class Compactor:
             c.applied.append((team, itin))
 
     @staticmethod
-    def _prepare_trips(records: list[tuple[str, Record]], b: _Batch) -> dict[int, tuple | ProjectionError]:
-        """Split every trip of the batch and parse all their routes at once (``lake.routes``)."""
+    def _prepare_trips(records: list[tuple[str, Record]]) -> tuple[dict[int, tuple | ProjectionError], Routes]:
+        """Split every trip of the batch and decode its route (``lake.routes``). Depends on the
+        records only (no catalog), so it can run ahead of the step that plans them."""
         trips: dict[int, tuple | ProjectionError] = {}
-        raw: list[tuple[int, bytes]] = []
+        routes = Routes()
         for k, (part, r) in enumerate(records):
             if r.kind != KIND_TRIP:
                 continue
@@ -232,12 +269,8 @@ class Compactor:
                 continue
             trips[k] = (doc, route is not None, problem)
             if route is not None:
-                raw.append((k, route))
-        b.routes, errors = parse_routes(raw)
-        errors.update(b.routes.check())
-        for k, reason in errors.items():
-            trips[k] = (trips[k][0], False, reason)
-        return trips
+                routes.add(k, *route)
+        return trips, routes
 
     @staticmethod
     def _project(r: Record, part: str, k: int, trips: dict, routes: Routes | None) -> Projected:
@@ -287,18 +320,22 @@ class Compactor:
         for part, offsets in by_part.items():
             found = read_at(self.data_dir, part, offsets)
             records.extend((part, found[o]) for o in offsets if o in found)
-        batch = _Batch(Commit("retry", task=(task_id, [fid for fid, *_ in items])))
+        records.sort(key=lambda pr: (pr[1].received_us, pr[0], pr[1].offset))
+        trips, routes = self._prepare_trips(records)
+        batch = _Batch(Commit("retry", task=(task_id, [fid for fid, *_ in items])), routes=routes)
         st = StepStats(records=len(records))
-        self._plan(records, batch, st, retry=True)
+        self._plan(records, batch, st, trips=trips, retry=True)
         batch.commit.summary = f"retry task {task_id}: {st.stored} stored, {st.failed} failed again"
         self._apply_and_commit(batch, st, failpoint="task.before_commit")
         return len(items)
 
-    def _apply_and_commit(self, b: _Batch, st: StepStats, failpoint: str = "compactor.before_commit") -> None:
+    def _apply_and_commit(self, b: _Batch, st: StepStats, failpoint: str = "compactor.before_commit",
+                          meanwhile=None) -> None:
         """Write the files, then commit; if the commit fails, the files just written are removed
-        (a step retried every few seconds must not fill the disk with orphans)."""
+        (a step retried every few seconds must not fill the disk with orphans). ``meanwhile``
+        runs on this thread while the pool writes."""
         try:
-            self._apply(b, st)
+            self._apply(b, st, meanwhile)
             failpoints.hit(failpoint)
             self.catalog.commit(b.commit)
         except BaseException:
@@ -318,7 +355,7 @@ class Compactor:
                 (p.route, trip["itin_id"], trip["team_id"], trip["date"], trip["received_at"], trip["log_part"],
                  trip["log_offset"]))
 
-    def _apply(self, b: _Batch, st: StepStats) -> None:
+    def _apply(self, b: _Batch, st: StepStats, meanwhile=None) -> None:
         c = b.commit
         def rewrite(fid: int, tbl: str, team: str, date: str, path: str, keys: pa.Array):
             """Copy-on-write: the file without the rows of these keys (a file that holds none of
@@ -329,17 +366,6 @@ class Compactor:
             t = lf.read_file(self.out_dir, path)
             t = t.filter(pc.invert(pc.is_in(lf.key_array(tbl, t), value_set=keys)))
             return fid, (lf.write_file(self.out_dir, tbl, team, date, t) if t.num_rows else None), True
-        jobs = []
-        for (tables, team, date), keys in b.remove_keys.items():
-            karr = pa.array(sorted(keys), pa.string())
-            jobs += [(*f, karr) for f in self.catalog.partition_files(tables, team, date)]
-        for fid, new, touched in self._pool.map(lambda j: rewrite(*j), jobs):  # files rewritten on every core
-            if not touched:
-                continue
-            c.remove_files.add(fid)
-            if new is not None:
-                c.add_files.append(new)
-            st.files_rewritten += 1
 
         def build_and_write(key: tuple[str, str, str], parts: list):
             tbl, team, date = key
@@ -348,8 +374,27 @@ class Compactor:
             else:
                 table = pa.Table.from_pylist([row for rows in parts for row in rows], schema=SCHEMAS[tbl])
             return lf.write_file(self.out_dir, tbl, team, date, table) if table.num_rows else None
-        # Arrow and Parquet release the GIL: partitions are built and written on every core
-        for f in self._pool.map(lambda kv: build_and_write(*kv), list(b.buffers.items())):
+
+        # Arrow and Parquet release the GIL: files are rewritten, built and written on every core
+        rewrites = []
+        for (tables, team, date), keys in b.remove_keys.items():
+            karr = pa.array(sorted(keys), pa.string())
+            rewrites += [self._pool.submit(rewrite, *f, karr) for f in self.catalog.partition_files(tables, team, date)]
+        writes = [self._pool.submit(build_and_write, *kv) for kv in b.buffers.items()]
+        try:
+            if meanwhile is not None:
+                meanwhile()
+        finally:
+            results = [f.result() for f in rewrites]
+            written = [f.result() for f in writes]
+        for fid, new, touched in results:
+            if not touched:
+                continue
+            c.remove_files.add(fid)
+            if new is not None:
+                c.add_files.append(new)
+            st.files_rewritten += 1
+        for f in written:
             if f is not None:
                 c.add_files.append(f)
                 st.files_written += 1

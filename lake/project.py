@@ -16,6 +16,7 @@ import orjson
 from ingest.keys import body_sha256
 from ingest.record import KIND_CRASH, KIND_DIAGNOSIS, KIND_EVENT, KIND_TRIP, Record
 
+from . import routes
 from .schema import (CRASH_FIELDS, DELETION_FIELDS, DIAGNOSIS_FIELDS, EVENT_ARRAYS, EVENT_FIELDS, ROUTE_SOURCES,
                      TRIP_FIELDS, TRIP_TABLES)
 
@@ -165,14 +166,12 @@ _TOP = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _ROUTE_SOURCES = set(ROUTE_SOURCES)
 
 
-def split_trip(body: bytes) -> tuple[dict, bytes | None, str | None]:
-    """The trip without its route, as Python objects, and the route's raw JSON.
-
-    Only the top level is split (msgspec keeps each value as raw bytes), so the route's
-    thousands of numbers are never turned into Python objects: ``lake.routes`` parses them, for
-    the whole batch at once. Null or non-array route tables are reported here (third value), per
-    trip; the caller reports them after the trip's other fields, so a reason names the first
-    problem in reading order."""
+def split_trip(body: bytes) -> tuple[dict, tuple[int, dict] | None, str | None]:
+    """The trip without its route, as Python objects, and its route decoded by ``lake.routes``
+    as (number of samples, source -> Arrow array): the route's thousands of numbers never
+    become Python objects that outlive the call. A route that cannot be read is reported here
+    (third value), per trip; the caller reports it after the trip's other fields, so a reason
+    names the first problem in reading order."""
     try:
         top = _TOP.decode(body)
     except msgspec.ValidationError:
@@ -191,13 +190,18 @@ def split_trip(body: bytes) -> tuple[dict, bytes | None, str | None]:
     problem = None
     for k, v in parts.items():
         if k in _ROUTE_SOURCES:
-            if problem is None and bytes(memoryview(v)[:1]) != b"[":
+            if problem is None and bytes(memoryview(v)[:1]) not in (b"[", b"n"):
                 problem = f"route.{k}: expected an array of numbers, got {_show(orjson.loads(memoryview(v)))}"
         else:
             extra[k] = orjson.loads(memoryview(v))  # arrays without a column (e.g. stoppingStateRoute) stay in extra
     if extra:
         doc["route"] = extra
-    return doc, (None if problem else bytes(route)), problem
+    if problem:
+        return doc, None, problem
+    try:
+        return doc, routes.decode(parts), None
+    except routes.RouteError as e:
+        return doc, None, str(e)
 
 
 def project_trip(r: Record, part: str, body: dict, n_samples: int) -> Projected:

@@ -299,3 +299,26 @@ print(m.rows, pa.default_memory_pool().max_memory())
     assert rows == 1_201_000
     # reading the large input whole took 2x its size (341 MB here); streamed: ~3 row groups (114 MB)
     assert peak < int(size) * 0.8, (peak, size)
+
+
+async def test_unreadable_routes_fail_their_trip_only_and_say_which_array(pusher, data):
+    bad_value = trip(itin_id(20))
+    bad_value["route"]["latitude"][3] = "north"
+    bad_length = trip(itin_id(21))
+    bad_length["route"]["longitude"] = bad_length["route"]["longitude"][:-2]
+    not_array = trip(itin_id(22))
+    not_array["route"]["gpsVelocity"] = {"speed": 3}
+    null_array = trip(itin_id(23))
+    null_array["route"]["gpsElevation"] = None        # an absent sensor: its column is NULL
+    for body in (bad_value, bad_length, not_array, null_array, trip(itin_id(24))):
+        status, _ = await pusher.push("trip", body)
+        assert status == 200
+    stats, failed = compact(data)
+    assert (stats.stored, stats.failed) == (2, 3)
+    reasons = {f[3]: f[7] for f in failed}
+    assert reasons[itin_id(20)].startswith("route.latitude: expected an array of numbers") and "[3]" in reasons[itin_id(20)]
+    assert reasons[itin_id(21)] == "route.longitude: has 8 samples, route.gpsDate has 10"
+    assert reasons[itin_id(22)] == 'route.gpsVelocity: expected an array of numbers, got {"speed":3}'
+    con = queries.connect(data)
+    assert con.execute("SELECT itin_id, count(*), count(elevation_m), count(latitude) FROM trip_samples "
+                       "GROUP BY 1 ORDER BY 1").fetchall() == [(itin_id(23), 10, 0, 10), (itin_id(24), 10, 10, 10)]
