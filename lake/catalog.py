@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from ingest.record import KIND_TRIP
+
 from .schema import TRIP_TABLES
 
 SCHEMA = """
@@ -32,8 +34,11 @@ CREATE TABLE IF NOT EXISTS positions(part TEXT PRIMARY KEY, next_offset INTEGER 
 CREATE TABLE IF NOT EXISTS tombstones(
   team TEXT NOT NULL, itin_id TEXT NOT NULL, part TEXT, offset INTEGER, received_us INTEGER NOT NULL,
   applied_at REAL, log_cleaned INTEGER NOT NULL DEFAULT 0,
+  date TEXT,  -- while pending: the partition holding the trip's rows (versions.date), NULL if none
   PRIMARY KEY(team, itin_id)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS tombstones_pending ON tombstones(itin_id) WHERE applied_at IS NULL;
+-- readers scan the pending tombstones with their partitions from this index alone (team is in
+-- the key; applied_at is listed so that SQLite sees the index covers the query)
+CREATE INDEX IF NOT EXISTS tombstones_pending_at ON tombstones(itin_id, date, applied_at) WHERE applied_at IS NULL;
 CREATE TABLE IF NOT EXISTS failed(
   id INTEGER PRIMARY KEY, kind INTEGER NOT NULL, team TEXT NOT NULL, key TEXT NOT NULL,
   part TEXT NOT NULL, offset INTEGER NOT NULL, received_us INTEGER NOT NULL, reason TEXT NOT NULL,
@@ -108,7 +113,22 @@ class Catalog:
             self.data_dir.mkdir(parents=True, exist_ok=True)
         self.con = connect_sqlite(self.path, readonly)
         if not readonly:
+            self._migrate()
             self.con.executescript(SCHEMA)
+        elif "date" not in {r[1] for r in self.con.execute("PRAGMA table_info(tombstones)")}:
+            Catalog(self.data_dir).close()  # an older catalog, not opened by a writer since: migrate it
+
+    def _migrate(self) -> None:
+        """Catalogs made before tombstones carried their trip's partition get the column, filled
+        from the key index for the pending ones."""
+        cols = {r[1] for r in self.con.execute("PRAGMA table_info(tombstones)")}
+        if cols and "date" not in cols:
+            with self._tx():
+                self.con.execute("DROP INDEX IF EXISTS tombstones_pending")
+                self.con.execute("ALTER TABLE tombstones ADD COLUMN date TEXT")
+                self.con.execute("CREATE INDEX tombstones_pending_at ON tombstones(itin_id, date, applied_at) WHERE applied_at IS NULL")
+                self.con.execute("UPDATE tombstones SET date = (SELECT v.date FROM versions v WHERE v.kind = 1 "
+                                 "AND v.team = tombstones.team AND v.key = tombstones.itin_id) WHERE applied_at IS NULL")
 
     def close(self) -> None:
         self.con.close()
@@ -118,34 +138,32 @@ class Catalog:
         """Make deletions visible to readers (called by the receiver before it acknowledges).
         Rows are (team, itin_id, partition, offset, received_us)."""
         with self._tx():
+            # the trip's partition is recorded with the tombstone, so readers find the files to
+            # filter without a join (Catalog.commit keeps it current if a racing step moves the trip)
             self.con.executemany(
-                "INSERT OR IGNORE INTO tombstones(team, itin_id, part, offset, received_us) VALUES (?,?,?,?,?)",
-                list(rows))
+                "INSERT OR IGNORE INTO tombstones(team, itin_id, part, offset, received_us, date) "
+                "VALUES (?,?,?,?,?, (SELECT date FROM versions WHERE kind = 1 AND team = ? AND key = ?))",
+                [(*r, r[0], r[1]) for r in rows])
 
     # -- reader side --------------------------------------------------------------------------
     def data_version(self) -> int:
         return self.con.execute("PRAGMA data_version").fetchone()[0]
 
     def read_state(self, team: str | None = None) -> tuple[int, list[tuple], list[tuple[str, str]], set[int]]:
-        """(snapshot id, live files, pending tombstones, ids of live files holding a pending
-        tombstone), all read in one transaction."""
+        """(snapshot id, live files, pending tombstones, ids of live trip files in a partition
+        that holds a trip with a pending tombstone), all read in one transaction."""
         c = self.con
-        tf = " AND team = ?" if team else ""
-        args = (team,) if team else ()
+        tf, args = ("AND team = ?", (team,)) if team else ("", ())
         c.execute("BEGIN")
         try:
             snap = c.execute("SELECT coalesce(max(id), 0) FROM snapshots").fetchone()[0]
-            files = c.execute(f"SELECT id, tbl, team, date, path, rows FROM files WHERE {LIVE}{tf}", args).fetchall()
-            tombs = c.execute(f"SELECT team, itin_id FROM tombstones WHERE applied_at IS NULL{tf}", args).fetchall()
-            dirty: set[int] = set()
-            if tombs:  # the trip files of the partitions that hold a trip with a pending tombstone
-                parts = set(c.execute(
-                    "SELECT DISTINCT v.team, v.date FROM tombstones t JOIN versions v ON v.kind = 1 "
-                    f"AND v.team = t.team AND v.key = t.itin_id WHERE t.applied_at IS NULL{tf.replace('team', 't.team')}",
-                    args))
-                dirty = {f[0] for f in files if f[1] in TRIP_TABLES and (f[2], f[3]) in parts}
+            files = c.execute(f"SELECT id, tbl, team, date, path, rows FROM files WHERE {LIVE} {tf}", args).fetchall()
+            tombs = c.execute(f"SELECT team, itin_id FROM tombstones WHERE applied_at IS NULL {tf}", args).fetchall()
+            parts = set(c.execute("SELECT DISTINCT team, date FROM tombstones WHERE applied_at IS NULL "
+                                  f"AND date IS NOT NULL {tf}", args)) if tombs else set()
         finally:
             c.execute("COMMIT")
+        dirty = {f[0] for f in files if f[1] in TRIP_TABLES and (f[2], f[3]) in parts} if parts else set()
         return snap, files, tombs, dirty
 
     # -- compactor side -----------------------------------------------------------------------
@@ -204,6 +222,10 @@ class Catalog:
             con.executemany("INSERT OR REPLACE INTO versions(kind, team, key, received_us, part, offset, body_sha256, date) "
                             "VALUES (?,?,?,?,?,?,?,?)", c.versions)
             con.executemany("DELETE FROM versions WHERE kind=? AND team=? AND key=?", c.drop_versions)
+            # a trip stored by a step that was planned before its tombstone arrived: readers must
+            # look for it where it now is
+            con.executemany("UPDATE tombstones SET date=? WHERE team=? AND itin_id=? AND applied_at IS NULL",
+                            ((v[7], v[1], v[2]) for v in c.versions if v[0] == KIND_TRIP))
             con.executemany("INSERT OR IGNORE INTO tombstones(team, itin_id, part, offset, received_us) VALUES (?,?,?,?,?)",
                             c.tombstones)
             con.executemany("UPDATE tombstones SET applied_at=? WHERE team=? AND itin_id=? AND applied_at IS NULL",

@@ -45,6 +45,7 @@ class LakeConnection:
         self.confined = team is not None or sandbox
         self._catalog = Catalog(self.data_dir, readonly=True)
         self._version: int | None = None
+        self._tombs: list[tuple[str, str]] = []
         self.snapshot = 0
         self.con = duckdb.connect()
         lake = self.data_dir / "lake"
@@ -90,12 +91,14 @@ class LakeConnection:
             names = [f"pl_{t}"] + ([f"pl_{t}_dirty"] if t in TRIP_TABLES else [])
             for name in names:
                 self.con.execute(f"SET VARIABLE {name} = ?", [lists.get(name) or [str(empty_file(self.data_dir, t))]])
-        self.con.execute(f"DELETE FROM {DELETED}")
-        if tombs:
-            arrow = pa.table({"team_id": [t for t, _ in tombs], "itin_id": [i for _, i in tombs]})
-            self.con.register("_pushlake_tombs", arrow)
-            self.con.execute(f"INSERT INTO {DELETED} SELECT * FROM _pushlake_tombs")
-            self.con.unregister("_pushlake_tombs")
+        if tombs != self._tombs:  # most commits apply or add none: no reload
+            self.con.execute(f"DELETE FROM {DELETED}")
+            if tombs:
+                arrow = pa.table({"team_id": [t for t, _ in tombs], "itin_id": [i for _, i in tombs]})
+                self.con.register("_pushlake_tombs", arrow)
+                self.con.execute(f"INSERT INTO {DELETED} SELECT * FROM _pushlake_tombs")
+                self.con.unregister("_pushlake_tombs")
+            self._tombs = tombs
         self._version = v
         self.snapshot = snap
         return True

@@ -188,3 +188,51 @@ def test_a_deleted_trip_pushed_again_after_cleaning_is_cleaned_again(data):
         assert any("trip record" in f for f in verify_erased(data, x)[0])
         c.maintain()
     assert verify_erased(data, x)[0] == []
+
+
+async def test_a_deletion_acked_while_a_step_moves_the_trip_still_hides_it(pusher, data):
+    """The receiver records the trip's partition with the tombstone; a compaction step planned
+    before the tombstone arrived, that stores a new version of the trip in another partition,
+    must move the tombstone's partition with it, or readers would filter the wrong files."""
+    from lake.catalog import Catalog
+    await pusher.push("trip", trip(itin_id(1), start="2025-01-01T08:00:00.000+0000"))
+    await pusher.push("trip", trip(itin_id(2), start="2025-01-05T08:00:00.000+0000"))
+    compact(data)
+    await pusher.push("trip", trip(itin_id(1), start="2025-01-05T09:00:00.000+0000"))  # moves to 01-05
+    con = queries.connect(data)
+    with Compactor(data) as c:
+        real_commit = c.catalog.commit
+
+        def commit_after_a_deletion_arrives(commit):
+            receiver = Catalog(data)
+            receiver.add_tombstones([("acme", itin_id(1), "p0", 10**6, 0)])  # what the receiver does at ack
+            receiver.close()
+            assert visible(con, itin_id(1)) == {"trips": 0, "trip_samples": 0, "trip_events": 0}
+            return real_commit(commit)
+        c.catalog.commit = commit_after_a_deletion_arrives
+        assert c.step().stored == 1
+    # the new version landed in 2025-01-05, after the tombstone was recorded against 2025-01-01
+    assert visible(con, itin_id(1)) == {"trips": 0, "trip_samples": 0, "trip_events": 0}
+    assert visible(con, itin_id(2)) == {"trips": 1, "trip_samples": 10, "trip_events": 3}
+
+
+def test_catalogs_made_before_tombstone_partitions_are_migrated(data):
+    import sqlite3
+    from lake.catalog import Catalog
+    Catalog(data).close()
+    db = sqlite3.connect(data / "catalog.db")
+    db.executescript("""
+        DROP TABLE tombstones;
+        CREATE TABLE tombstones(team TEXT NOT NULL, itin_id TEXT NOT NULL, part TEXT, offset INTEGER,
+          received_us INTEGER NOT NULL, applied_at REAL, log_cleaned INTEGER NOT NULL DEFAULT 0,
+          PRIMARY KEY(team, itin_id)) WITHOUT ROWID;
+        INSERT INTO versions VALUES (1, 'acme', 'trip-a', 0, 'p0', 0, 'h', '2025-01-03');
+        INSERT INTO tombstones(team, itin_id, received_us) VALUES ('acme', 'trip-a', 0), ('acme', 'trip-b', 0);
+    """)
+    db.commit()
+    db.close()
+    with queries.connect(data) as con:  # a reader first: it migrates the catalog
+        assert con.execute("SELECT count(*) FROM trips").fetchall() == [(0,)]
+    db = sqlite3.connect(data / "catalog.db")
+    assert db.execute("SELECT itin_id, date FROM tombstones ORDER BY 1").fetchall() == [
+        ("trip-a", "2025-01-03"), ("trip-b", None)]
