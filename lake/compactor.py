@@ -10,11 +10,13 @@ unprocessed records: nothing is lost or doubled.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from pushlake import failpoints
 
 from . import files as lf
 from .catalog import STAT_FIELDS, Catalog, CatalogConflict, Commit
-from .project import TABLES_OF_KIND, Projected, ProjectionError, project, project_trip, received_date, split_trip
+from .project import TABLES_OF_KIND, Projected, ProjectionError, project, project_trip, received_date, split_trips
 from .routes import Routes
 from .schema import SCHEMAS, TRIP_TABLES
 
@@ -79,9 +81,14 @@ class _Batch:
 class Compactor:
     def __init__(self, data_dir: Path, out_dir: Path | None = None, retention_days: float = 7.0,
                  batch_records: int = 200_000, batch_bytes: int = 64 << 20, merge_min_files: int = 8,
-                 recover: bool = True):
+                 recover: bool = True, workers: int | None = None, parallel_min_trips: int = 64):
         """``recover``: first run log recovery on partitions no receiver holds (on by default for
-        the CLI; ``serve`` turns it off, its receivers recover their own partitions)."""
+        the CLI; ``serve`` turns it off, its receivers recover their own partitions).
+        ``workers``: processes that split trips of batches of at least ``parallel_min_trips``
+        trips (default: one per core; 0 or 1: none)."""
+        self.workers = (os.cpu_count() or 1) if workers is None else workers
+        self.parallel_min_trips = parallel_min_trips
+        self._procs: ProcessPoolExecutor | None = None
         self.data_dir = Path(data_dir)
         self.out_dir = Path(out_dir) if out_dir else self.data_dir
         self.retention = retention_days * 86400.0
@@ -102,6 +109,9 @@ class Compactor:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        if self._procs is not None:
+            self._procs.shutdown(wait=True, cancel_futures=True)
+            self._procs = None
         self.catalog.close()
         if self._lock is not None:
             os.close(self._lock)
@@ -253,24 +263,37 @@ class Compactor:
                 c.drop_versions.append((KIND_TRIP, team, itin))
             c.applied.append((team, itin))
 
-    @staticmethod
-    def _prepare_trips(records: list[tuple[str, Record]]) -> tuple[dict[int, tuple | ProjectionError], Routes]:
+    def _prepare_trips(self, records: list[tuple[str, Record]]) -> tuple[dict[int, tuple | ProjectionError], Routes]:
         """Split every trip of the batch and decode its route (``lake.routes``). Depends on the
-        records only (no catalog), so it can run ahead of the step that plans them."""
+        records only (no catalog), so it can run ahead of the step that plans them, and in
+        other processes: it is most of a trip's Python work, which one process's GIL would
+        serialise (a batch of fewer than ``parallel_min_trips`` trips is split here)."""
+        items = [(k, r.body) for k, (_, r) in enumerate(records) if r.kind == KIND_TRIP]
         trips: dict[int, tuple | ProjectionError] = {}
         routes = Routes()
-        for k, (part, r) in enumerate(records):
-            if r.kind != KIND_TRIP:
-                continue
-            try:
-                doc, route, problem = split_trip(r.body)
-            except ProjectionError as e:
-                trips[k] = e
-                continue
-            trips[k] = (doc, route is not None, problem)
-            if route is not None:
-                routes.add(k, *route)
+        for found, chunk in self._split(items):
+            trips.update(found)
+            routes.extend(chunk)
         return trips, routes
+
+    def _split(self, items: list[tuple[int, bytes]]) -> list[tuple[list, Routes]]:
+        if self.workers < 2 or len(items) < self.parallel_min_trips:
+            return [split_trips(items)]
+        if self._procs is None:
+            # forkserver: workers are not forked from this process, whose threads may hold locks
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["lake.project"])
+            self._procs = ProcessPoolExecutor(self.workers, mp_context=ctx)
+        n = max(1, min(len(items) // 16, 2 * self.workers))  # a few chunks per worker: even finish
+        size = -(-len(items) // n)
+        try:
+            futures = [self._procs.submit(split_trips, items[i:i + size]) for i in range(0, len(items), size)]
+            return [f.result() for f in futures]
+        except BrokenProcessPool:
+            log.warning("a projection process died; splitting this batch here and starting new ones")
+            self._procs.shutdown(wait=False, cancel_futures=True)
+            self._procs = None
+            return [split_trips(items)]
 
     @staticmethod
     def _project(r: Record, part: str, k: int, trips: dict, routes: Routes | None) -> Projected:

@@ -204,6 +204,24 @@ def split_trip(body: bytes) -> tuple[dict, tuple[int, dict] | None, str | None]:
         return doc, None, str(e)
 
 
+def split_trips(items: list[tuple[int, bytes]]) -> tuple[list[tuple[int, tuple | ProjectionError]], routes.Routes]:
+    """``split_trip`` over many bodies, by id: (id, (doc, has a route, problem) or the error)
+    and their routes, sealed in one chunk. The unit of work of the compactor's projection
+    processes (module-level, so it pickles)."""
+    out: list[tuple[int, tuple | ProjectionError]] = []
+    found = routes.Routes()
+    for k, body in items:
+        try:
+            doc, route, problem = split_trip(body)
+        except ProjectionError as e:
+            out.append((k, e))
+            continue
+        out.append((k, (doc, route is not None, problem)))
+        if route is not None:
+            found.add(k, *route)
+    return out, found.seal()
+
+
 def project_trip(r: Record, part: str, body: dict, n_samples: int) -> Projected:
     """The trips row and trip_events rows; samples come from ``lake.routes`` (``n_samples`` of them)."""
     body = dict(body)

@@ -47,27 +47,53 @@ def decode(arrays: dict[str, msgspec.Raw]) -> tuple[int, dict[str, pa.Array]]:
 
 
 class Routes:
-    """The decoded routes of a batch, by route id (the record's index in the batch)."""
+    """The decoded routes of a batch, by route id (the record's index in the batch).
+
+    Routes are gathered into chunks holding one array per source for all their routes (a
+    chunk is what one projection process sends back: a dozen arrays to pickle, not a dozen per
+    trip), and a route is a slice of its chunk."""
 
     def __init__(self) -> None:
-        self._routes: dict[int, tuple[int, dict[str, pa.Array]]] = {}
+        self._open: dict[str, list[pa.Array]] = {src: [] for src in SOURCES}
+        self._open_total = 0
+        self._chunks: list[dict[str, pa.Array]] = []
+        self._where: dict[int, tuple[int, int, int]] = {}  # id -> (chunk, offset, samples)
 
     def add(self, rid: int, n: int, arrays: dict[str, pa.Array]) -> None:
-        self._routes[rid] = (n, arrays)
+        """A route as ``decode`` returns it, into the open chunk (``seal`` closes it)."""
+        for src in SOURCES:
+            self._open[src].append(arrays[src] if src in arrays else pa.nulls(n, pa.float64()))
+        self._where[rid] = (len(self._chunks), self._open_total, n)
+        self._open_total += n
+
+    def seal(self) -> "Routes":
+        if any(self._open.values()):
+            self._chunks.append({src: pa.concat_arrays(v) for src, v in self._open.items()})
+            self._open = {src: [] for src in SOURCES}
+            self._open_total = 0
+        return self
+
+    def extend(self, other: "Routes") -> None:
+        """Take the (sealed) routes of another batch part, e.g. from a projection process."""
+        self.seal()
+        base = len(self._chunks)
+        self._chunks.extend(other._chunks)
+        self._where.update((rid, (base + c, off, n)) for rid, (c, off, n) in other._where.items())
 
     def count(self, rid: int) -> int:
-        return self._routes[rid][0]
+        return self._where[rid][2]
 
     def samples(self, rids: list[int], common: dict[str, pa.Array]) -> pa.Table:
         """The sample rows of these routes, in order; ``common`` holds one value per route for
         the other columns (itin_id, team_id, date, received_at, log_part, log_offset)."""
-        routes = [self._routes[r] for r in rids]
-        n = pa.array([m for m, _ in routes], pa.int64())
-        total = sum(m for m, _ in routes)
+        self.seal()
+        locs = [self._where[r] for r in rids]
+        n = pa.array([m for _, _, m in locs], pa.int64())
+        total = sum(m for _, _, m in locs)
         if total == 0:
             return _SAMPLES.empty_table()
         parent = _parents(n, total)
-        cols = {COLUMN_OF[src]: pa.concat_arrays([a[src] if src in a else pa.nulls(m, pa.float64()) for m, a in routes])
+        cols = {COLUMN_OF[src]: pa.concat_arrays([self._chunks[c][src].slice(off, m) for c, off, m in locs])
                 for src in SOURCES}
         starts = pc.subtract(pc.cumulative_sum(n), n)
         position = pc.subtract(pc.cumulative_sum(pa.nulls(total, pa.int64()).fill_null(1)), 1)

@@ -7,6 +7,7 @@ import json
 import orjson
 
 import queries
+from lake.compactor import Compactor
 from lake.schema import TRIP_FIELDS
 from tests.conftest import compact
 from tests.helpers import fixture, fixture_bytes, itin_id, trip
@@ -322,3 +323,29 @@ async def test_unreadable_routes_fail_their_trip_only_and_say_which_array(pusher
     con = queries.connect(data)
     assert con.execute("SELECT itin_id, count(*), count(elevation_m), count(latitude) FROM trip_samples "
                        "GROUP BY 1 ORDER BY 1").fetchall() == [(itin_id(23), 10, 0, 10), (itin_id(24), 10, 10, 10)]
+
+
+async def test_projection_processes_give_the_same_lake(pusher, data, tmp_path):
+    """Trips split in worker processes (what a backlog gets) land exactly as when split in the
+    compactor itself, failures included."""
+    import shutil
+    for i in range(40):
+        body = trip(itin_id(i), start=f"2025-01-0{1 + i % 3}T08:00:00.000+0000")
+        if i % 7 == 3:
+            body["route"]["latitude"][2] = "north"
+        await pusher.push("trip", body)
+    lakes = {}
+    for workers in (0, 2):
+        lake = tmp_path / f"workers-{workers}"
+        shutil.copytree(data / "log", lake / "log", ignore=shutil.ignore_patterns(".lock"))
+        with Compactor(lake, workers=workers, parallel_min_trips=1) as c:
+            stats = c.drain()
+            used_processes = c._procs is not None
+            failed = sorted((f[3], f[7]) for f in c.catalog.failed_items())
+        with queries.connect(lake) as con:
+            lakes[workers] = (stats.stored, failed, con.execute(
+                "SELECT itin_id, date, n_samples, distance_m FROM trips ORDER BY 1").fetchall(), con.execute(
+                "SELECT itin_id, seq, ts, latitude, speed_kmh FROM trip_samples ORDER BY 1, 2").fetchall())
+        assert used_processes == (workers == 2)
+    assert lakes[0][0] == 34 and len(lakes[0][1]) == 6 and len(lakes[0][3]) == 340
+    assert lakes[0] == lakes[2]
