@@ -86,14 +86,44 @@ def _vmhwm_mb() -> float:
     return 0.0
 
 
+def _descendants_vmhwm_mb() -> float:
+    """Sum of the peak RSS of this process's descendants (the compactor's projection processes
+    and their forkserver): the compactor's memory is theirs too."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    mine, todo = set(), [os.getpid()]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        mine.update(kids)
+        todo.extend(kids)
+    total = 0.0
+    for pid in mine:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return total
+
+
 def worker_pushlake(data_dir: Path) -> dict[str, Any]:
     from lake.compactor import Compactor
     t0 = time.perf_counter()
     with Compactor(data_dir) as c:
         s = c.drain()
-    secs = time.perf_counter() - t0
+        secs = time.perf_counter() - t0
+        children = _descendants_vmhwm_mb()  # before close() stops them
+    own = _vmhwm_mb()
     return {"seconds": secs, "records": s.records, "stored": s.stored, "failed": s.failed,
-            "files_written": s.files_written, "vmhwm_mb": _vmhwm_mb()}
+            "files_written": s.files_written, "vmhwm_mb": own + children, "own_vmhwm_mb": own,
+            "children_vmhwm_mb": children}
 
 
 def _fsync_tree(root: Path) -> int:
@@ -524,7 +554,9 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"Backlog: {n} trips, {samples} samples, {_mb(body_bytes)} of bodies ({a.teams} teams, "
                      f"{a.days} days); log {_mb(du(data / 'log'))}, NDJSON {_mb(du(ndjson))}.")
         notes.append(f"pushlake: {pl_s:.2f} s ({pl['wall_s']:.2f} s with interpreter start), "
-                     f"{pl['files_written']} files written, RSS by tenth of the run (MB): {pl['rss_profile_mb']}.")
+                     f"{pl['files_written']} files written; peak RSS {pl['vmhwm_mb']:.0f} MB = compactor "
+                     f"{pl.get('own_vmhwm_mb', 0):.0f} + its projection processes {pl.get('children_vmhwm_mb', 0):.0f} "
+                     f"(sum of their peaks); compactor RSS by tenth of the run (MB): {pl['rss_profile_mb']}.")
         notes.append(f"DuckDB ({dk['threads']} threads, memory_limit {dk['memory_limit']}): {dk_s:.2f} s "
                      + "(" + ", ".join(f"{k} {v:.2f} s" for k, v in dk["per_table_s"].items()) + "), "
                      f"then {dk['fsync_s']:.2f} s to fsync its {dk['files']} files (not counted); "
