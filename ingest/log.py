@@ -15,7 +15,6 @@ import logging
 import os
 import struct
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -82,26 +81,19 @@ class ScanResult:
 
 def scan_segment(path: Path, on_record=None) -> ScanResult:
     """Walk a segment frame by frame; stop at the first incomplete or corrupt frame."""
-    data = path.read_bytes()
-    res = ScanResult(total_bytes=len(data))
-    pos = 0
-    mv = memoryview(data)
-    while pos < len(data):
+    res = ScanResult(total_bytes=path.stat().st_size)
+    with open(path, "rb") as f:
         try:
-            span = rec.check_frame(mv, pos)
+            for start, end, r in rec.frames(f):
+                res.records += 1
+                res.last_offset = r.offset
+                if on_record is not None:
+                    on_record(r, start, end)
+                res.good_bytes = end
         except rec.CorruptRecord as e:
-            res.error = f"{e} at byte {pos}"
-            break
-        if span is None:
-            res.error = f"incomplete record at byte {pos}"
-            break
-        r = rec.decode_payload(mv[span[0]:span[1]])
-        res.records += 1
-        res.last_offset = r.offset
-        if on_record is not None:
-            on_record(r, pos, span[1])
-        pos = span[1]
-    res.good_bytes = pos
+            res.error = str(e)
+    if res.error is None and res.good_bytes < res.total_bytes:
+        res.error = f"incomplete record at byte {res.good_bytes}"
     return res
 
 
@@ -299,28 +291,20 @@ class LogReader:
         while idx < len(segs) and len(out) < max_records and nbytes < max_bytes:
             base, path = segs[idx]
             with open(path, "rb") as f:
-                f.seek(self._pos)
-                while len(out) < max_records and nbytes < max_bytes:
-                    head = f.read(rec.FRAME_SIZE)
-                    if len(head) < rec.FRAME_SIZE:
-                        break
-                    length, crc = rec.FRAME.unpack(head)
-                    if length < rec.HEAD.size or length > rec.MAX_RECORD:
-                        raise rec.CorruptRecord(f"{path.name}: impossible length at byte {self._pos}")
-                    payload = f.read(length)
-                    if len(payload) < length:
-                        break
-                    if zlib.crc32(payload) != crc:
-                        raise rec.CorruptRecord(f"{path.name}: CRC mismatch at byte {self._pos}")
-                    r = rec.decode_payload(payload)
-                    if limit is not None and r.offset >= limit:
-                        return out  # written, not yet fsynced: read it next time
-                    self._pos += rec.FRAME_SIZE + length
-                    if r.offset < from_offset:
-                        continue
-                    out.append(r)
-                    nbytes += length
-                    self._next = r.offset + 1
+                try:
+                    for start, end, r in rec.frames(f, self._pos):
+                        if limit is not None and r.offset >= limit:
+                            return out  # written, not yet fsynced: read it next time
+                        self._pos = end
+                        if r.offset < from_offset:
+                            continue
+                        out.append(r)
+                        nbytes += end - start - rec.FRAME_SIZE
+                        self._next = r.offset + 1
+                        if len(out) >= max_records or nbytes >= max_bytes:
+                            break
+                except rec.CorruptRecord as e:
+                    raise rec.CorruptRecord(f"{path.name}: {e}") from None
             if len(out) >= max_records or nbytes >= max_bytes:
                 self.full = True
                 break
@@ -356,22 +340,13 @@ def read_at(data_dir: Path, partition: str, offsets: list[int]) -> dict[int, rec
         if not mine:
             continue
         with open(path, "rb") as f:
-            while mine:
-                head = f.read(rec.FRAME_SIZE)
-                if len(head) < rec.FRAME_SIZE:
-                    break
-                length, crc = rec.FRAME.unpack(head)
-                if length < rec.HEAD.size or length > rec.MAX_RECORD:
-                    break
-                first = f.read(rec.HEAD.size)
-                if len(first) < rec.HEAD.size:
-                    break
-                offset = rec.HEAD.unpack(first)[2]
-                if offset in mine:
-                    payload = first + f.read(length - rec.HEAD.size)
-                    if len(payload) == length and zlib.crc32(payload) == crc:
-                        out[offset] = rec.decode_payload(payload)
-                    mine.discard(offset)
-                else:
-                    f.seek(length - rec.HEAD.size, os.SEEK_CUR)
+            try:
+                for _, _, r in rec.frames(f, want=lambda o: o in mine):
+                    if r is not None:
+                        out[r.offset] = r
+                        mine.discard(r.offset)
+                    if not mine:
+                        break
+            except rec.CorruptRecord:
+                pass  # what lies beyond cannot be read: those items stay unreadable
     return out

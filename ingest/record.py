@@ -7,9 +7,12 @@ then team, key and the raw body. The offset travels inside the record so a clean
 """
 from __future__ import annotations
 
+import os
 import struct
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 VERSION = 1
 FRAME = struct.Struct("<II")
@@ -62,18 +65,37 @@ def decode_payload(payload: bytes | memoryview) -> Record:
     return Record(kind, offset, received_us, team, key, bytes(payload[p:]), flags)
 
 
-def check_frame(buf: bytes | memoryview, pos: int) -> tuple[int, int] | None:
-    """Return (payload_start, payload_end) of a whole, CRC-valid frame at pos, None if the frame
-    is incomplete; raise CorruptRecord if it is complete but wrong."""
-    if len(buf) - pos < FRAME_SIZE:
-        return None
-    length, crc = FRAME.unpack_from(buf, pos)
-    if length < HEAD.size or length > MAX_RECORD:
-        raise CorruptRecord(f"impossible record length {length}")
-    start = pos + FRAME_SIZE
-    end = start + length
-    if end > len(buf):
-        return None
-    if zlib.crc32(buf[start:end]) != crc:
-        raise CorruptRecord("CRC mismatch")
-    return start, end
+def frames(f: BinaryIO, pos: int = 0, want: Callable[[int], bool] | None = None
+           ) -> Iterator[tuple[int, int, Record | None]]:
+    """The frames of an open segment from byte ``pos``: (start, end, record).
+
+    The one frame parser of the log. It stops at an incomplete frame (the end of what was
+    written, or a torn tail: the caller decides which) and raises CorruptRecord, with the byte
+    position, at a complete frame that is wrong. With ``want``, a record whose offset it
+    rejects is skipped without reading or checking its body, and yielded as None."""
+    f.seek(pos)
+    while True:
+        head = f.read(FRAME_SIZE + HEAD.size)
+        if len(head) < FRAME_SIZE + HEAD.size:
+            return
+        length, crc = FRAME.unpack_from(head)
+        if length < HEAD.size or length > MAX_RECORD:
+            raise CorruptRecord(f"impossible record length {length} at byte {pos}")
+        end = pos + FRAME_SIZE + length
+        if want is not None and not want(HEAD.unpack_from(head, FRAME_SIZE)[2]):
+            if f.seek(end) > _size(f):
+                return
+            yield pos, end, None
+            pos = end
+            continue
+        payload = head[FRAME_SIZE:] + f.read(length - HEAD.size)
+        if len(payload) < length:
+            return
+        if zlib.crc32(payload) != crc:
+            raise CorruptRecord(f"CRC mismatch at byte {pos}")
+        yield pos, end, decode_payload(payload)
+        pos = end
+
+
+def _size(f: BinaryIO) -> int:
+    return os.fstat(f.fileno()).st_size
