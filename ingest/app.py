@@ -60,6 +60,10 @@ def inflate(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
+def _overloaded() -> web.Response:
+    return error(503, "overloaded", "write queue is full; retry later", {"Retry-After": "1"})
+
+
 def make_handler(kind: int):
     async def handler(request: web.Request) -> web.StreamResponse:
         s: Settings = request.app[SETTINGS]
@@ -75,6 +79,8 @@ def make_handler(kind: int):
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ACCEPTED_ENCODINGS:
             return error(415, "unsupported_encoding", f"Content-Encoding '{encoding}' is not supported (use gzip)")
+        if request.app[COMMIT].full(request.content_length or 0):
+            return _overloaded()
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -100,7 +106,7 @@ def make_handler(kind: int):
         try:
             offset = await request.app[COMMIT].submit(item)
         except Overloaded:
-            return error(503, "overloaded", "write queue is full; retry later", {"Retry-After": "1"})
+            return _overloaded()
         except WriteFailed as e:
             return error(503, "write_failed", f"could not store the push durably ({e}); retry later",
                          {"Retry-After": "30"})

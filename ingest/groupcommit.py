@@ -49,8 +49,13 @@ class GroupCommit:
         self._task = asyncio.get_running_loop().create_task(self._run())
         self._roller = asyncio.get_running_loop().create_task(self._roll_by_age())
 
+    def full(self, nbytes: int = 0) -> bool:
+        """Whether a request of ``nbytes`` would not fit in the queue: checked before a body is
+        read too, so that an overloaded receiver does not buffer bodies only to refuse them."""
+        return len(self._pending) >= self.max_pending or self._pending_bytes + nbytes > self.max_pending_bytes
+
     async def submit(self, item: Item) -> int:
-        if len(self._pending) >= self.max_pending or self._pending_bytes + len(item[4]) > self.max_pending_bytes:
+        if self.full(len(item[4])):
             raise Overloaded()
         fut = asyncio.get_running_loop().create_future()
         self._pending.append((item, fut))

@@ -153,3 +153,21 @@ async def test_health(pusher):
 
 def test_fixture_sanity():
     assert fixture("deletion.json")["event"] == "TRIP_DELETION"
+
+
+async def test_a_full_queue_refuses_before_reading_the_body(make_pusher, acme, data):
+    """An overloaded receiver answers 503 from the headers: it does not wait for (and buffer)
+    a body it is going to refuse. The body here is announced and never sent."""
+    p = await make_pusher(acme, max_pending_bytes=1000)
+    host, port = p.client.server.host, p.client.server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write((f"POST /push/trip HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {p.key}\r\n"
+                  "Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n").encode())
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), timeout=5)
+    assert status_line.startswith(b"HTTP/1.1 503"), status_line
+    writer.close()
+    # a push that fits still goes through
+    status, _ = await p.push("trip/event", {"itinId": itin_id(1), "event": "TRIP_DELETION"})
+    assert status == 200
+    assert [r.key for r in log_records(data)] == [itin_id(1) + ":TRIP_DELETION"]
