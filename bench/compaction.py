@@ -86,9 +86,7 @@ def _vmhwm_mb() -> float:
     return 0.0
 
 
-def _descendants_vmhwm_mb() -> float:
-    """Sum of the peak RSS of this process's descendants (the compactor's projection processes
-    and their forkserver): the compactor's memory is theirs too."""
+def _descendants() -> set[int]:
     parent: dict[int, int] = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -102,27 +100,54 @@ def _descendants_vmhwm_mb() -> float:
         kids = [c for c, pp in parent.items() if pp == p]
         mine.update(kids)
         todo.extend(kids)
-    total = 0.0
-    for pid in mine:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1]) / 1024
-        except OSError:
-            pass
-    return total
+    return mine
+
+
+def _status_mb(pid: int, field: str, name: str = "status") -> float:
+    try:
+        for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class _PssPeak:
+    """Samples the proportional set size of this process and its descendants (the compactor's
+    projection processes and their forkserver) every 0.2 s: their real memory together, shared
+    pages counted once, where a sum of each one's peak RSS counts the libraries they share
+    several times."""
+
+    def __init__(self) -> None:
+        import threading
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            total = sum(_status_mb(p, "Pss", "smaps_rollup") for p in {os.getpid(), *_descendants()})
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._t.join()
+        return self.peak
 
 
 def worker_pushlake(data_dir: Path) -> dict[str, Any]:
     from lake.compactor import Compactor
+    pss = _PssPeak()
     t0 = time.perf_counter()
     with Compactor(data_dir) as c:
         s = c.drain()
         secs = time.perf_counter() - t0
-        children = _descendants_vmhwm_mb()  # before close() stops them
+        children = sum(_status_mb(p, "VmHWM") for p in _descendants())  # before close() stops them
     own = _vmhwm_mb()
     return {"seconds": secs, "records": s.records, "stored": s.stored, "failed": s.failed,
-            "files_written": s.files_written, "vmhwm_mb": own + children, "own_vmhwm_mb": own,
+            "files_written": s.files_written, "vmhwm_mb": max(pss.stop(), own), "own_vmhwm_mb": own,
             "children_vmhwm_mb": children}
 
 
@@ -554,9 +579,11 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"Backlog: {n} trips, {samples} samples, {_mb(body_bytes)} of bodies ({a.teams} teams, "
                      f"{a.days} days); log {_mb(du(data / 'log'))}, NDJSON {_mb(du(ndjson))}.")
         notes.append(f"pushlake: {pl_s:.2f} s ({pl['wall_s']:.2f} s with interpreter start), "
-                     f"{pl['files_written']} files written; peak RSS {pl['vmhwm_mb']:.0f} MB = compactor "
-                     f"{pl.get('own_vmhwm_mb', 0):.0f} + its projection processes {pl.get('children_vmhwm_mb', 0):.0f} "
-                     f"(sum of their peaks); compactor RSS by tenth of the run (MB): {pl['rss_profile_mb']}.")
+                     f"{pl['files_written']} files written; peak memory {pl['vmhwm_mb']:.0f} MB = peak PSS of the "
+                     f"compactor and its projection processes together (sampled every 0.2 s); their own peak RSS: "
+                     f"compactor {pl.get('own_vmhwm_mb', 0):.0f} MB, projection processes and forkserver "
+                     f"{pl.get('children_vmhwm_mb', 0):.0f} MB summed (shared libraries counted in each); "
+                     f"compactor RSS by tenth of the run (MB): {pl['rss_profile_mb']}.")
         notes.append(f"DuckDB ({dk['threads']} threads, memory_limit {dk['memory_limit']}): {dk_s:.2f} s "
                      + "(" + ", ".join(f"{k} {v:.2f} s" for k, v in dk["per_table_s"].items()) + "), "
                      f"then {dk['fsync_s']:.2f} s to fsync its {dk['files']} files (not counted); "

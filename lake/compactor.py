@@ -284,10 +284,17 @@ class Compactor:
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["lake.project"])
             self._procs = ProcessPoolExecutor(self.workers, mp_context=ctx)
-        n = max(1, min(len(items) // 16, 2 * self.workers))  # a few chunks per worker: even finish
-        size = -(-len(items) // n)
+        # chunks of at most ~4 MB of bodies: a worker holds little at a time, and they finish evenly
+        chunks: list[list[tuple[int, bytes]]] = [[]]
+        held = 0
+        for it in items:
+            if held >= 4 << 20:
+                chunks.append([])
+                held = 0
+            chunks[-1].append(it)
+            held += len(it[1])
         try:
-            futures = [self._procs.submit(split_trips, items[i:i + size]) for i in range(0, len(items), size)]
+            futures = [self._procs.submit(split_trips, c) for c in chunks]
             return [f.result() for f in futures]
         except BrokenProcessPool:
             log.warning("a projection process died; splitting this batch here and starting new ones")
