@@ -29,6 +29,7 @@ from ingest.keys import body_sha256
 from ingest.log import LogReader, list_partitions, read_at, recover_idle_partitions, try_lock
 from ingest.record import KIND_EVENT, KIND_TRIP, Record
 from pushlake import failpoints
+from pushlake.procs import exit_with
 
 from . import files as lf
 from .catalog import STAT_FIELDS, Catalog, CatalogConflict, Commit
@@ -283,7 +284,8 @@ class Compactor:
             # forkserver: workers are not forked from this process, whose threads may hold locks
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["lake.project"])
-            self._procs = ProcessPoolExecutor(self.workers, mp_context=ctx)
+            self._procs = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=exit_with,
+                                              initargs=(os.getpid(),))
         # chunks of at most ~4 MB of bodies: a worker holds little at a time, and they finish evenly
         chunks: list[list[tuple[int, bytes]]] = [[]]
         held = 0

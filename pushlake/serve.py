@@ -8,7 +8,6 @@ port or a log partition.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing as mp
 import os
@@ -20,16 +19,9 @@ from dataclasses import replace
 from aiohttp import web
 
 from .config import Settings
+from .procs import die_with_parent
 
 log = logging.getLogger("pushlake.serve")
-
-
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -57,13 +49,13 @@ def run_receiver(settings: Settings, partition: int, reuse_port: bool) -> None:
 
 
 def _receiver_child(settings: Settings, partition: int) -> None:
-    _die_with_parent()
+    die_with_parent()
     setup_logging()
     run_receiver(settings, partition, reuse_port=True)
 
 
 def _compactor_child(settings: Settings) -> None:
-    _die_with_parent()
+    die_with_parent()
     setup_logging()
     from lake.compactor import Compactor, CompactorBusy
     stop = threading.Event()

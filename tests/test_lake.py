@@ -349,3 +349,43 @@ async def test_projection_processes_give_the_same_lake(pusher, data, tmp_path):
         assert used_processes == (workers == 2)
     assert lakes[0][0] == 34 and len(lakes[0][1]) == 6 and len(lakes[0][3]) == 340
     assert lakes[0] == lakes[2]
+
+
+def test_projection_processes_die_with_a_killed_compactor(tmp_path):
+    """A compactor killed with SIGKILL leaves no projection process behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    code = f"""
+import sys, time
+from lake.compactor import Compactor
+if __name__ == "__main__":
+    c = Compactor({str(tmp_path)!r}, workers=2, parallel_min_trips=1)
+    c._split([(0, b'{{}}'), (1, b'{{}}')])
+    print(*c._procs._processes, flush=True)
+    time.sleep(60)
+"""
+    script = tmp_path / "compactor_script.py"
+    script.write_text(code)
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        pids = [int(x) for x in p.stdout.readline().split()]
+        assert pids and all(os.path.exists(f"/proc/{pid}") for pid in pids)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
