@@ -543,10 +543,14 @@ def main(argv: list[str] | None = None) -> int:
         sql_file = work / "duckdb.json"
         sql_file.write_text(json.dumps(duckdb_statements(ndjson, duck_out, first), indent=1))
 
+        # the generated inputs (GBs, the NDJSON not fsynced) would otherwise be written back to disk
+        # during the first side's run, and that side is pushlake's
+        os.sync()
         print("pushlake: draining the backlog ...", file=sys.stderr)
         pl = run_worker(["pushlake", str(data)], work / "pushlake.err")
         print(f"  {pl['seconds']:.2f} s, peak RSS {pl['vmhwm_mb']:.0f} MB", file=sys.stderr)
         print("DuckDB: read_json -> COPY ... PARTITION_BY ...", file=sys.stderr)
+        os.sync()
         dk = run_worker(["duckdb", str(sql_file), str(duck_out)], work / "duckdb.err")
         print(f"  {dk['seconds']:.2f} s (+{dk['fsync_s']:.2f} s fsync), peak RSS {dk['vmhwm_mb']:.0f} MB",
               file=sys.stderr)
@@ -611,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
             mem_n, mem_bytes, _ = generate(mem, None, mem_n, a.teams, a.days, received)
             print(f"memory check: generated {mem_n} trips ({_mb(mem_bytes)}) in {time.perf_counter() - t:.0f} s; "
                   "draining ...", file=sys.stderr)
+            os.sync()
             m = run_worker(["pushlake", str(mem)], work / "memory.err")
             mem_rss = m["vmhwm_mb"]
             notes.append(f"Peak-RSS check: {mem_n} trips, {_mb(mem_bytes)} of bodies, drained in {m['seconds']:.1f} s "
