@@ -90,6 +90,7 @@ class Compactor:
         self.workers = (os.cpu_count() or 1) if workers is None else workers
         self.parallel_min_trips = parallel_min_trips
         self._procs: ProcessPoolExecutor | None = None
+        self._procs_used = 0.0
         self.data_dir = Path(data_dir)
         self.out_dir = Path(out_dir) if out_dir else self.data_dir
         self.retention = retention_days * 86400.0
@@ -107,6 +108,15 @@ class Compactor:
         self._pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="compactor-write")
         lf.ensure_empty_files(self.out_dir)
         self.orphans_removed = self._remove_orphans()
+
+    def release_idle_workers(self, after: float = 60.0) -> bool:
+        """Stop the projection processes when no backlog has needed them for ``after`` seconds:
+        a service that caught up should not keep them (and their memory) around."""
+        if self._procs is None or time.monotonic() - self._procs_used < after:
+            return False
+        self._procs.shutdown(wait=True)
+        self._procs = None
+        return True
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -295,6 +305,7 @@ class Compactor:
                 held = 0
             chunks[-1].append(it)
             held += len(it[1])
+        self._procs_used = time.monotonic()
         try:
             futures = [self._procs.submit(split_trips, c) for c in chunks]
             return [f.result() for f in futures]
@@ -548,6 +559,7 @@ class Compactor:
                              s.records, s.stored, s.failed, s.seconds)
                 elif self.run_tasks_safely():
                     continue
+                self.release_idle_workers()
                 if time.monotonic() - last_maint > maintain_every:
                     m = {"vacuumed": self.vacuum(), "log_records_erased": self.clean_log()}
                     if any(m.values()):

@@ -389,3 +389,21 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+def test_idle_projection_processes_are_released(tmp_path):
+    import os
+    import time
+    from lake.compactor import Compactor
+    with Compactor(tmp_path, workers=2, parallel_min_trips=1) as c:
+        c._split([(0, b'{}'), (1, b'{}')])
+        pids = list(c._procs._processes)
+        assert pids and not c.release_idle_workers(after=60)  # just used: kept
+        c._procs_used -= 61
+        assert c.release_idle_workers(after=60) and c._procs is None
+        deadline = time.monotonic() + 5
+        while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(os.path.exists(f"/proc/{p}") for p in pids)
+        c._split([(0, b'{}'), (1, b'{}')])  # a new backlog starts them again
+        assert c._procs is not None
