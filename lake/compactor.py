@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -428,19 +428,24 @@ class Compactor:
             if meanwhile is not None:
                 meanwhile()
         finally:
-            results = [f.result() for f in rewrites]
-            written = [f.result() for f in writes]
-        for fid, new, touched in results:
-            if not touched:
-                continue
-            c.remove_files.add(fid)
-            if new is not None:
-                c.add_files.append(new)
-            st.files_rewritten += 1
-        for f in written:
-            if f is not None:
-                c.add_files.append(f)
+            # every job ends before this step does: if one failed, the caller must still know
+            # every file the others wrote, to remove them
+            wait(rewrites + writes)
+        for job in rewrites:
+            if job.exception() is None:
+                fid, new, touched = job.result()
+                if touched:
+                    c.remove_files.add(fid)
+                    if new is not None:
+                        c.add_files.append(new)
+                    st.files_rewritten += 1
+        for job in writes:
+            if job.exception() is None and job.result() is not None:
+                c.add_files.append(job.result())
                 st.files_written += 1
+        for job in rewrites + writes:
+            if job.exception() is not None:
+                raise job.exception()
         failpoints.hit("compactor.after_write")
 
     @staticmethod

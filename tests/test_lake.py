@@ -407,3 +407,27 @@ def test_idle_projection_processes_are_released(tmp_path):
         assert not any(os.path.exists(f"/proc/{p}") for p in pids)
         c._split([(0, b'{}'), (1, b'{}')])  # a new backlog starts them again
         assert c._procs is not None
+
+
+async def test_a_step_whose_write_fails_leaves_no_file_behind(pusher, data, monkeypatch):
+    """One partition file failing (e.g. the disk) fails the step; the files the other jobs of
+    the pool wrote are removed with it, not left as orphans to pile up at every retry."""
+    import pytest
+    from lake import files as lf
+    for i in range(6):
+        await pusher.push("trip", trip(itin_id(i), start=f"2025-01-0{1 + i % 3}T08:00:00.000+0000"))
+    real_write = lf.write_file
+
+    def failing_write(data_dir, tbl, team, date, table):
+        if tbl == "trip_events" and date == "2025-01-02":
+            raise OSError(28, "No space left on device")
+        return real_write(data_dir, tbl, team, date, table)
+    monkeypatch.setattr(lf, "write_file", failing_write)
+    with Compactor(data) as c:
+        with pytest.raises(OSError):
+            c.step()
+        assert c.catalog.live_files() == []
+    assert sorted(p.name for p in (data / "lake").rglob("*.parquet") if "_empty" not in p.parts) == []
+    monkeypatch.setattr(lf, "write_file", real_write)
+    stats, _ = compact(data)  # and the next attempt stores everything
+    assert stats.stored == 6
