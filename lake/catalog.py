@@ -117,18 +117,20 @@ class Catalog:
         if not readonly:
             self._migrate()
             self.con.executescript(SCHEMA)
-        elif "date" not in {r[1] for r in self.con.execute("PRAGMA table_info(tombstones)")}:
+        elif "date" not in self._tombstone_columns():
             Catalog(self.data_dir).close()  # an older catalog, not opened by a writer since: migrate it
+
+    def _tombstone_columns(self) -> set[str]:
+        return {r[1] for r in self.con.execute("PRAGMA table_info(tombstones)")}
 
     def _migrate(self) -> None:
         """Catalogs made before tombstones carried their trip's partition get the column, filled
-        from the key index for the pending ones."""
-        cols = {r[1] for r in self.con.execute("PRAGMA table_info(tombstones)")}
+        from the key index for the pending ones (SCHEMA, run next, creates the new index)."""
+        cols = self._tombstone_columns()
         if cols and "date" not in cols:
             with self._tx():
                 self.con.execute("DROP INDEX IF EXISTS tombstones_pending")
                 self.con.execute("ALTER TABLE tombstones ADD COLUMN date TEXT")
-                self.con.execute("CREATE INDEX tombstones_pending_at ON tombstones(itin_id, date, applied_at) WHERE applied_at IS NULL")
                 self.con.execute("UPDATE tombstones SET date = (SELECT v.date FROM versions v WHERE v.kind = 1 "
                                  "AND v.team = tombstones.team AND v.key = tombstones.itin_id) WHERE applied_at IS NULL")
 

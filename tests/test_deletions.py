@@ -236,3 +236,5 @@ def test_catalogs_made_before_tombstone_partitions_are_migrated(data):
     db = sqlite3.connect(data / "catalog.db")
     assert db.execute("SELECT itin_id, date FROM tombstones ORDER BY 1").fetchall() == [
         ("trip-a", "2025-01-03"), ("trip-b", None)]
+    assert {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'tombstones' AND type = 'index'")
+            } >= {"tombstones_pending_at"}
