@@ -255,16 +255,6 @@ def fmt_ms(x: float | None) -> str:
     return f"{x:.1f}" if x >= 10 else f"{x:.2f}"
 
 
-def proc_status_kb(pid: int, field_name: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def rel(p: Path) -> str:
     try:
         return str(Path(p).relative_to(ROOT))

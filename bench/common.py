@@ -49,8 +49,9 @@ def row(metric: str, unit: str, peer: str, peer_value: float | None, pushlake_va
 def write_result(name: str, rows: list[dict], args: dict | None = None, notes: list[str] | None = None) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
+    args = {k: (str(v) if isinstance(v, Path) else v) for k, v in (args or {}).items()}
     out.write_text(json.dumps({"name": name, "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                               "git": git_rev(), "machine": machine(), "args": args or {}, "rows": rows,
+                               "git": git_rev(), "machine": machine(), "args": args, "rows": rows,
                                "notes": notes or []}, indent=2) + "\n")
     return out
 
@@ -65,9 +66,24 @@ def print_rows(rows: list[dict]) -> None:
         print(f"{r['metric'][:44]:44} {r['peer'][:22]:22} {pv:>12} {lv:>12} {ratio:>7}  {tgt}")
 
 
-def peak_rss_mb(pid: int) -> float:
-    """VmHWM of a live process (its peak resident set), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+def proc_kb(pid: int, field: str, file: str = "status") -> int:
+    """A field of /proc/<pid>/status (VmHWM, VmRSS) or smaps_rollup (Pss), in kB; 0 if the
+    process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def descendants(pid: int) -> list[int]:
+    """Children of any thread of a process, and theirs, recursively."""
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return kids + [d for k in kids for d in descendants(k)]

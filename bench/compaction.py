@@ -68,7 +68,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import PY, print_rows, row, write_result  # noqa: E402
+from bench.common import PY, descendants, print_rows, proc_kb, row, write_result  # noqa: E402
 
 DEFAULT_TRIPS = 15_000   # ~2.1 GB of 141 KB trips: >= 30 s of pushlake work at the current rate
 QUICK_TRIPS = 300
@@ -78,40 +78,6 @@ GIB = 1 << 30
 
 # ---------------------------------------------------------------------------------------------
 # workers (run in their own process so that their peak RSS is theirs alone)
-
-def _vmhwm_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _descendants() -> set[int]:
-    parent: dict[int, int] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    mine, todo = set(), [os.getpid()]
-    while todo:
-        p = todo.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        mine.update(kids)
-        todo.extend(kids)
-    return mine
-
-
-def _status_mb(pid: int, field: str, name: str = "status") -> float:
-    try:
-        for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
 
 class _PssPeak:
     """Samples the proportional set size of this process and its descendants (the compactor's
@@ -128,7 +94,8 @@ class _PssPeak:
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
-            total = sum(_status_mb(p, "Pss", "smaps_rollup") for p in {os.getpid(), *_descendants()})
+            me = os.getpid()
+            total = sum(proc_kb(p, "Pss", "smaps_rollup") for p in [me, *descendants(me)]) / 1024
             self.peak = max(self.peak, total)
 
     def stop(self) -> float:
@@ -144,8 +111,8 @@ def worker_pushlake(data_dir: Path) -> dict[str, Any]:
     with Compactor(data_dir) as c:
         s = c.drain()
         secs = time.perf_counter() - t0
-        children = sum(_status_mb(p, "VmHWM") for p in _descendants())  # before close() stops them
-    own = _vmhwm_mb()
+        children = sum(proc_kb(p, "VmHWM") for p in descendants(os.getpid())) / 1024  # before close() stops them
+    own = proc_kb(os.getpid(), "VmHWM") / 1024
     return {"seconds": secs, "records": s.records, "stored": s.stored, "failed": s.failed,
             "files_written": s.files_written, "vmhwm_mb": max(pss.stop(), own), "own_vmhwm_mb": own,
             "children_vmhwm_mb": children}
@@ -189,7 +156,7 @@ def worker_duckdb(sql_file: Path, out_dir: Path) -> dict[str, Any]:
     con.close()
     return {"seconds": secs, "per_table_s": per_table, "fsync_s": fsync_s, "files": nfiles,
             "threads": settings[0], "memory_limit": settings[1], "duckdb": duckdb.__version__,
-            "vmhwm_mb": _vmhwm_mb()}
+            "vmhwm_mb": proc_kb(os.getpid(), "VmHWM") / 1024}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             notes += n
         print()
         common.print_rows(rows)
-        args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()} | {"levels": levels}
+        args = vars(a) | {"levels": levels}
         out = common.write_result(NAME, rows, args=args, notes=notes)
         print(f"wrote {rel(out)}")
         return 0

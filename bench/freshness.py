@@ -50,7 +50,7 @@ import orjson  # noqa: E402
 
 import queries  # noqa: E402
 from bench import common  # noqa: E402
-from bench.benchlib import BenchError, Server, Workdir, loop_runner, median, pct, proc_status_kb, rel  # noqa: E402
+from bench.benchlib import BenchError, Server, Workdir, loop_runner, median, pct, rel  # noqa: E402
 from bench.gen import FIXTURES  # noqa: E402
 
 NAME = "freshness"
@@ -165,7 +165,7 @@ class RssSampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.wait(0.5):
             for k, pid in self.pids.items():
-                kb = proc_status_kb(pid, "VmRSS")
+                kb = common.proc_kb(pid, "VmRSS")
                 if kb:
                     self.samples[k].append(kb / 1024)
 
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
             time.sleep(0.2)
         time.sleep(max(0.2, 3 * a.poll_interval))
-        hwm = {k: proc_status_kb(pid, "VmHWM") / 1024 for k, pid in pids.items()}
+        hwm = {k: common.proc_kb(pid, "VmHWM") / 1024 for k, pid in pids.items()}
         sampler.stop.set()
         stop.set()
         if not recv.poll(30):
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"in {len(comp)} steps ({comp_records / len(comp):.1f} per step), busy {comp_s:.1f} s of {elapsed:.1f} s; "
                      f"{capacity:.0f} trips per busy second at these batch sizes, so the load used {a.rate / capacity:.0%} "
                      "of it (a lower bound of its ceiling: bigger batches share each step's fixed cost).")
-    args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+    args = vars(a)
     out = common.write_result(NAME, rows, args=args, notes=notes)
     print(f"wrote {rel(out)}")
     return 0 if not unseen else 1

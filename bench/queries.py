@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                 if v in results[first][q.name]:
                     notes.append(f"{q.name} / {v}: " + ", ".join(
                         f"{lv}d {fmt_ms(results[lv][q.name][v])} ms" for lv in levels))
-        args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()} | {"levels": levels}
+        args = vars(a) | {"levels": levels}
         out = common.write_result(NAME, rows, args=args, notes=notes)
         print(f"wrote {rel(out)}")
         return 0
