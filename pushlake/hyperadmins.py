@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lake.catalog import connect_sqlite, transaction
 
-from .teams import TeamError, format_date
+from .teams import Conflict, Invalid, NotFound, QuotaExceeded, format_date
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hyperadmins(
@@ -31,26 +31,6 @@ POLICY: list[tuple[str, re.Pattern]] = [
     (f"at least one special character among {SPECIALS}", re.compile(r"[!@#$%^?=+_-]")),
 ]
 SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "dklen": 32}
-
-
-class WeakPassword(TeamError):
-    status = 422
-
-
-class InvalidField(TeamError):
-    status = 422
-
-
-class AdminExists(TeamError):
-    status = 409
-
-
-class UnknownAdmin(TeamError):
-    status = 404
-
-
-class QuotaExceeded(TeamError):
-    status = 429
 
 
 def password_problems(password: str) -> list[str]:
@@ -75,14 +55,14 @@ class HyperAdmins:
     def create(self, user_id, firstname, lastname, password) -> dict:
         for field, v in (("userId", user_id), ("firstname", firstname), ("lastname", lastname)):
             if not isinstance(v, str) or not NAME.match(v) or len(v) > 128:
-                raise InvalidField(f"{field} is required and must match {NAME.pattern} (at most 128 characters)")
+                raise Invalid(f"{field} is required and must match {NAME.pattern} (at most 128 characters)")
         if ":" in user_id:
-            raise InvalidField("userId cannot contain ':' (it separates user and password in Basic credentials)")
+            raise Invalid("userId cannot contain ':' (it separates user and password in Basic credentials)")
         if not isinstance(password, str):
-            raise WeakPassword("password is required")
+            raise Invalid("password is required")
         problems = password_problems(password)
         if problems:
-            raise WeakPassword("password needs " + ", ".join(problems))
+            raise Invalid("password needs " + ", ".join(problems))
         salt = secrets.token_bytes(16)
         pw = _hash(password, salt)
         now = time.time()
@@ -93,7 +73,7 @@ class HyperAdmins:
                 self.con.execute("INSERT INTO hyperadmins VALUES (?,?,?,?,?,?)",
                                  (user_id, firstname, lastname, salt, pw, now))
             except sqlite3.IntegrityError:
-                raise AdminExists(f"hyper-admin '{user_id}' already exists") from None
+                raise Conflict(f"hyper-admin '{user_id}' already exists") from None
         return {"userId": user_id, "firstname": firstname, "lastname": lastname}
 
     def list(self) -> list[dict]:
@@ -103,7 +83,7 @@ class HyperAdmins:
 
     def delete(self, user_id: str) -> None:
         if self.con.execute("DELETE FROM hyperadmins WHERE user_id = ?", (user_id,)).rowcount == 0:
-            raise UnknownAdmin(f"unknown hyper-admin '{user_id}'")
+            raise NotFound(f"unknown hyper-admin '{user_id}'")
 
     def verify(self, user_id: str, password: str) -> bool:
         with self._lock:  # called from worker threads; the connection is not shared concurrently

@@ -26,27 +26,25 @@ COLS = "team_id, status, created_at, push_key_hash, admin_key_hash, keys_issued_
 
 
 class TeamError(Exception):
+    """An administration request that cannot be done (teams and hyper-admins alike); ``status``
+    is its HTTP answer."""
     status = 400
 
 
-class InvalidTeamId(TeamError):
+class Invalid(TeamError):
     status = 422
 
 
-class TeamExists(TeamError):
+class Conflict(TeamError):
     status = 409
 
 
-class TeamQuota(TeamError):
+class QuotaExceeded(TeamError):
     status = 429
 
 
-class UnknownTeam(TeamError):
+class NotFound(TeamError):
     status = 404
-
-
-class SameStatus(TeamError):
-    status = 409
 
 
 def hash_key(key: str) -> str:
@@ -90,19 +88,19 @@ class Teams:
 
     def create(self, team_id: str, quota: int | None = None) -> dict:
         if not isinstance(team_id, str) or not TEAM_ID.match(team_id):
-            raise InvalidTeamId("teamId must be 1-64 characters: letters, digits, '_', '.', '-', not starting with a symbol")
+            raise Invalid("teamId must be 1-64 characters: letters, digits, '_', '.', '-', not starting with a symbol")
         push, admin = self._new_keys()
         now = time.time()
         with transaction(self.con):
             if self.con.execute("SELECT 1 FROM teams WHERE team_id = ?", (team_id,)).fetchone():
-                raise TeamExists(f"team '{team_id}' already exists")
+                raise Conflict(f"team '{team_id}' already exists")
             if quota is not None and self.con.execute("SELECT count(*) FROM teams").fetchone()[0] >= quota:
-                raise TeamQuota(f"at most {quota} teams")
+                raise QuotaExceeded(f"at most {quota} teams")
             try:
                 self.con.execute("INSERT INTO teams VALUES (?,?,?,?,?,?)",
                                  (team_id, "ENABLED", now, hash_key(push), hash_key(admin), now))
             except sqlite3.IntegrityError:
-                raise TeamExists(f"team '{team_id}' already exists") from None
+                raise Conflict(f"team '{team_id}' already exists") from None
         return {"teamId": team_id, "pushApiKey": push, "adminApiKey": admin}
 
     def get(self, team_id: str) -> TeamRow | None:
@@ -123,9 +121,9 @@ class Teams:
         with transaction(self.con):
             row = self.get(team_id)
             if row is None:
-                raise UnknownTeam(f"unknown team '{team_id}'")
+                raise NotFound(f"unknown team '{team_id}'")
             if row.status == status:
-                raise SameStatus(f"team '{team_id}' is already {status}")
+                raise Conflict(f"team '{team_id}' is already {status}")
             out: dict = {"status": status}
             if status == "DISABLED":
                 # the hashes stay so that a revoked key is answered 403 (team disabled), not 401
