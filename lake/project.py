@@ -209,7 +209,7 @@ def split_trips(items: list[tuple[int, bytes]]) -> tuple[list[tuple[int, tuple |
     and their routes, sealed in one chunk. The unit of work of the compactor's projection
     processes (module-level, so it pickles)."""
     out: list[tuple[int, tuple | ProjectionError]] = []
-    found = routes.Routes()
+    decoded: list[tuple[int, int, dict]] = []
     for k, body in items:
         try:
             doc, route, problem = split_trip(body)
@@ -218,8 +218,8 @@ def split_trips(items: list[tuple[int, bytes]]) -> tuple[list[tuple[int, tuple |
             continue
         out.append((k, (doc, route is not None, problem)))
         if route is not None:
-            found.add(k, *route)
-    return out, found.seal()
+            decoded.append((k, *route))
+    return out, routes.Routes.chunk(decoded)
 
 
 def project_trip(r: Record, part: str, body: dict, n_samples: int) -> Projected:

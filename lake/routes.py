@@ -54,28 +54,24 @@ class Routes:
     trip), and a route is a slice of its chunk."""
 
     def __init__(self) -> None:
-        self._open: dict[str, list[pa.Array]] = {src: [] for src in SOURCES}
-        self._open_total = 0
         self._chunks: list[dict[str, pa.Array]] = []
         self._where: dict[int, tuple[int, int, int]] = {}  # id -> (chunk, offset, samples)
 
-    def add(self, rid: int, n: int, arrays: dict[str, pa.Array]) -> None:
-        """A route as ``decode`` returns it, into the open chunk (``seal`` closes it)."""
-        for src in SOURCES:
-            self._open[src].append(arrays[src] if src in arrays else pa.nulls(n, pa.float64()))
-        self._where[rid] = (len(self._chunks), self._open_total, n)
-        self._open_total += n
-
-    def seal(self) -> "Routes":
-        if any(self._open.values()):
-            self._chunks.append({src: pa.concat_arrays(v) for src, v in self._open.items()})
-            self._open = {src: [] for src in SOURCES}
-            self._open_total = 0
-        return self
+    @classmethod
+    def chunk(cls, decoded: list[tuple[int, int, dict[str, pa.Array]]]) -> "Routes":
+        """Routes as ``decode`` returns them, (id, samples, arrays), gathered into one chunk."""
+        out = cls()
+        if decoded:
+            offset = 0
+            for rid, n, _ in decoded:
+                out._where[rid] = (0, offset, n)
+                offset += n
+            out._chunks.append({src: pa.concat_arrays([a[src] if src in a else pa.nulls(n, pa.float64())
+                                                       for _, n, a in decoded]) for src in SOURCES})
+        return out
 
     def extend(self, other: "Routes") -> None:
-        """Take the (sealed) routes of another batch part, e.g. from a projection process."""
-        self.seal()
+        """Take the routes of another part of the batch, e.g. from a projection process."""
         base = len(self._chunks)
         self._chunks.extend(other._chunks)
         self._where.update((rid, (base + c, off, n)) for rid, (c, off, n) in other._where.items())
@@ -86,7 +82,6 @@ class Routes:
     def samples(self, rids: list[int], common: dict[str, pa.Array]) -> pa.Table:
         """The sample rows of these routes, in order; ``common`` holds one value per route for
         the other columns (itin_id, team_id, date, received_at, log_part, log_offset)."""
-        self.seal()
         locs = [self._where[r] for r in rids]
         n = pa.array([m for _, _, m in locs], pa.int64())
         total = sum(m for _, _, m in locs)
