@@ -74,6 +74,7 @@ def frames(f: BinaryIO, pos: int = 0, want: Callable[[int], bool] | None = None
     position, at a complete frame that is wrong. With ``want``, a record whose offset it
     rejects is skipped without reading or checking its body, and yielded as None."""
     f.seek(pos)
+    size = os.fstat(f.fileno()).st_size if want is not None else 0  # to tell a skipped frame is whole
     while True:
         head = f.read(FRAME_SIZE + HEAD.size)
         if len(head) < FRAME_SIZE + HEAD.size:
@@ -83,8 +84,9 @@ def frames(f: BinaryIO, pos: int = 0, want: Callable[[int], bool] | None = None
             raise CorruptRecord(f"impossible record length {length} at byte {pos}")
         end = pos + FRAME_SIZE + length
         if want is not None and not want(HEAD.unpack_from(head, FRAME_SIZE)[2]):
-            if f.seek(end) > _size(f):
+            if end > size:
                 return
+            f.seek(end)
             yield pos, end, None
             pos = end
             continue
@@ -95,7 +97,3 @@ def frames(f: BinaryIO, pos: int = 0, want: Callable[[int], bool] | None = None
             raise CorruptRecord(f"CRC mismatch at byte {pos}")
         yield pos, end, decode_payload(payload)
         pos = end
-
-
-def _size(f: BinaryIO) -> int:
-    return os.fstat(f.fileno()).st_size
