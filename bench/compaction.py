@@ -60,6 +60,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -86,7 +87,6 @@ class _PssPeak:
     several times."""
 
     def __init__(self) -> None:
-        import threading
         self.peak = 0.0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
