@@ -10,6 +10,7 @@ that nothing is destroyed, and reported through ``recovery``.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -26,6 +27,7 @@ log = logging.getLogger("pushlake.log")
 SEGMENT_SUFFIX = ".log"
 DURABLE = ".durable"
 DURABLE_FMT = struct.Struct("<Q")
+IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 
 
 def durable_limit(pdir: Path) -> int | None:
@@ -191,13 +193,12 @@ class LogWriter:
         On a write error the segment is cut back to its last durable size so that a later batch
         never lands behind a half-written frame."""
         first = self.next_offset
-        frames = [rec.encode(kind, first + i, ts, team, key, body) for i, (kind, ts, team, key, body) in enumerate(items)]
-        buf = b"".join(frames)
+        parts: list[bytes] = []
+        for i, (kind, ts, team, key, body) in enumerate(items):
+            parts.append(rec.frame_head(kind, first + i, ts, team, key, body))
+            parts.append(body)
         try:
-            view = memoryview(buf)
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
+            size = write_all(self._fd, parts)
             os.fdatasync(self._fd)
         except OSError:
             try:
@@ -205,7 +206,7 @@ class LogWriter:
             except OSError:
                 pass
             raise
-        self._size += len(buf)
+        self._size += size
         self.next_offset = first + len(items)
         self._publish()
         self.maybe_roll()
@@ -235,6 +236,28 @@ class LogWriter:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def write_all(fd: int, parts: list[bytes]) -> int:
+    """Write the buffers in order with as few ``writev`` calls as the kernel allows (it may
+    take fewer bytes, or fewer than all buffers: at most IOV_MAX of them per call)."""
+    total = 0
+    i, skip = 0, 0  # next buffer, and bytes of it already written
+    while i < len(parts):
+        chunk = parts[i:i + IOV_MAX]
+        if skip:
+            chunk[0] = memoryview(chunk[0])[skip:]
+        n = os.writev(fd, chunk)
+        if n == 0:
+            raise OSError(errno.EIO, "writev wrote nothing")
+        total += n
+        n += skip
+        skip = 0
+        while i < len(parts) and n >= len(parts[i]):
+            n -= len(parts[i])
+            i += 1
+        skip = n
+    return total
 
 
 def recover_idle_partitions(data_dir: Path) -> list[Recovery]:

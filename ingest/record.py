@@ -46,11 +46,17 @@ class CorruptRecord(Exception):
     """A frame whose CRC or layout does not check out."""
 
 
-def encode(kind: int, offset: int, received_us: int, team: str, key: str, body: bytes, flags: int = 0) -> bytes:
+def frame_head(kind: int, offset: int, received_us: int, team: str, key: str, body: bytes, flags: int = 0) -> bytes:
+    """Everything of a record's frame but its body, which is written after it as it is: the
+    writer hands both to one ``writev`` instead of copying a 170 KB body into a new frame."""
     t = team.encode()
     k = key.encode()
-    payload = b"".join((HEAD.pack(VERSION, kind, offset, received_us, len(t), len(k), flags), t, k, body))
-    return FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+    head = b"".join((HEAD.pack(VERSION, kind, offset, received_us, len(t), len(k), flags), t, k))
+    return FRAME.pack(len(head) + len(body), zlib.crc32(body, zlib.crc32(head))) + head
+
+
+def encode(kind: int, offset: int, received_us: int, team: str, key: str, body: bytes, flags: int = 0) -> bytes:
+    return frame_head(kind, offset, received_us, team, key, body, flags) + body
 
 
 def decode_payload(payload: bytes | memoryview) -> Record:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import struct
 import subprocess
@@ -14,7 +15,7 @@ import orjson
 import pytest
 
 import queries
-from ingest.log import LogWriter, list_segments
+from ingest.log import LogReader, LogWriter, list_segments
 from ingest.record import KIND_CRASH, KIND_TRIP
 from tests.helpers import ServerProcess, create_team, deletion, itin_id, run_cli, trip
 
@@ -138,6 +139,32 @@ def test_a_failed_write_does_not_advance_the_log(tmp_path):
     assert w2.recovery is None and w2.next_offset == 2
     assert size < w2._size
     w2.close()
+
+
+def test_short_writes_and_batches_over_iov_max_keep_every_frame(tmp_path, monkeypatch):
+    """The kernel may take part of a ``writev`` (or at most IOV_MAX buffers): the writer goes on
+    from the exact byte where it stopped, and every record reads back with its CRC."""
+    real_writev = os.writev
+
+    def short_writev(fd, bufs):  # takes at most 1,000 bytes, often stopping inside a buffer
+        taken, left = [], 1000
+        for b in bufs:
+            mv = memoryview(b)[:left]
+            taken.append(mv)
+            left -= len(mv)
+            if not left:
+                break
+        return real_writev(fd, taken)
+    items = [(KIND_TRIP, 1_700_000_000_000_000 + i, "acme", itin_id(i), b'{"n":%d,"pad":"%s"}' % (i, b"x" * (i % 700)))
+             for i in range(1500)]  # 3,000 buffers: more than IOV_MAX (1,024)
+    w = LogWriter(tmp_path, 0)
+    w.append(items[:700])
+    monkeypatch.setattr(os, "writev", short_writev)
+    w.append(items[700:])
+    monkeypatch.undo()
+    w.close()
+    got = LogReader(tmp_path, "p0").read(0, max_records=10_000)
+    assert [(r.offset, r.key, r.body) for r in got] == [(i, it[3], it[4]) for i, it in enumerate(items)]
 
 
 def _seed_log(data: Path, n: int, start: int = 0) -> None:
