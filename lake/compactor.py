@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -183,6 +183,9 @@ class Compactor:
     def _prepare(self, inp: _Input) -> _Input:
         inp.records.sort(key=lambda pr: (pr[1].received_us, pr[0], pr[1].offset))
         inp.trips, inp.routes = self._prepare_trips(inp.records)
+        # a split trip's body is not read again (its hash came with it): a batch held while the
+        # next one is read ahead costs its routes, not its bodies as well
+        inp.records = [(part, replace(r, body=b"") if r.kind == KIND_TRIP else r) for part, r in inp.records]
         return inp
 
     def _plan(self, records: list[tuple[str, Record]], b: _Batch, st: StepStats, trips: dict | None = None,
@@ -242,7 +245,7 @@ class Compactor:
                     c.failed.append((kind, team, key, part, r.offset, r.received_us, reason))
                     st.failed += 1
                     continue
-                h = body_sha256(r.body)
+                h = trips[k][3] if r.kind == KIND_TRIP else body_sha256(r.body)
                 self._count(c, r, "duplicates" if cur is not None and cur[1] == h else "stored")
                 cur = (order, h, p.date.isoformat())
                 chosen = (part, r, p, h)
@@ -322,7 +325,7 @@ class Compactor:
         pre = trips[k]
         if isinstance(pre, ProjectionError):
             raise pre
-        doc, has_route, route_problem = pre
+        doc, has_route, route_problem, _ = pre
         p = project_trip(r, part, doc, routes.count(k) if has_route else 0)
         if route_problem:
             raise ProjectionError(route_problem)

@@ -205,9 +205,10 @@ def split_trip(body: bytes) -> tuple[dict, tuple[int, dict] | None, str | None]:
 
 
 def split_trips(items: list[tuple[int, bytes]]) -> tuple[list[tuple[int, tuple | ProjectionError]], routes.Routes]:
-    """``split_trip`` over many bodies, by id: (id, (doc, has a route, problem) or the error)
-    and their routes, sealed in one chunk. The unit of work of the compactor's projection
-    processes (module-level, so it pickles)."""
+    """``split_trip`` over many bodies, by id: (id, (doc, has a route, problem, body's sha256)
+    or the error) and their routes, sealed in one chunk. The unit of work of the compactor's
+    projection processes (module-level, so it pickles); the hash is taken here too, so that the
+    compactor can let go of a body once it is split."""
     out: list[tuple[int, tuple | ProjectionError]] = []
     decoded: list[tuple[int, int, dict]] = []
     for k, body in items:
@@ -216,7 +217,7 @@ def split_trips(items: list[tuple[int, bytes]]) -> tuple[list[tuple[int, tuple |
         except ProjectionError as e:
             out.append((k, e))
             continue
-        out.append((k, (doc, route is not None, problem)))
+        out.append((k, (doc, route is not None, problem, body_sha256(body))))
         if route is not None:
             decoded.append((k, *route))
     return out, routes.Routes.chunk(decoded)
