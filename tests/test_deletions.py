@@ -238,3 +238,61 @@ def test_catalogs_made_before_tombstone_partitions_are_migrated(data):
         ("trip-a", "2025-01-03"), ("trip-b", None)]
     assert {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'tombstones' AND type = 'index'")
             } >= {"tombstones_pending_at"}
+
+
+def test_the_cleaner_reads_only_the_segments_that_hold_its_targets(data):
+    """Each sealed segment gets an index of its trips (hashes, not ids); a cleaning run reads
+    the indexes and scans only segments that hold a target, or whose index is missing or stale."""
+    import orjson
+    from ingest.log import LogWriter, list_segments
+    from ingest.record import KIND_EVENT, KIND_TRIP
+    from lake.cleaner import INDEX_SUFFIX, clean_log
+
+    def push(w: LogWriter, kind: int, x: str) -> None:
+        if kind == KIND_TRIP:
+            w.append([(KIND_TRIP, 1, "acme", x, orjson.dumps(trip(x)))])
+        else:
+            w.append([(KIND_EVENT, 2, "acme", f"{x}:TRIP_DELETION", orjson.dumps(deletion(x)))])
+
+    def clean() -> dict:
+        stats: dict = {}
+        with Compactor(data, retention_days=0) as c:
+            c.drain()
+            c.vacuum()
+            clean_log(c.data_dir, c.catalog, float("inf"), stats)
+        return stats
+
+    w = LogWriter(data, 0, segment_bytes=1)  # one record per segment
+    for i in range(6):
+        push(w, KIND_TRIP, itin_id(i))
+    push(w, KIND_EVENT, itin_id(1))
+    w.close()
+    segs = len(list_segments(data / "log" / "p0"))
+    first = clean()
+    # every segment indexed (one scan each), then the one holding trip 1 scanned and rewritten
+    assert first == {"segments": segs, "scanned": segs + 1, "rewritten": 1}
+    assert verify_erased(data, itin_id(1))[0] == []  # the indexes do not name the trip
+
+    w = LogWriter(data, 0, segment_bytes=1)
+    push(w, KIND_EVENT, itin_id(4))
+    w.close()
+    second = clean()
+    # indexed again: the segment that was empty and now holds the deletion, and the new empty one
+    # (a rewritten segment gets its new index from the rewrite); scanned for a target: trip 4's
+    # segment, and no other
+    assert len(list_segments(data / "log" / "p0")) == segs + 1
+    assert second == {"segments": segs + 1, "scanned": 2 + 1, "rewritten": 1}
+    assert verify_erased(data, itin_id(4))[0] == []
+
+    # an index that does not belong to its segment (here: another segment's) is not trusted
+    seg = {p.name: p for _, p in list_segments(data / "log" / "p0")}
+    holder = next(p for p in seg.values() if itin_id(5).encode() in p.read_bytes())
+    other = next(p for p in seg.values() if itin_id(2).encode() in p.read_bytes())
+    (holder.parent / (holder.name + INDEX_SUFFIX)).write_bytes((other.parent / (other.name + INDEX_SUFFIX)).read_bytes())
+    (seg[sorted(seg)[0]].parent / (sorted(seg)[0] + INDEX_SUFFIX)).write_bytes(b"torn")
+    w = LogWriter(data, 0, segment_bytes=1)
+    push(w, KIND_EVENT, itin_id(5))
+    w.close()
+    third = clean()
+    assert third["rewritten"] == 1
+    assert verify_erased(data, itin_id(5))[0] == []
