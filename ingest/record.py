@@ -55,10 +55,6 @@ def frame_head(kind: int, offset: int, received_us: int, team: str, key: str, bo
     return FRAME.pack(len(head) + len(body), zlib.crc32(body, zlib.crc32(head))) + head
 
 
-def encode(kind: int, offset: int, received_us: int, team: str, key: str, body: bytes, flags: int = 0) -> bytes:
-    return frame_head(kind, offset, received_us, team, key, body, flags) + body
-
-
 def decode_payload(payload: bytes | memoryview) -> Record:
     version, kind, offset, received_us, tlen, klen, flags = HEAD.unpack_from(payload, 0)
     if version != VERSION:

@@ -38,6 +38,15 @@ def decode(arrays: dict[str, msgspec.Raw]) -> tuple[int, dict[str, pa.Array]]:
             out[src] = pa.array(_NUMBERS.decode(raw), pa.float64())
         except msgspec.ValidationError as e:
             raise RouteError(f"route.{src}: expected an array of numbers ({e})") from None
+    return _checked(out)
+
+
+def from_lists(arrays: dict[str, list | None]) -> tuple[int, dict[str, pa.Array]]:
+    """``decode`` for a route already decoded into lists of numbers (or nulls)."""
+    return _checked({src: pa.array(arrays[src], pa.float64()) for src in SOURCES if arrays.get(src) is not None})
+
+
+def _checked(out: dict[str, pa.Array]) -> tuple[int, dict[str, pa.Array]]:
     n = max((len(a) for a in out.values()), default=0)
     for src, a in out.items():
         if len(a) != n:

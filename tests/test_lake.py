@@ -4,7 +4,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import msgspec
 import orjson
+import pytest
 
 import queries
 from lake.compactor import Compactor
@@ -323,6 +325,28 @@ async def test_unreadable_routes_fail_their_trip_only_and_say_which_array(pusher
     con = queries.connect(data)
     assert con.execute("SELECT itin_id, count(*), count(elevation_m), count(latitude) FROM trip_samples "
                        "GROUP BY 1 ORDER BY 1").fetchall() == [(itin_id(23), 10, 0, 10), (itin_id(24), 10, 10, 10)]
+
+
+def test_both_ways_of_reading_a_route_agree():
+    """A route of numbers and nulls only is read in one pass; anything else in it (here an extra
+    array of strings) takes the path that can name a bad value. Both must give the same trip."""
+    from lake.project import _ROUTE_OF_NUMBERS, split_trip
+    body = trip(itin_id(1))
+    body["route"]["stoppingStateRoute"] = [0, 1, 1.5, None]   # an array without a column: kept in extra
+    body["route"]["gpsElevation"] = None                      # an absent sensor
+    body["route"]["latitude"] = [int(v) for v in body["route"]["latitude"]]   # integers are numbers too
+    odd = orjson.loads(orjson.dumps(body))
+    odd["route"]["labels"] = ["a", "b"]
+    _ROUTE_OF_NUMBERS.decode(orjson.dumps(body["route"]))  # the one-pass way takes this route...
+    with pytest.raises(msgspec.ValidationError):           # ...and not this one
+        _ROUTE_OF_NUMBERS.decode(orjson.dumps(odd["route"]))
+    fast, slow = split_trip(orjson.dumps(body)), split_trip(orjson.dumps(odd))
+    assert slow[0]["route"].pop("labels") == ["a", "b"]
+    assert fast[0] == slow[0] and fast[2] is None and slow[2] is None
+    assert fast[0]["route"] == {"stoppingStateRoute": [0, 1, 1.5, None]}
+    (n, arrays), (m, arrays2) = fast[1], slow[1]
+    assert n == m == len(body["route"]["gpsDate"]) and "gpsElevation" not in arrays
+    assert arrays.keys() == arrays2.keys() and all(arrays[k].equals(arrays2[k]) for k in arrays)
 
 
 async def test_projection_processes_give_the_same_lake(pusher, data, tmp_path):
