@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -67,7 +68,8 @@ class _Input:
     records: list[tuple[str, Record]] = field(default_factory=list)
     positions: dict[str, int] = field(default_factory=dict)
     full: bool = False          # a read stopped at a limit: a backlog
-    trips: dict | None = None   # from _prepare_trips
+    split: Callable[[], list] | None = None  # from _start: waits for the split trips
+    trips: dict | None = None   # from _finish
     routes: Routes | None = None
 
 
@@ -104,7 +106,8 @@ class Compactor:
         self.recovered = recover_idle_partitions(self.data_dir) if recover else []
         self.catalog = Catalog(self.out_dir)
         self.readers: dict[str, LogReader] = {}
-        self._ahead: _Input | None = None
+        self._ahead: _Input | None = None  # the next batch, split
+        self._next: _Input | None = None   # the one after it, read
         self._pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="compactor-write")
         lf.ensure_empty_files(self.out_dir)
         self.orphans_removed = self._remove_orphans()
@@ -146,20 +149,36 @@ class Compactor:
         stats = StepStats(records=len(inp.records))
         if not inp.records:
             return stats
+        # a backlog is pipelined: the next batch (read during the previous step) is split by the
+        # projection processes while this one is planned on this thread, and the batch after it
+        # is read while the pool writes this one. What is read ahead is used only if this step
+        # commits (the next step checks where it starts).
+        after = {**inp.start, **inp.positions}
+        nxt, self._next = self._next, None
+        if not inp.full:
+            nxt = None
+        else:
+            try:
+                if nxt is None or nxt.start != after:
+                    nxt = self._read(after)
+                nxt = self._start(nxt)
+            except Exception:  # noqa: BLE001 - the next step reads again and reports it
+                log.debug("reading ahead failed", exc_info=True)
+                nxt = None
         batch = _Batch(Commit("append", positions=inp.positions), routes=inp.routes)
         self._plan(inp.records, batch, stats, trips=inp.trips)
         batch.commit.summary = (f"records={stats.records} stored={stats.stored} stale={stats.stale} "
                                 f"deleted={stats.deleted} failed={stats.failed}")
 
         def read_ahead() -> None:
-            # a backlog: read and prepare the next batch on this thread while the pool writes
-            # this one (planning holds the GIL, Parquet encoding does not); used only if this
-            # step commits (the next step checks where it starts)
-            if inp.full:
-                try:
-                    self._ahead = self._prepare(self._read({**inp.start, **inp.positions}))
-                except Exception:  # noqa: BLE001 - the next step reads again and reports it
-                    log.debug("reading ahead failed", exc_info=True)
+            if nxt is None:
+                return
+            try:
+                self._ahead = self._finish(nxt)
+                if nxt.full:
+                    self._next = self._read({**nxt.start, **nxt.positions})
+            except Exception:  # noqa: BLE001 - as above
+                log.debug("reading ahead failed", exc_info=True)
         self._apply_and_commit(batch, stats, meanwhile=read_ahead)
         failpoints.hit("compactor.after_commit")
         stats.seconds = time.monotonic() - t0
@@ -181,8 +200,17 @@ class Compactor:
         return inp
 
     def _prepare(self, inp: _Input) -> _Input:
+        return self._finish(self._start(inp))
+
+    def _start(self, inp: _Input) -> _Input:
+        """Order the batch by arrival and start splitting its trips (``_finish`` waits)."""
         inp.records.sort(key=lambda pr: (pr[1].received_us, pr[0], pr[1].offset))
-        inp.trips, inp.routes = self._prepare_trips(inp.records)
+        inp.split = self._split([(k, r.body) for k, (_, r) in enumerate(inp.records) if r.kind == KIND_TRIP])
+        return inp
+
+    def _finish(self, inp: _Input) -> _Input:
+        inp.trips, inp.routes = self._gather(inp.split())
+        inp.split = None
         # a split trip's body is not read again (its hash came with it): a batch held while the
         # next one is read ahead costs its routes, not its bodies as well
         inp.records = [(part, replace(r, body=b"") if r.kind == KIND_TRIP else r) for part, r in inp.records]
@@ -282,17 +310,22 @@ class Compactor:
         records only (no catalog), so it can run ahead of the step that plans them, and in
         other processes: it is most of a trip's Python work, which one process's GIL would
         serialise (a batch of fewer than ``parallel_min_trips`` trips is split here)."""
-        items = [(k, r.body) for k, (_, r) in enumerate(records) if r.kind == KIND_TRIP]
+        return self._gather(self._split([(k, r.body) for k, (_, r) in enumerate(records) if r.kind == KIND_TRIP])())
+
+    @staticmethod
+    def _gather(parts: list[tuple[list, Routes]]) -> tuple[dict[int, tuple | ProjectionError], Routes]:
         trips: dict[int, tuple | ProjectionError] = {}
         routes = Routes()
-        for found, chunk in self._split(items):
+        for found, chunk in parts:
             trips.update(found)
             routes.extend(chunk)
         return trips, routes
 
-    def _split(self, items: list[tuple[int, bytes]]) -> list[tuple[list, Routes]]:
+    def _split(self, items: list[tuple[int, bytes]]) -> Callable[[], list[tuple[list, Routes]]]:
+        """Start splitting these trips; the function returned waits for the parts. A small batch
+        is split here, when its parts are asked for."""
         if self.workers < 2 or len(items) < self.parallel_min_trips:
-            return [split_trips(items)]
+            return lambda: [split_trips(items)]
         if self._procs is None:
             # forkserver: workers are not forked from this process, whose threads may hold locks
             ctx = multiprocessing.get_context("forkserver")
@@ -309,14 +342,24 @@ class Compactor:
             chunks[-1].append(it)
             held += len(it[1])
         self._procs_used = time.monotonic()
+        procs = self._procs
         try:
-            futures = [self._procs.submit(split_trips, c) for c in chunks]
-            return [f.result() for f in futures]
+            futures = [procs.submit(split_trips, c) for c in chunks]
         except BrokenProcessPool:
+            futures = None
+
+        def parts() -> list[tuple[list, Routes]]:
+            try:
+                if futures is not None:
+                    return [f.result() for f in futures]
+            except BrokenProcessPool:
+                pass
             log.warning("a projection process died; splitting this batch here and starting new ones")
-            self._procs.shutdown(wait=False, cancel_futures=True)
-            self._procs = None
+            procs.shutdown(wait=False, cancel_futures=True)
+            if self._procs is procs:
+                self._procs = None
             return [split_trips(items)]
+        return parts
 
     @staticmethod
     def _project(r: Record, part: str, k: int, trips: dict, routes: Routes | None) -> Projected:
