@@ -455,3 +455,41 @@ async def test_a_step_whose_write_fails_leaves_no_file_behind(pusher, data, monk
     monkeypatch.setattr(lf, "write_file", real_write)
     stats, _ = compact(data)  # and the next attempt stores everything
     assert stats.stored == 6
+
+
+async def test_a_failed_step_in_a_pipelined_backlog_loses_and_doubles_nothing(pusher, data, monkeypatch):
+    """A backlog is read and split ahead (up to two batches); when a step fails, what was read
+    ahead of it must not be used, and the retried steps store every trip exactly once."""
+    from ingest.record import KIND_TRIP
+    from lake.catalog import Catalog
+    for i in range(14):
+        await pusher.push("trip", trip(itin_id(i), start=f"2025-01-0{1 + i % 3}T08:00:00.000+0000"))
+    real_apply = Compactor._apply
+    calls = []
+
+    def apply_failing_once(self, b, st, meanwhile=None):
+        calls.append(1)
+        if len(calls) == 2:
+            if meanwhile is not None:
+                meanwhile()  # the read-ahead happened, then the disk fails
+            raise OSError(28, "No space left on device")
+        return real_apply(self, b, st, meanwhile)
+    monkeypatch.setattr(Compactor, "_apply", apply_failing_once)
+    stored = 0
+    with Compactor(data, batch_records=4, parallel_min_trips=2) as c:
+        for _ in range(20):
+            try:
+                s = c.step()
+            except OSError:
+                continue
+            if not s.records:
+                break
+            stored += s.stored
+    assert len(calls) == 5 and stored == 14  # 4 steps of 4, 4, 4 and 2 trips, one of them twice
+    con = queries.connect(data)
+    assert con.execute("SELECT count(*), count(DISTINCT itin_id) FROM trips").fetchall() == [(14, 14)]
+    assert con.execute("SELECT count(*) FROM trip_samples").fetchall() == [(140,)]
+    cat = Catalog(data)  # the push counts, committed with the steps, are not doubled either
+    counts = cat.con.execute("SELECT sum(received), sum(stored) FROM push_stats WHERE kind = ?", (KIND_TRIP,)).fetchone()
+    cat.close()
+    assert counts == (14, 14)
