@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= data
 PORT ?= 8080
 
-.PHONY: run test bench install clean
+.PHONY: run test bench profile-tools install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: install
 
 bench: install
 	$(BIN)/python bench/run_all.py
+
+# py-spy into the venv, perf from Debian (the profiles in bench/README.md)
+profile-tools: install
+	$(BIN)/pip install --quiet -e '.[profile]'
+	command -v perf >/dev/null || (apt-get update -qq && apt-get install -y -qq linux-perf)
 
 clean:
 	rm -rf $(VENV) *.egg-info
