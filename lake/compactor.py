@@ -203,13 +203,19 @@ class Compactor:
         return self._finish(self._start(inp))
 
     def _start(self, inp: _Input) -> _Input:
-        """Order the batch by arrival and start splitting its trips (``_finish`` waits)."""
+        """Order the batch by arrival and start splitting its trips (``_finish`` waits): the
+        split and route decoding depend on the records only (no catalog), so they run ahead of
+        the step that plans them, and in other processes, since they are most of a trip's
+        Python work, which one process's GIL would serialise."""
         inp.records.sort(key=lambda pr: (pr[1].received_us, pr[0], pr[1].offset))
         inp.split = self._split([(k, r.body) for k, (_, r) in enumerate(inp.records) if r.kind == KIND_TRIP])
         return inp
 
     def _finish(self, inp: _Input) -> _Input:
-        inp.trips, inp.routes = self._gather(inp.split())
+        inp.trips, inp.routes = {}, Routes()
+        for found, chunk in inp.split():
+            inp.trips.update(found)
+            inp.routes.extend(chunk)
         inp.split = None
         # a split trip's body is not read again (its hash came with it): a batch held while the
         # next one is read ahead costs its routes, not its bodies as well
@@ -220,7 +226,7 @@ class Compactor:
               retry: bool = False) -> None:
         """Decide the fate of every record, in order of arrival, as if each were processed alone:
         so the lake and the push counts do not depend on where batch boundaries fall. ``records``
-        are sorted by arrival, ``trips`` (with ``b.routes``) prepared by ``_prepare_trips``."""
+        are sorted by arrival, ``trips`` (with ``b.routes``) prepared by ``_prepare``."""
         c = b.commit
         cands: dict[tuple[int, str, str], list[tuple[str, Record]]] = defaultdict(list)
         deletions: dict[tuple[str, str], tuple[str, Record]] = {}
@@ -304,22 +310,6 @@ class Compactor:
                 b.remove_keys[(TRIP_TABLES, team, date)].add(itin)
                 c.drop_versions.append((KIND_TRIP, team, itin))
             c.applied.append((team, itin))
-
-    def _prepare_trips(self, records: list[tuple[str, Record]]) -> tuple[dict[int, tuple | ProjectionError], Routes]:
-        """Split every trip of the batch and decode its route (``lake.routes``). Depends on the
-        records only (no catalog), so it can run ahead of the step that plans them, and in
-        other processes: it is most of a trip's Python work, which one process's GIL would
-        serialise (a batch of fewer than ``parallel_min_trips`` trips is split here)."""
-        return self._gather(self._split([(k, r.body) for k, (_, r) in enumerate(records) if r.kind == KIND_TRIP])())
-
-    @staticmethod
-    def _gather(parts: list[tuple[list, Routes]]) -> tuple[dict[int, tuple | ProjectionError], Routes]:
-        trips: dict[int, tuple | ProjectionError] = {}
-        routes = Routes()
-        for found, chunk in parts:
-            trips.update(found)
-            routes.extend(chunk)
-        return trips, routes
 
     def _split(self, items: list[tuple[int, bytes]]) -> Callable[[], list[tuple[list, Routes]]]:
         """Start splitting these trips; the function returned waits for the parts. A small batch
@@ -409,11 +399,10 @@ class Compactor:
         for part, offsets in by_part.items():
             found = read_at(self.data_dir, part, offsets)
             records.extend((part, found[o]) for o in offsets if o in found)
-        records.sort(key=lambda pr: (pr[1].received_us, pr[0], pr[1].offset))
-        trips, routes = self._prepare_trips(records)
-        batch = _Batch(Commit("retry", task=(task_id, [fid for fid, *_ in items])), routes=routes)
+        inp = self._prepare(_Input(start={}, records=records))
+        batch = _Batch(Commit("retry", task=(task_id, [fid for fid, *_ in items])), routes=inp.routes)
         st = StepStats(records=len(records))
-        self._plan(records, batch, st, trips=trips, retry=True)
+        self._plan(inp.records, batch, st, trips=inp.trips, retry=True)
         batch.commit.summary = f"retry task {task_id}: {st.stored} stored, {st.failed} failed again"
         self._apply_and_commit(batch, st, failpoint="task.before_commit")
         return len(items)

@@ -59,8 +59,8 @@ class Routes:
     """The decoded routes of a batch, by route id (the record's index in the batch).
 
     Routes are gathered into chunks holding one array per source for all their routes (a
-    chunk is what one projection process sends back: a dozen arrays to pickle, not a dozen per
-    trip), and a route is a slice of its chunk."""
+    chunk is what one projection process sends back, as one Arrow IPC stream), and a route is a
+    slice of its chunk."""
 
     def __init__(self) -> None:
         self._chunks: list[dict[str, pa.Array]] = []
