@@ -115,17 +115,12 @@ def read_file(data_dir: Path, rel: str) -> pa.Table:
     return pq.read_table(Path(data_dir) / rel, schema=None)
 
 
-def empty_file(data_dir: Path, tbl: str) -> Path:
-    """A zero-row file used in place of an empty file list (DuckDB refuses an empty list),
-    in a hive-shaped path like every other file, so that partition pruning applies to all."""
-    return Path(data_dir) / "lake" / "_empty" / tbl / "team=_" / "date=1970-01-01" / "empty.parquet"
-
-
 def ensure_empty_files(data_dir: Path) -> None:
-    for name, schema in SCHEMAS.items():
-        p = empty_file(data_dir, name)
-        if not p.exists():
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(f".empty.{os.getpid()}.{uuid.uuid4().hex}.tmp")  # several processes may race
-            pq.write_table(schema.empty_table(), tmp)
-            os.replace(tmp, p)
+    """Remove the zero-row stand-ins of earlier versions (``lake/_empty/``). Views of an empty
+    file list are now typed empty relations (queries/connection.py): a file shared by every
+    connection's allowed directories was a file a query could overwrite (the name is kept for
+    the compactor, which calls this when it opens a lake)."""
+    import shutil
+    legacy = Path(data_dir) / "lake" / "_empty"
+    if legacy.is_dir():
+        shutil.rmtree(legacy, ignore_errors=True)

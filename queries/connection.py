@@ -23,59 +23,90 @@ import duckdb
 import pyarrow as pa
 
 from lake.catalog import Catalog
-from lake.files import empty_file, ensure_empty_files
 from lake.schema import SCHEMAS, TRIP_TABLES
 
 DELETED = "_pushlake_deleted"
-READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 HIVE = "hive_partitioning = true, hive_types = {'team': VARCHAR, 'date': DATE}"
+_SQL_TYPES = {"string": "VARCHAR", "double": "DOUBLE", "int64": "BIGINT", "int32": "INTEGER", "bool": "BOOLEAN",
+              "date32[day]": "DATE", "timestamp[us, tz=UTC]": "TIMESTAMP WITH TIME ZONE"}
+
+
+def _empty_relation(table: str) -> str:
+    """A typed zero-row relation with a table's columns (what reading its files would give):
+    what a view reads when its file list is empty. No file stands in, so nothing a query could
+    overwrite is ever read by another connection."""
+    cols = ", ".join(f'CAST(NULL AS {_SQL_TYPES[str(f.type)]}) AS "{f.name}"' for f in SCHEMAS[table])
+    return f"(SELECT {cols} WHERE false)"
 
 
 class LakeConnection:
     def __init__(self, data_dir: Path | str, team: str | None = None, sandbox: bool = False,
-                 settings: dict | None = None):
+                 settings: dict | None = None, *, catalog: Catalog | None = None, relative: bool = False,
+                 spill: bool = True):
+        """``catalog``: an already open read-only catalog to use (a sandboxed worker opens it before
+        it gives up the right to open files for writing). ``relative``: file paths are given to
+        DuckDB relative to the data directory, which must then be the working directory (a worker
+        chdirs there), so that no absolute server path shows in variables or settings. ``spill``:
+        with False a confined connection has no temp directory (nothing is ever written; a query
+        that needs more than its memory limit fails)."""
         self.data_dir = Path(data_dir).resolve()
-        if not (self.data_dir / "catalog.db").exists():
+        if catalog is None and not (self.data_dir / "catalog.db").exists():
             if not self.data_dir.is_dir():
                 raise FileNotFoundError(f"no pushlake data directory at {self.data_dir}")
             Catalog(self.data_dir).close()
-        if not all(empty_file(self.data_dir, t).exists() for t in SCHEMAS):
-            ensure_empty_files(self.data_dir)
         self.team = team
         self.confined = team is not None or sandbox
-        self._catalog = Catalog(self.data_dir, readonly=True)
+        self.relative = relative
+        self._catalog = catalog if catalog is not None else Catalog(self.data_dir, readonly=True)
         self._version: int | None = None
         self._tombs: list[tuple[str, str]] = []
+        self._shapes: dict[str, tuple[bool, ...]] = {}
+        self._tmp = None
         self.snapshot = 0
-        self.con = duckdb.connect()
-        lake = self.data_dir / "lake"
+        self.con = duckdb.connect(config={"threads": int(settings["threads"])} if settings and "threads" in settings else {})
+        lake = Path("lake") if relative else self.data_dir / "lake"
         for k, v in (settings or {}).items():
             self.con.execute(f"SET {k} = ?", [v])
         if self.confined:
-            self._tmp = tempfile.TemporaryDirectory(prefix="pushlake-duckdb-")
-            if team is not None:
-                dirs = [f"{lake / t / f'team={team}'}/" for t in SCHEMAS] + [f"{lake / '_empty'}/"]
+            if spill:
+                self._tmp = tempfile.TemporaryDirectory(prefix="pushlake-duckdb-")
+                self.con.execute(f"SET temp_directory = '{_q(self._tmp.name)}'")
             else:
-                dirs = [f"{lake / t}/" for t in SCHEMAS] + [f"{lake / '_empty'}/"]
-            self.con.execute(f"SET temp_directory = '{_q(self._tmp.name)}'")
+                self.con.execute("SET temp_directory = ''")
+                self.con.execute("SET max_temp_directory_size = '0B'")
+            if team is not None:
+                dirs = [f"{lake / t / f'team={team}'}/" for t in SCHEMAS]
+            else:
+                dirs = [f"{lake / t}/" for t in SCHEMAS]
             self.con.execute("SET allowed_directories = ?", [dirs])
             self.con.execute("SET enable_external_access = false")
         self.con.execute(f"CREATE TEMP TABLE {DELETED}(team_id VARCHAR, itin_id VARCHAR)")
         self.refresh()
-        for t in SCHEMAS:
-            # the partition path is read (hive) so that a filter on date skips whole files before
-            # opening them; the path's `team` duplicates team_id and is not shown
-            src = f"(SELECT * EXCLUDE (team) FROM read_parquet(getvariable('pl_{t}'), {HIVE}))"
-            if t in TRIP_TABLES:
-                dirty = f"(SELECT * EXCLUDE (team) FROM read_parquet(getvariable('pl_{t}_dirty'), {HIVE}))"
-                self.con.execute(
-                    f"CREATE VIEW {t} AS SELECT * FROM {src} UNION ALL "
-                    f"SELECT * FROM {dirty} x WHERE NOT EXISTS "
-                    f"(SELECT 1 FROM {DELETED} d WHERE d.team_id = x.team_id AND d.itin_id = x.itin_id)")
-            else:
-                self.con.execute(f"CREATE VIEW {t} AS SELECT * FROM {src}")
         if self.confined:
             self.con.execute("SET lock_configuration = true")
+
+    def _view(self, t: str, lists: dict[str, list[str]]) -> None:
+        """(Re)create view ``t`` when one of its file lists became empty or non-empty: an empty
+        list reads the typed empty relation (DuckDB refuses an empty file list)."""
+        names = [f"pl_{t}"] + ([f"pl_{t}_dirty"] if t in TRIP_TABLES else [])
+        shape = tuple(bool(lists.get(n)) for n in names)
+        if self._shapes.get(t) == shape:
+            return
+
+        def src(name: str, full: bool) -> str:
+            # the partition path is read (hive) so that a filter on date skips whole files before
+            # opening them; the path's `team` duplicates team_id and is not shown
+            if not full:
+                return _empty_relation(t)
+            return f"(SELECT * EXCLUDE (team) FROM read_parquet(getvariable('{name}'), {HIVE}))"
+        if t in TRIP_TABLES:
+            sql = (f"SELECT * FROM {src(names[0], shape[0])} UNION ALL "
+                   f"SELECT * FROM {src(names[1], shape[1])} x WHERE NOT EXISTS "
+                   f"(SELECT 1 FROM {DELETED} d WHERE d.team_id = x.team_id AND d.itin_id = x.itin_id)")
+        else:
+            sql = f"SELECT * FROM {src(names[0], shape[0])}"
+        self.con.execute(f"CREATE OR REPLACE VIEW {t} AS {sql}")
+        self._shapes[t] = shape
 
     def refresh(self) -> bool:
         """Point the views at the latest committed snapshot; return whether anything changed."""
@@ -86,11 +117,15 @@ class LakeConnection:
         lists: dict[str, list[str]] = defaultdict(list)
         for fid, tbl, team, date, path, rows in files:
             name = f"pl_{tbl}_dirty" if (tbl in TRIP_TABLES and fid in dirty) else f"pl_{tbl}"
-            lists[name].append(str(self.data_dir / path))
+            lists[name].append(path if self.relative else str(self.data_dir / path))
         for t in SCHEMAS:
             names = [f"pl_{t}"] + ([f"pl_{t}_dirty"] if t in TRIP_TABLES else [])
             for name in names:
-                self.con.execute(f"SET VARIABLE {name} = ?", [lists.get(name) or [str(empty_file(self.data_dir, t))]])
+                if lists.get(name):
+                    self.con.execute(f"SET VARIABLE {name} = ?", [lists[name]])
+                else:
+                    self.con.execute(f"RESET VARIABLE {name}")
+            self._view(t, lists)
         if tombs != self._tombs:  # most commits apply or add none: no reload
             self.con.execute(f"DELETE FROM {DELETED}")
             if tombs:
@@ -104,13 +139,9 @@ class LakeConnection:
         return True
 
     def _guard(self, query: str) -> None:
-        """A team connection runs one read-only statement at a time: no COPY ... TO (which
-        could write inside the team's own directories), no SET, ATTACH, INSTALL or DDL."""
-        if not self.confined:
-            return
-        stmts = self.con.extract_statements(query)
-        if len(stmts) != 1 or stmts[0].type not in READ_ONLY:
-            raise PermissionError("a team connection runs a single read-only SELECT statement")
+        """A confined connection runs one read-only statement at a time (see ``check_read_only``)."""
+        if self.confined:
+            check_read_only(self.con, query)
 
     # statements go through refresh() first; everything else is DuckDB's own connection
     def execute(self, query: str, parameters: Any = None):
@@ -132,7 +163,7 @@ class LakeConnection:
     def close(self) -> None:
         self.con.close()
         self._catalog.close()
-        if self.confined:
+        if self._tmp is not None:
             self._tmp.cleanup()
 
     def __getattr__(self, name: str):
@@ -150,6 +181,37 @@ def connect(data_dir: Path | str, team: str | None = None, sandbox: bool = False
     """A DuckDB connection with the lake's views (SPEC §6). ``team`` confines it to one team;
     ``sandbox`` confines it to the lake; ``settings`` are DuckDB options (e.g. memory_limit)."""
     return LakeConnection(data_dir, team, sandbox, settings)
+
+
+READ_ONLY_MESSAGE = "a team connection runs a single read-only SELECT statement"
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> None:
+    """Allow exactly one statement: a SELECT (which includes FROM-first queries, VALUES, DESCRIBE,
+    SHOW and SUMMARIZE), or a plain EXPLAIN of one. Everything else is refused with
+    PermissionError: COPY, EXPORT, ATTACH, SET/RESET, PRAGMA, CALL, PREPARE/EXECUTE, DDL and DML,
+    and EXPLAIN ANALYZE (which runs the statement it explains) or EXPLAIN (options), whatever
+    the case, comments or nesting. This is the second wall: the first is that nothing a
+    confined connection can reach is writable."""
+    try:
+        stmts = con.extract_statements(query)
+    except duckdb.ParserException:
+        raise
+    if len(stmts) != 1:
+        raise PermissionError(READ_ONLY_MESSAGE)
+    st = stmts[0]
+    if st.type == duckdb.StatementType.SELECT:
+        return
+    if st.type != duckdb.StatementType.EXPLAIN:
+        raise PermissionError(READ_ONLY_MESSAGE)
+    text = st.query
+    toks = [off for off, kind in duckdb.tokenize(text) if kind != duckdb.token_type.comment]
+    words = [text[o:(toks[i + 1] if i + 1 < len(toks) else len(text))].strip().lower() for i, o in enumerate(toks[:2])]
+    if len(toks) < 2 or not words[0].startswith("explain") or words[1].startswith(("analy", "(")):
+        raise PermissionError(READ_ONLY_MESSAGE + " (EXPLAIN ANALYZE runs the statement: refused)")
+    inner = con.extract_statements(text[toks[1]:])
+    if len(inner) != 1 or inner[0].type != duckdb.StatementType.SELECT:
+        raise PermissionError(READ_ONLY_MESSAGE)
 
 
 def _q(s: str) -> str:
