@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from lake.catalog import connect_sqlite, transaction
 
@@ -21,20 +22,22 @@ CREATE TABLE IF NOT EXISTS hyperadmins(
   salt BLOB NOT NULL, pw_hash BLOB NOT NULL, created_at REAL NOT NULL);
 """
 
-NAME = re.compile(r"^[A-Za-z0-9 -_]+$")  # the documented class: ' -_' is the range space..underscore
+# the documented class: ' -_' is the range space..underscore. Matched with ``fullmatch`` (``$``
+# would let a final newline through)
+NAME = re.compile(r"[A-Za-z0-9 -_]+")
 SPECIALS = "!@#$%^?=+_-"
-POLICY: list[tuple[str, re.Pattern]] = [
-    ("at least 12 characters", re.compile(r"^.{12,}$", re.S)),
-    ("at least one lowercase letter", re.compile(r"[a-z]")),
-    ("at least one uppercase letter", re.compile(r"[A-Z]")),
-    ("at least one digit", re.compile(r"\d")),
-    (f"at least one special character among {SPECIALS}", re.compile(r"[!@#$%^?=+_-]")),
+POLICY: list[tuple[str, Callable[[str], object]]] = [
+    ("at least 12 characters", lambda pw: len(pw) >= 12),
+    ("at least one lowercase letter", re.compile(r"[a-z]").search),
+    ("at least one uppercase letter", re.compile(r"[A-Z]").search),
+    ("at least one digit", re.compile(r"[0-9]").search),  # not \d, which takes any Unicode digit
+    (f"at least one special character among {SPECIALS}", re.compile(r"[!@#$%^?=+_-]").search),
 ]
 SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "dklen": 32}
 
 
 def password_problems(password: str) -> list[str]:
-    return [rule for rule, rx in POLICY if not rx.search(password)]
+    return [rule for rule, passes in POLICY if not passes(password)]
 
 
 def _hash(password: str, salt: bytes) -> bytes:
@@ -54,7 +57,7 @@ class HyperAdmins:
 
     def create(self, user_id, firstname, lastname, password) -> dict:
         for field, v in (("userId", user_id), ("firstname", firstname), ("lastname", lastname)):
-            if not isinstance(v, str) or not NAME.match(v) or len(v) > 128:
+            if not isinstance(v, str) or not NAME.fullmatch(v) or len(v) > 128:
                 raise Invalid(f"{field} is required and must match {NAME.pattern} (at most 128 characters)")
         if ":" in user_id:
             raise Invalid("userId cannot contain ':' (it separates user and password in Basic credentials)")

@@ -13,7 +13,18 @@ from pathlib import Path
 
 from lake.catalog import connect_sqlite, transaction
 
-TEAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# The whole id must match (``fullmatch``: ``$`` would let a final newline through). An id is a
+# directory name in the lake (``team=<id>``): ASCII letters, digits, '_', '.', '-' only (no '/',
+# '=', '%', no '.'/'..'), starting with a letter or digit and not ending with '.' (Windows and SMB
+# drop a trailing dot, which would merge ``a.`` into ``a``). Ids that differ only by case are
+# refused too (``create``): case-insensitive filesystems and object-store consoles merge them.
+TEAM_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_-])?")
+TEAM_ID_RULE = ("teamId must be 1-64 characters: ASCII letters, digits, '_', '.', '-', starting with a letter "
+                "or digit and not ending with '.'")
+
+
+def valid_team_id(team_id) -> bool:
+    return isinstance(team_id, str) and TEAM_ID.fullmatch(team_id) is not None
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS teams(
@@ -87,13 +98,18 @@ class Teams:
         return "pk_" + secrets.token_urlsafe(24), "ak_" + secrets.token_urlsafe(24)
 
     def create(self, team_id: str, quota: int | None = None) -> dict:
-        if not isinstance(team_id, str) or not TEAM_ID.match(team_id):
-            raise Invalid("teamId must be 1-64 characters: letters, digits, '_', '.', '-', not starting with a symbol")
+        if not valid_team_id(team_id):
+            raise Invalid(TEAM_ID_RULE)
         push, admin = self._new_keys()
         now = time.time()
-        with transaction(self.con):
-            if self.con.execute("SELECT 1 FROM teams WHERE team_id = ?", (team_id,)).fetchone():
+        with transaction(self.con):  # BEGIN IMMEDIATE: two processes cannot both pass the checks
+            # ids are ASCII, so SQLite's lower() (ASCII-only) compares them case-insensitively
+            same = self.con.execute("SELECT team_id FROM teams WHERE lower(team_id) = lower(?)", (team_id,)).fetchone()
+            if same and same[0] == team_id:
                 raise Conflict(f"team '{team_id}' already exists")
+            if same:
+                raise Conflict(f"team '{team_id}' differs from the existing team '{same[0]}' only by case "
+                               "(they would share a directory on case-insensitive storage)")
             if quota is not None and self.con.execute("SELECT count(*) FROM teams").fetchone()[0] >= quota:
                 raise QuotaExceeded(f"at most {quota} teams")
             try:

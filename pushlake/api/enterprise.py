@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hmac
+import re
 import secrets
 from functools import partial
 
@@ -111,14 +112,22 @@ async def delete_hyperadmin(request: web.Request) -> web.Response:
 
 
 # -- push reports -----------------------------------------------------------------------------------
+# yyyy-MM-dd, or a date-time starting with it (yyyy-MM-dd'T'HH:mm:ss.SSSZ); the whole value must
+# match: fromisoformat alone also takes week dates (2025-W01-1) and basic forms (20250101)
+DAY = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})(T.*)?", re.S)
+
+
 def _day(request: web.Request, name: str) -> str:
     v = request.query.get(name)
     if not v:
         raise TeamError(f"{name} is required (yyyy-MM-dd)")
+    m = DAY.fullmatch(v)
     try:
-        if len(v) == 10:
-            return dt.date.fromisoformat(v).isoformat()
-        return dt.datetime.fromisoformat(v).date().isoformat()  # yyyy-MM-dd'T'HH:mm:ss.SSSZ accepted too
+        if m is None:
+            raise ValueError
+        if m[2] is not None:
+            dt.datetime.fromisoformat(v)
+        return dt.date.fromisoformat(m[1]).isoformat()
     except ValueError:
         raise TeamError(f"{name} must be a date yyyy-MM-dd, got '{v}'") from None
 
