@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
+from lake import status as compactor_status
 from lake.catalog import Catalog
 from pushlake.config import Settings
 
@@ -115,14 +116,27 @@ def make_handler(kind: int):
 
 
 async def health(request: web.Request) -> web.Response:
+    """``ok``, or ``degraded`` with its reasons and a 503 (for load balancers): low disk, or a
+    compactor failing or not advancing over this receiver's partition (from its status file)."""
+    s: Settings = request.app[SETTINGS]
     gc = request.app[COMMIT]
     rec = request.app[STATE].get("recovery")
-    return ok({"status": "degraded" if request.app[STATE]["disk_low"] else "ok",
-               "partition": gc.writer.partition, "nextOffset": gc.writer.next_offset,
-               "pending": gc.pending, "batches": gc.batches, "records": gc.records,
-               "recovery": None if rec is None else {"segment": rec.segment, "keptBytes": rec.kept_bytes,
-                                                     "cutBytes": rec.cut_bytes, "reason": rec.reason,
-                                                     "savedAs": rec.saved_as}})
+    reasons = ["free disk space is below the safety threshold"] if request.app[STATE]["disk_low"] else []
+    compactor = None
+    if s.compactor:
+        st = compactor_status.read(s.data_dir)
+        problems, lag = compactor_status.problems(st, {gc.writer.partition: gc.writer.next_offset})
+        reasons += problems
+        compactor = {"lagRecords": lag[gc.writer.partition], "failures": st.failures if st else None,
+                     "lastError": st.last_error if st and st.failures else None,
+                     "lastStep": st.last_step if st else None}
+    body = {"status": "degraded" if reasons else "ok", "reasons": reasons,
+            "partition": gc.writer.partition, "nextOffset": gc.writer.next_offset,
+            "pending": gc.pending, "batches": gc.batches, "records": gc.records, "compactor": compactor,
+            "recovery": None if rec is None else {"segment": rec.segment, "keptBytes": rec.kept_bytes,
+                                                  "cutBytes": rec.cut_bytes, "reason": rec.reason,
+                                                  "savedAs": rec.saved_as}}
+    return web.Response(body=orjson.dumps(body), content_type="application/json", status=503 if reasons else 200)
 
 
 def _tombstone_sink(data_dir: Path, part: str):

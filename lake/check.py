@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 
 from ingest.log import list_partitions, list_segments, scan_segment, try_lock
 
+from . import status
 from .catalog import Catalog
 from .schema import SCHEMAS
 
@@ -58,10 +59,14 @@ def check(data_dir: Path) -> Report:
         return rep
     cat = Catalog(data_dir, readonly=True)
     try:
-        for part, pos in cat.positions().items():
+        positions = cat.positions()
+        for part, pos in positions.items():
             if pos > next_offsets.get(part, 0):
                 rep.errors.append(f"catalog position {part}@{pos} is past the end of the log ({next_offsets.get(part, 0)})")
-            rep.info[f"lag_{part}"] = max(0, next_offsets.get(part, 0) - pos)
+        for part, end in next_offsets.items():
+            rep.info[f"lag_{part}"] = max(0, end - positions.get(part, 0))
+        _check_compactor(data_dir, rep, {p: next_offsets.get(p, 0) for p in {*next_offsets, *positions}},
+                         positions)
         live = cat.live_files()
         rep.info["live_files"] = len(live)
         rows_by_table: dict[str, int] = {}
@@ -94,3 +99,27 @@ def check(data_dir: Path) -> Report:
     finally:
         cat.close()
     return rep
+
+
+def _check_compactor(data_dir: Path, rep: Report, ends: dict[str, int], positions: dict[str, int]) -> None:
+    """A running compactor that fails or does not advance is an error (exit 1); a backlog with
+    no compactor running, or a last run that ended failing, is a warning."""
+    lock = try_lock(data_dir / "compactor.lock")
+    running = lock is None
+    if lock is not None:
+        os.close(lock)
+    st = status.read(data_dir)
+    behind = sum(max(0, e - positions.get(p, 0)) for p, e in ends.items())
+    if st is not None:
+        st.positions = positions  # the catalog's, fresher than the status file's
+    problems, _ = status.problems(st, ends)
+    if running:
+        rep.errors.extend(problems)
+    elif st is not None and st.failing_since is not None:
+        (rep.errors if behind else rep.warnings).append(
+            f"the last compactor run ended failing ({st.failures} failed steps): {st.last_error}")
+    if behind and not running:
+        rep.warnings.append(f"{behind} log record(s) not compacted yet and no compactor running "
+                            "(`pushlake compact`, or `pushlake serve`)")
+    if st is not None:
+        rep.info["compactor"] = "running" if running else "stopped"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -33,6 +34,7 @@ from pushlake import failpoints
 from pushlake.procs import exit_with
 
 from . import files as lf
+from . import status
 from .catalog import STAT_FIELDS, Catalog, CatalogConflict, Commit
 from .project import TABLES_OF_KIND, Projected, ProjectionError, project, project_trip, received_date, split_trips
 from .routes import Routes
@@ -43,6 +45,18 @@ log = logging.getLogger("pushlake.compactor")
 
 class CompactorBusy(Exception):
     pass
+
+
+class Isolating(Exception):
+    """A step failed on something in its records, not on the machine: the next steps read
+    smaller batches until the record is found and quarantined as FAILED. Retried at once."""
+
+
+def transient(e: BaseException) -> bool:
+    """Errors of the machine (disk, catalog, memory): the same batch is retried after a pause.
+    Anything else is taken to come from the records, and is isolated: a step that fails on its
+    input must not be retried as it is forever, holding back every team's pushes."""
+    return isinstance(e, (OSError, sqlite3.Error, MemoryError))
 
 
 @dataclass
@@ -108,6 +122,12 @@ class Compactor:
         self.readers: dict[str, LogReader] = {}
         self._ahead: _Input | None = None  # the next batch, split
         self._next: _Input | None = None   # the one after it, read
+        # isolation of a record that makes its step fail (see ``step``)
+        self._limit: int | None = None                 # records per batch while isolating
+        self._until: dict[str, int] = {}               # end of the batch that failed
+        self._poison: dict[tuple[str, int], str] = {}  # (part, offset) -> why its step failed
+        self._failing: _Input | None = None
+        self.status = status.Status()
         self._pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="compactor-write")
         lf.ensure_empty_files(self.out_dir)
         self.orphans_removed = self._remove_orphans()
@@ -139,15 +159,90 @@ class Compactor:
 
     # -- the projection step ------------------------------------------------------------------
     def step(self) -> StepStats:
+        """One batch projected and committed. A step that fails on its input (not ``transient``)
+        is bisected: the next steps read half as many records, then half again, until the one
+        record that fails is alone; its projection is then FAILED with the error as its reason,
+        and if even that step fails, the record is quarantined by a commit that only records it
+        as FAILED and moves past it. Every other record is stored as usual, and full batches
+        resume once the records of the failed batch are behind."""
+        try:
+            stats = self._step()
+        except CatalogConflict:
+            self._failing = None
+            raise
+        except Exception as e:
+            inp, self._failing = self._failing, None
+            self._ahead = self._next = None
+            if transient(e) or inp is None or not inp.records:
+                self._report(error=e)
+                raise
+            try:
+                self._isolate(inp, e)
+            finally:
+                self._report(error=e)
+            raise Isolating(f"{type(e).__name__}: {e}") from e
+        positions = self.catalog.positions()
+        if self._until and all(positions.get(p, 0) >= o for p, o in self._until.items()):
+            log.info("past the batch that failed: full batches again")
+            self._limit, self._until = None, {}
+            self._poison.clear()
+        self._report(stats, positions)
+        return stats
+
+    def _report(self, stats: StepStats | None = None, positions: dict[str, int] | None = None,
+                error: BaseException | None = None) -> None:
+        """Keep ``compactor.status`` current: at every step that did something or failed, and
+        at least every 2 s when idle (a heartbeat), never failing the step itself."""
+        st = self.status
+        if error is not None:
+            st.failed(error, isolating=self._limit is not None)
+        else:
+            was_failing = st.failing_since is not None
+            st.succeeded(stats.records, positions, {k: getattr(stats, k) for k in ("records", "stored", "failed",
+                                                                                    "seconds")})
+            st.isolating = self._limit is not None
+            if not (stats.records or was_failing or time.time() - st.updated_at > 2.0):
+                return
+        try:
+            status.write(self.out_dir, st)
+        except OSError:
+            log.debug("could not write the compactor status", exc_info=True)
+
+    def _isolate(self, inp: _Input, e: Exception) -> None:
+        end = {**inp.start, **inp.positions}
+        for p, o in end.items():
+            self._until[p] = max(o, self._until.get(p, 0))
+        if len(inp.records) > 1:
+            self._limit = (len(inp.records) + 1) // 2
+            log.warning("a step of %d records failed (%s: %s); retrying with %d records to find the record",
+                        len(inp.records), type(e).__name__, e, self._limit)
+            return
+        self._limit = 1
+        part, r = inp.records[0]
+        reason = f"compaction error: {type(e).__name__}: {e}"
+        if (part, r.offset) not in self._poison:
+            log.warning("record %s@%d (%s) makes its step fail; storing it as FAILED: %s", part, r.offset, r.team,
+                        reason)
+            self._poison[(part, r.offset)] = reason
+            return
+        log.error("record %s@%d (%s) fails even as FAILED; quarantining it: %s", part, r.offset, r.team, reason)
+        c = Commit("quarantine", positions={part: r.offset + 1}, summary=f"quarantined {part}@{r.offset}")
+        c.failed.append((r.kind, r.team, r.key, part, r.offset, r.received_us, reason[:2000]))
+        self._count(c, r, "received")
+        self.catalog.commit(c)
+
+    def _step(self) -> StepStats:
         t0 = time.monotonic()
         positions = self.catalog.positions()
         ahead, self._ahead = self._ahead, None
-        if ahead is not None and all(positions.get(p, 0) == o for p, o in ahead.start.items()):
+        if ahead is not None and self._limit is None and all(positions.get(p, 0) == o for p, o in ahead.start.items()):
             inp = ahead  # read and prepared while the previous step was writing
         else:
             inp = self._prepare(self._read(positions))
+        self._failing = inp
         stats = StepStats(records=len(inp.records))
         if not inp.records:
+            self._failing = None
             return stats
         # a backlog is pipelined: the next batch (read during the previous step) is split by the
         # projection processes while this one is planned on this thread, and the batch after it
@@ -155,7 +250,7 @@ class Compactor:
         # commits (the next step checks where it starts).
         after = {**inp.start, **inp.positions}
         nxt, self._next = self._next, None
-        if not inp.full:
+        if not inp.full or self._limit is not None:
             nxt = None
         else:
             try:
@@ -180,6 +275,7 @@ class Compactor:
             except Exception:  # noqa: BLE001 - as above
                 log.debug("reading ahead failed", exc_info=True)
         self._apply_and_commit(batch, stats, meanwhile=read_ahead)
+        self._failing = None
         failpoints.hit("compactor.after_commit")
         stats.seconds = time.monotonic() - t0
         return stats
@@ -187,7 +283,7 @@ class Compactor:
     def _read(self, positions: dict[str, int]) -> _Input:
         """The next batch of every partition, in order of arrival."""
         inp = _Input(start={})
-        budget = self.batch_records
+        budget = self.batch_records if self._limit is None else self._limit
         for part in list_partitions(self.data_dir):
             reader = self.readers.setdefault(part, LogReader(self.data_dir, part))
             inp.start[part] = positions.get(part, 0)
@@ -273,8 +369,10 @@ class Compactor:
                     c.reclean.add((team, key))
                     continue
                 try:
+                    if (part, r.offset) in self._poison:
+                        raise ProjectionError(self._poison[(part, r.offset)])
                     p = self._project(r, part, k, trips, b.routes)
-                except (ProjectionError, pa.ArrowException, ValueError, TypeError, OverflowError) as e:
+                except Exception as e:  # noqa: BLE001 - whatever a record raises is its own FAILED reason
                     reason = str(e) if isinstance(e, ProjectionError) else f"{type(e).__name__}: {e}"
                     c.failed.append((kind, team, key, part, r.offset, r.received_us, reason))
                     st.failed += 1
@@ -494,7 +592,10 @@ class Compactor:
         """Project everything in the log, then finish any queued retry task."""
         total = StepStats()
         while True:
-            s = self.step()
+            try:
+                s = self.step()
+            except Isolating:
+                continue  # smaller batches until the record that fails is FAILED
             if not s.records:
                 while self.run_tasks_safely():
                     pass
@@ -601,20 +702,33 @@ class Compactor:
                     continue
                 self.release_idle_workers()
                 if time.monotonic() - last_maint > maintain_every:
-                    m = {"vacuumed": self.vacuum(), "log_records_erased": self.clean_log()}
-                    if any(m.values()):
-                        log.info("maintenance: %s", m)
-                    last_maint = time.monotonic()
+                    last_maint = time.monotonic()  # a failing maintenance must not slow every step
+                    self._maintain_safely()
                 if s.records >= self.batch_records or s.seconds > interval:
                     continue  # a backlog: keep going
             except CatalogConflict:
                 log.info("a merge replaced a file this step rewrote; redoing the step")
                 continue
+            except Isolating:
+                continue  # at once: the next, smaller step does not fail the same way
             except Exception:
                 log.exception("compaction step failed; retrying")
                 stop.wait(5)
             stop.wait(interval)
         merger.join()
+
+    def _maintain_safely(self) -> None:
+        """Vacuum and the log cleaner each on their own: one failing does not stop the other,
+        nor projection."""
+        for name, job, what in (("vacuum", self.vacuum, "vacuumed"), ("log cleaner", self.clean_log,
+                                                                      "log_records_erased")):
+            try:
+                n = job()
+            except Exception:  # noqa: BLE001 - logged, retried at the next maintenance
+                log.exception("%s failed; retrying at the next maintenance", name)
+                continue
+            if n:
+                log.info("maintenance: %s=%d", what, n)
 
     def _merge_loop(self, stop, every: float) -> None:
         """Merges run beside projection (own catalog connection): Parquet work releases the GIL,

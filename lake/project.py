@@ -7,16 +7,17 @@ and is then quarantined as FAILED by the compactor. Parsing is permissive about 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import orjson
 
 from ingest.keys import body_sha256
 from ingest.record import KIND_CRASH, KIND_DIAGNOSIS, KIND_EVENT, KIND_TRIP, Record
 
 from . import routes
+from .jsonvalues import Exact, dumps, loads
 from .schema import (CRASH_FIELDS, DELETION_FIELDS, DIAGNOSIS_FIELDS, EVENT_ARRAYS, EVENT_FIELDS, ROUTE_SOURCES,
                      TRIP_FIELDS, TRIP_TABLES)
 
@@ -41,23 +42,55 @@ def _num(v: Any, path: str) -> float | None:
         return None
     if isinstance(v, bool):
         return float(v)
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str):
+    if isinstance(v, int):
         try:
             return float(v)
+        except OverflowError:
+            v = Exact(str(v), None)
+    if isinstance(v, float):
+        return v
+    if isinstance(v, str):
+        try:
+            f = float(v)
         except ValueError:
             pass
+        else:
+            if math.isfinite(f) or v.strip().lower().lstrip("+-") in ("inf", "infinity", "nan"):
+                return f
+            v = Exact(v, None)
+    if isinstance(v, Exact):
+        if v.value is None:
+            raise ProjectionError(f"{path}: {_show(v)} is beyond the range of a 64-bit float")
+        return v.value
     raise ProjectionError(f"{path}: expected a number, got {_show(v)}")
 
 
+_I64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _is_int_text(v: str) -> bool:
+    try:
+        int(v)
+    except ValueError:
+        return False
+    return True
+
+
 def _int(v: Any, path: str) -> int | None:
-    f = _num(v, path)
-    if f is None:
+    if v is None:
         return None
-    if f != f or f in (float("inf"), float("-inf")) or f != int(f):
-        raise ProjectionError(f"{path}: expected an integer, got {_show(v)}")
-    return int(f)
+    if isinstance(v, int) and not isinstance(v, bool):
+        i = v  # not through a float: 2**53 + 1 stays itself
+    elif isinstance(v, str) and len(v) < 4000 and _is_int_text(v):
+        i = int(v)
+    else:
+        f = _num(v, path)
+        if f != f or f in (float("inf"), float("-inf")) or f != int(f):
+            raise ProjectionError(f"{path}: expected an integer, got {_show(v)}")
+        i = int(f)
+    if not _I64[0] <= i <= _I64[1]:
+        raise ProjectionError(f"{path}: {_show(v)} is beyond the range of a 64-bit integer")
+    return i
 
 
 def _bool(v: Any, path: str) -> bool | None:
@@ -75,6 +108,8 @@ def _str(v: Any, path: str) -> str | None:
         return v
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return str(v)
+    if isinstance(v, Exact):
+        return v.text
     raise ProjectionError(f"{path}: expected a string, got {_show(v)}")
 
 
@@ -91,7 +126,7 @@ def parse_ts(v: Any, path: str) -> dt.datetime | None:
         try:
             t = dt.datetime.fromisoformat(v)
             return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: year 1 moved west of UTC
             pass
     raise ProjectionError(f"{path}: expected a date, got {_show(v)}")
 
@@ -100,7 +135,7 @@ CONVERT = {"str": _str, "f64": _num, "i64": _int, "bool": _bool, "ts": parse_ts}
 
 
 def _show(v: Any) -> str:
-    s = orjson.dumps(v).decode() if not isinstance(v, bytes) else repr(v)
+    s = dumps(v) if not isinstance(v, bytes) else repr(v)
     return s if len(s) <= 60 else s[:57] + "..."
 
 
@@ -130,7 +165,7 @@ def _map(body: dict, spec, row: dict, prefix: str = "") -> None:
 
 def _extra(body: dict) -> str:
     _prune(body)
-    return orjson.dumps(body).decode()
+    return dumps(body)
 
 
 def _common(r: Record, date: dt.date) -> dict:
@@ -140,8 +175,8 @@ def _common(r: Record, date: dt.date) -> dict:
 
 def _load(r: Record) -> dict:
     try:
-        body = orjson.loads(r.body)
-    except orjson.JSONDecodeError as e:
+        body = loads(r.body)
+    except (ValueError, RecursionError) as e:
         raise ProjectionError(f"body is not JSON: {e}") from None
     if not isinstance(body, dict):
         raise ProjectionError("body is not a JSON object")
@@ -180,7 +215,7 @@ def split_trip(body: bytes) -> tuple[dict, tuple[int, dict] | None, str | None]:
     except msgspec.DecodeError as e:
         raise ProjectionError(f"body is not JSON: {e}") from None
     route = top.pop("route", None)
-    doc = {k: orjson.loads(memoryview(v)) for k, v in top.items()}
+    doc = {k: loads(v) for k, v in top.items()}
     if route is None or bytes(route) == b"null":
         return doc, None, None
     try:  # the usual route, every array numbers or null: read in one pass, not skipped first
@@ -198,15 +233,15 @@ def split_trip(body: bytes) -> tuple[dict, tuple[int, dict] | None, str | None]:
     try:
         parts = _TOP.decode(route)
     except msgspec.ValidationError:
-        return doc, None, f"route: expected an object of arrays, got {_show(orjson.loads(memoryview(route)))}"
+        return doc, None, f"route: expected an object of arrays, got {_show(loads(route))}"
     extra = {}
     problem = None
     for k, v in parts.items():
         if k in _ROUTE_SOURCES:
             if problem is None and bytes(memoryview(v)[:1]) not in (b"[", b"n"):
-                problem = f"route.{k}: expected an array of numbers, got {_show(orjson.loads(memoryview(v)))}"
+                problem = f"route.{k}: expected an array of numbers, got {_show(loads(v))}"
         else:
-            extra[k] = orjson.loads(memoryview(v))  # arrays without a column (e.g. stoppingStateRoute) stay in extra
+            extra[k] = loads(v)  # arrays without a column (e.g. stoppingStateRoute) stay in extra
     if extra:
         doc["route"] = extra
     if problem:
@@ -229,6 +264,9 @@ def split_trips(items: list[tuple[int, bytes]]) -> tuple[list[tuple[int, tuple |
             doc, route, problem = split_trip(body)
         except ProjectionError as e:
             out.append((k, e))
+            continue
+        except Exception as e:  # noqa: BLE001 - one body's surprise is that body's FAILED reason
+            out.append((k, ProjectionError(f"{type(e).__name__}: {e}")))
             continue
         out.append((k, (doc, route is not None, problem, body_sha256(body))))
         if route is not None:
@@ -294,7 +332,7 @@ def _diagnosis(r: Record, body: dict) -> Projected:
     row = {"user_id": _str(body.pop("userId", None), "userId"), "body_sha256": body_sha256(r.body)}
     _map(body, DIAGNOSIS_FIELDS, row)
     row["n_events"] = len(events or [])
-    row["events"] = orjson.dumps(events or []).decode()
+    row["events"] = dumps(events or [])
     row["extra"] = _extra(body)
     date = received_date(r)
     row.update(_common(r, date))

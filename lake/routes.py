@@ -43,7 +43,21 @@ def decode(arrays: dict[str, msgspec.Raw]) -> tuple[int, dict[str, pa.Array]]:
 
 def from_lists(arrays: dict[str, list | None]) -> tuple[int, dict[str, pa.Array]]:
     """``decode`` for a route already decoded into lists of numbers (or nulls)."""
-    return _checked({src: pa.array(arrays[src], pa.float64()) for src in SOURCES if arrays.get(src) is not None})
+    return _checked({src: _floats(src, arrays[src]) for src in SOURCES if arrays.get(src) is not None})
+
+
+def _floats(src: str, values: list) -> pa.Array:
+    try:
+        return pa.array(values, pa.float64())
+    except (pa.ArrowInvalid, OverflowError):
+        pass  # an integer beyond 64 bits, which Arrow will not take as a float directly
+    out = []
+    for i, v in enumerate(values):
+        try:
+            out.append(None if v is None else float(v))
+        except OverflowError:
+            raise RouteError(f"route.{src}: number beyond the range of a 64-bit float at $[{i}]") from None
+    return pa.array(out, pa.float64())
 
 
 def _checked(out: dict[str, pa.Array]) -> tuple[int, dict[str, pa.Array]]:

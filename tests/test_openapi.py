@@ -22,7 +22,7 @@ EXPECTED = {
     ("post", "/push/trip/event"): PUSH,
     ("post", "/push/crash"): PUSH,
     ("post", "/push/diagnosis"): PUSH,
-    ("get", "/health"): {200},
+    ("get", "/health"): {200, 503},
     ("post", "/oauth/token"): {200, 400, 401},
     ("post", "/v1/enterprise/team"): {200, 400, 401, 409, 422, 429},
     ("get", "/v1/enterprise/teams"): {200, 401},

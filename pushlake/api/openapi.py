@@ -268,8 +268,23 @@ SCHEMAS: dict = {
                     "offset": integer("Offset of the push in that partition.", minimum=0)},
                    required=("status", "partition", "offset"),
                    description="The push is in the log and fdatasynced: it will not be lost."),
-    "Health": obj({"status": string("`ok`, or `degraded` while free disk is below the threshold "
-                                    "(pushes then get 503).", enum=["ok", "degraded"]),
+    "Health": obj({"status": string("`ok`, or `degraded` (with a 503) while free disk is below the threshold "
+                                    "(pushes then get 503) or the compactor is failing or not advancing.",
+                                    enum=["ok", "degraded"]),
+                   "reasons": {"type": "array", "items": {"type": "string"},
+                               "description": "Why the status is `degraded`, one sentence each (empty when `ok`)."},
+                   "compactor": {"description": "The compactor over this receiver's partition (null with "
+                                                "`--no-compactor`).",
+                                 "anyOf": [{"type": "null"},
+                                           obj({"lagRecords": integer("Records of this partition not compacted yet."),
+                                                "failures": {"type": ["integer", "null"],
+                                                             "description": "Failed steps in a row."},
+                                                "lastError": {"type": ["string", "null"],
+                                                              "description": "The error of the last failed step."},
+                                                "lastStep": {"type": ["object", "null"],
+                                                             "description": "The last step that stored records: "
+                                                                            "`at` (Unix seconds), `records`, "
+                                                                            "`stored`, `failed`, `seconds`."}})]},
                    "partition": string("Log partition of this receiver process.", examples=["p0"]),
                    "nextOffset": integer("Offset the next push will get."),
                    "pending": integer("Pushes waiting for the group commit."),
@@ -498,9 +513,11 @@ def document() -> dict:
             {"userId": "john.doe@drivequant.com", "smartphoneData": {"phoneModel": "iPhone 15 Pro"}})},
         "/health": {"get": op(
             "service", "health", "Receiver health",
-            "State of this receiver process: its log partition, next offset and group-commit counters. Always "
-            "`200`; `status` is `degraded` while pushes are refused for lack of disk space.",
-            PUBLIC, {"200": ok("The state.", ref("Health"))})},
+            "State of this receiver process: its log partition, next offset, group-commit counters and the "
+            "compactor's lag. `503` with `status: degraded` and the `reasons` while pushes are refused for lack "
+            "of disk space, or while the compactor is failing or not advancing (from `compactor.status`).",
+            PUBLIC, {"200": ok("The state.", ref("Health")),
+                     "503": ok("Degraded: the same document, with its reasons.", ref("Health"))})},
         "/oauth/token": {"post": op(
             "oauth", "token", "Get an access token (OAuth2 client credentials)",
             "RFC 6749 §4.4. The client is the team: client id = teamId, client secret = pushApiKey, given as "
