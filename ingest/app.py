@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import shutil
 import time
 import zlib
+from http import HTTPStatus
 from pathlib import Path
 
 import orjson
 from aiohttp import web
+from aiohttp.web_urldispatcher import _default_expect_handler as _aiohttp_expect
 
 from lake import status as compactor_status
 from lake.catalog import Catalog
@@ -93,6 +96,71 @@ def inflate(body: bytes, encoding: str, limit: int) -> bytes:
 
 def _overloaded() -> web.Response:
     return error(503, "overloaded", "write queue is full; retry later", {"Retry-After": "1"})
+
+
+# -- errors aiohttp makes itself (unknown route, wrong method, body over client_max_size, an
+# exception in a handler) get the same JSON shape as ours: {"error": code, "message": text}
+ERROR_CODES = {413: "too_large", 500: "internal_error"}
+KEEP_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
+
+
+def error_code(status: int) -> str:
+    """``not_found``, ``method_not_allowed``...: the reason phrase in snake case."""
+    if status in ERROR_CODES:
+        return ERROR_CODES[status]
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        return "error"
+    return re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
+
+
+def json_http_error(request: web.BaseRequest, e: web.HTTPException) -> web.Response:
+    allow = e.headers.get("Allow")
+    if e.status == 404:
+        message = f"no resource at {request.path} (the API is described at /openapi.json)"
+    elif e.status == 405:
+        message = f"{request.method} is not allowed on {request.path}; allowed: {allow or 'none'}"
+    elif e.status == 413:
+        message = f"body exceeds the {request.app[SETTINGS].max_body_bytes}-byte limit"
+    elif e.text and not e.text.startswith(f"{e.status}: "):  # aiohttp's own text, when it says more
+        message = e.text
+    else:
+        message = e.reason
+    headers = {h: e.headers[h] for h in KEEP_HEADERS if h in e.headers}
+    return error(e.status, error_code(e.status), message, headers or None)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return json_http_error(request, e)
+    except ConnectionError:
+        raise  # the client went away: aiohttp drops the connection quietly
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error(500, "internal_error", "internal server error (logged by the server)")
+
+
+async def expect_json(request: web.Request) -> web.StreamResponse | None:
+    """aiohttp's Expect handling (100-continue), with a JSON 417 for other expectations: the
+    Expect handler runs before the middlewares, so ``json_errors`` cannot see its error."""
+    try:
+        return await _aiohttp_expect(request)
+    except web.HTTPException as e:
+        return json_http_error(request, e)
+
+
+async def _json_expectations(app: web.Application) -> None:
+    """Every route of the app (its modules add theirs after ``build_app``) gets ``expect_json``.
+    aiohttp offers this only per route (``expect_handler=``), hence the attribute."""
+    for route in app.router.routes():
+        if getattr(route, "_expect_handler", None) is _aiohttp_expect:
+            route._expect_handler = expect_json
 
 
 def make_handler(kind: int):
@@ -241,7 +309,8 @@ async def _watch_disk(app: web.Application) -> None:
 
 def build_app(settings: Settings, partition: int = 0) -> web.Application:
     # we inflate bodies ourselves: bounded, and unknown encodings get a JSON 415, not a parser error
-    app = web.Application(client_max_size=settings.max_body_bytes + 1, handler_args={"auto_decompress": False})
+    app = web.Application(client_max_size=settings.max_body_bytes + 1, handler_args={"auto_decompress": False},
+                          middlewares=[json_errors])
     app[SETTINGS] = settings
     app[STATE] = {"disk_low": False}
     app[AUTH] = PushAuth(settings.data_dir)
@@ -264,6 +333,7 @@ def build_app(settings: Settings, partition: int = 0) -> web.Application:
         await app[COMMIT].close()
         app[AUTH].close()
 
+    app.on_startup.append(_json_expectations)
     app.on_startup.append(startup)
     app.on_cleanup.append(cleanup)
     for path, (kind, _) in ROUTES.items():
