@@ -113,7 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+# Everything pushlake creates in a data directory holds every team's data (the log, catalog.db,
+# admin.db, Parquet files...): owner only. Set once here, the mask is inherited by the processes
+# `serve` spawns and by the compactor's forkserver workers.
+UMASK = 0o077
+
+
 def main(argv: list[str] | None = None) -> int:
+    os.umask(UMASK)
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.cmd](args) or 0
@@ -136,7 +143,7 @@ def cmd_serve(a) -> int:
     if a.retention < 0:
         raise CliError("--retention must be >= 0")
     setup_logging()
-    a.data.mkdir(parents=True, exist_ok=True)
+    private_data_dir(a.data)
     key, created = enterprise_key(a.data)
     where = "$PUSHLAKE_ENTERPRISE_KEY" if os.environ.get("PUSHLAKE_ENTERPRISE_KEY") else a.data / "enterprise.key"
     base = f"http://{a.host}:{a.port}"
@@ -152,6 +159,24 @@ def cmd_serve(a) -> int:
                    max_body_bytes=a.max_body, min_free_bytes=a.min_free, segment_bytes=a.segment_bytes,
                    segment_age_s=a.segment_age, compactor=not a.no_compactor))
     return 0
+
+
+def private_data_dir(path: Path) -> None:
+    """Create the data directory 0700, or tighten an existing one (an older pushlake made it
+    0755): nothing in it is then reachable by other users, whatever the modes of older files."""
+    import logging
+    import stat
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log = logging.getLogger("pushlake.serve")
+        try:
+            os.chmod(path, 0o700)
+        except OSError as e:
+            log.warning("data directory %s is %04o and could not be made 0700 (%s): other users may read it",
+                        path, mode, e)
+        else:
+            log.warning("data directory %s was %04o: made it 0700 (it holds every team's data)", path, mode)
 
 
 def cmd_compact(a) -> int:
@@ -205,7 +230,10 @@ def cmd_sql(a) -> int:
         raise CliError("give a SQL statement or --query NAME")
     if not a.data.exists():
         raise CliError(f"no data directory at {a.data}")
-    con = queries.connect(a.data, team=a.team)
+    if a.team is not None:
+        con = _team_connection(a.data, a.team)
+    else:
+        con = queries.connect(a.data)
     try:
         try:
             cur = con.execute(sql)
@@ -226,6 +254,22 @@ def cmd_sql(a) -> int:
     finally:
         con.close()
     return 0
+
+
+def _team_connection(data: Path, team: str):
+    """A team's connection in a process that can no longer write any file (Landlock, where the
+    kernel has it): the catalog is opened first, then the process gives up writing, then DuckDB
+    starts (without a temp directory). Output goes to the already open stdout."""
+    from lake.catalog import Catalog
+    from queries import sandbox
+    from queries.connection import LakeConnection
+    data = Path(data).resolve()
+    if not (data / "catalog.db").exists():
+        Catalog(data).close()
+    cat = Catalog(data, readonly=True)
+    cat.data_version()
+    sandbox.restrict()
+    return LakeConnection(data, team=team, catalog=cat, spill=False)
 
 
 def _print_table(cols: list[str], rows: list[tuple], max_width: int = 48) -> None:

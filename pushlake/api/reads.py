@@ -1,46 +1,122 @@
 """Team-scoped reads over HTTP: ``POST /v1/query`` and ``GET /v1/export/{table}``.
 
 A team's admin key reads that team only (a connection confined to its partitions); a hyper-admin
-(Basic) reads every team, or one with ``teamId``, through a connection confined to the lake. Each
-request gets a fresh connection, so nothing one query does can leak into the next; queries run in
-worker threads with a time limit (DuckDB interrupt) and a row limit.
+(Basic) reads every team, or one with ``teamId``, through a connection confined to the lake.
+
+Each query runs in a process of its own (``queries.worker``): Landlock makes it unable to write
+any file, an rlimit caps its memory, a timer kills it at the deadline, and it encodes the result
+itself, within the row and byte limits; this process only forwards the bytes. Exports (fixed SQL)
+run on a thread pool here. Every reader holds at most ``query_per_team`` of the
+``query_workers`` slots (429 beyond); a client that reads nothing for ``query_write_timeout_s``
+is cut off and frees its slot. Hyper-admin password checks (scrypt) run on their own thread,
+with a bounded queue (503 beyond), and a user whose checks keep failing is answered 429 without
+a check, for exponentially longer, until a check succeeds.
 """
 from __future__ import annotations
 
 import asyncio
-import io
+import math
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
 import orjson
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from aiohttp import web
 
 from ingest.app import AUTH, SETTINGS, auth_error, error
 from ingest.auth import AuthError, PasswordCheck, Principal
 from queries import connect
 from queries.export import FORMATS, ExportError, stream
+from queries.worker import ARROW, PARQUET, WORKERS, read_frame
 
 POOL = web.AppKey("query_pool", ThreadPoolExecutor)
-ARROW = "application/vnd.apache.arrow.stream"
-PARQUET = "application/vnd.apache.parquet"
+LIMITS = web.AppKey("read_limits", object)
 
 
-class QueryTimeout(Exception):
-    pass
+class TooMany(Exception):
+    def __init__(self, status: int, code: str, message: str, retry_after: float):
+        super().__init__(message)
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+    def response(self) -> web.Response:
+        return error(self.status, self.code, self.message, {"Retry-After": str(max(1, math.ceil(self.retry_after)))})
+
+
+class Limits:
+    """Slots for queries and exports (in all, and per reader), and the password checks."""
+
+    def __init__(self, s):
+        self.total, self.per_reader = s.query_workers, s.query_per_team
+        self.running: dict[str, int] = {}
+        self.busy = 0
+        self.passwords = ThreadPoolExecutor(1, thread_name_prefix="password")
+        self.password_queue = s.password_checks
+        self.password_pending = 0
+        self.max_failures = s.password_max_failures
+        self.failures: dict[str, tuple[int, float]] = {}  # user -> (failures in a row, refused until)
+
+    def take(self, who: Principal) -> str:
+        key = f"{who.kind}:{who.name}"
+        if self.running.get(key, 0) >= self.per_reader:
+            raise TooMany(429, "too_many_requests", f"{self.per_reader} queries or exports of this reader are "
+                          "already running; retry when one has finished", 1)
+        if self.busy >= self.total:
+            raise TooMany(503, "overloaded", f"all {self.total} query slots are busy; retry shortly", 1)
+        self.running[key] = self.running.get(key, 0) + 1
+        self.busy += 1
+        return key
+
+    def give(self, key: str) -> None:
+        self.busy -= 1
+        n = self.running.get(key, 1) - 1
+        if n:
+            self.running[key] = n
+        else:
+            self.running.pop(key, None)
+
+    def throttled(self, user: str) -> None:
+        n, until = self.failures.get(user, (0, 0.0))
+        wait = until - time.monotonic()
+        if wait > 0:
+            raise TooMany(429, "too_many_requests", f"too many failed password checks for '{user}'; retry later", wait)
+
+    def failed(self, user: str) -> None:
+        n, _ = self.failures.get(user, (0, 0.0))
+        n += 1
+        until = time.monotonic() + (min(2.0 ** (n - self.max_failures), 900.0) if n >= self.max_failures else 0.0)
+        if len(self.failures) > 10_000:  # forget the oldest users, not a growing map
+            for k in list(self.failures)[:5_000]:
+                del self.failures[k]
+        self.failures[user] = (n, until)
+
+    def close(self) -> None:
+        self.passwords.shutdown(wait=False, cancel_futures=True)
 
 
 async def _principal(request: web.Request) -> Principal:
-    """A hyper-admin's password check runs scrypt: in a worker thread, so pushes never wait on it."""
+    """A hyper-admin's password check runs scrypt on its own thread, so neither pushes nor queries
+    wait on it; at most ``password_checks`` wait for it (503 beyond), and a user with
+    ``password_max_failures`` failures in a row is refused (429) without a check, for 1 s, 2 s,
+    4 s... (up to 15 min), until a check succeeds."""
     auth = request.app[AUTH]
     try:
         return auth.reader(request.headers.get("Authorization"))
     except PasswordCheck as pc:
-        ok = await asyncio.get_running_loop().run_in_executor(request.app[POOL], auth.admins.verify, pc.user,
-                                                              pc.password)
+        lim: Limits = request.app[LIMITS]
+        lim.throttled(pc.user)
+        if lim.password_pending >= lim.password_queue:
+            raise TooMany(503, "overloaded", "too many password checks waiting; retry shortly", 1) from None
+        lim.password_pending += 1
+        try:
+            ok = await asyncio.get_running_loop().run_in_executor(lim.passwords, auth.admins.verify, pc.user,
+                                                                  pc.password)
+        finally:
+            lim.password_pending -= 1
+        if ok:
+            lim.failures.pop(pc.user, None)
+        else:
+            lim.failed(pc.user)
         return auth.remember(pc, ok)
 
 
@@ -59,29 +135,6 @@ def _connect(request: web.Request, scope: dict):
     return connect(s.data_dir, settings={"memory_limit": s.query_memory_limit, "threads": 1}, **scope)
 
 
-def _run_query(con, sql: str, max_rows: int, timeout: float) -> tuple[pa.Table, bool]:
-    timer = threading.Timer(timeout, con.interrupt)
-    timer.start()
-    try:
-        rel = con.sql(sql)
-        if rel is None:
-            raise duckdb.InvalidInputException("the statement returns no rows")
-        reader = rel.to_arrow_reader(8192)
-        batches, n = [], 0
-        for b in reader:
-            batches.append(b)
-            n += b.num_rows
-            if n > max_rows:
-                break
-        table = pa.Table.from_batches(batches, schema=reader.schema)
-    except duckdb.InterruptException:
-        raise QueryTimeout(f"query exceeded the {timeout:g} s limit") from None
-    finally:
-        timer.cancel()
-        con.close()
-    return table.slice(0, max_rows), table.num_rows > max_rows
-
-
 def _negotiate(accept: str) -> str:
     for part in (p.split(";")[0].strip() for p in accept.split(",")):
         if part in ("application/json", "*/*", "application/*", ""):
@@ -89,6 +142,26 @@ def _negotiate(accept: str) -> str:
         if part in ("text/csv", ARROW, PARQUET, "application/x-parquet"):
             return PARQUET if part == "application/x-parquet" else part
     return ""
+
+
+def _memory_bytes(limit: str) -> int:
+    """DuckDB's memory limit ('1GB', '512MiB', ...) in bytes, for the worker's rlimit."""
+    units = {"": 1, "b": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "tb": 1000 ** 4,
+             "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+    t = limit.strip().lower().replace(" ", "")
+    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
+    return int(float(num) * units[t[len(num):]])
+
+
+async def _write(request: web.Request, resp: web.StreamResponse, data: bytes, timeout: float) -> bool:
+    """Write, or cut the connection off if the client reads nothing for ``timeout`` s."""
+    try:
+        await asyncio.wait_for(resp.write(data), timeout)
+        return True
+    except asyncio.TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()
+        return False
 
 
 async def query(request: web.Request) -> web.StreamResponse:
@@ -103,42 +176,61 @@ async def query(request: web.Request) -> web.StreamResponse:
         scope = _scope(request, who, doc.get("teamId"))
     except AuthError as e:
         return auth_error(e)
+    except TooMany as e:
+        return e.response()
     mime = _negotiate(request.headers.get("Accept", "application/json"))
     if not mime:
         return error(406, "not_acceptable", "Accept application/json, text/csv, "
                                             f"{ARROW} or {PARQUET}")
     s = request.app[SETTINGS]
-    loop = asyncio.get_running_loop()
-
-    def work():
-        con = _connect(request, scope)
-        return _run_query(con, doc["sql"], s.query_max_rows, s.query_timeout_s)
+    lim: Limits = request.app[LIMITS]
     try:
-        table, truncated = await loop.run_in_executor(request.app[POOL], work)
-    except PermissionError as e:
-        return error(403, "forbidden", str(e))
-    except duckdb.PermissionException as e:
-        return error(403, "forbidden", str(e).splitlines()[0])
-    except QueryTimeout as e:
-        return error(400, "query_timeout", str(e))
-    except duckdb.Error as e:
-        return error(400, "invalid_query", str(e).splitlines()[0])
-    headers = {"X-Pushlake-Truncated": "true" if truncated else "false", "X-Pushlake-Rows": str(table.num_rows)}
-    if mime == "application/json":
-        body = orjson.dumps({"columns": [{"name": f.name, "type": str(f.type)} for f in table.schema],
-                             "rows": table.to_pylist(), "rowCount": table.num_rows, "truncated": truncated},
-                            default=str)
-    else:
-        sink = io.BytesIO()
-        if mime == "text/csv":
-            pacsv.write_csv(table, sink)
-        elif mime == ARROW:
-            with pa.ipc.new_stream(sink, table.schema) as w:
-                w.write_table(table)
-        else:
-            pq.write_table(table, sink)
-        body = sink.getvalue()
-    return web.Response(body=body, content_type=mime, headers=headers)
+        slot = lim.take(who)
+    except TooMany as e:
+        return e.response()
+    job = {"data_dir": str(s.data_dir), "scope": scope, "sql": doc["sql"], "mime": mime,
+           "max_rows": s.query_max_rows, "max_bytes": s.query_max_bytes, "timeout": s.query_timeout_s,
+           "memory_limit": s.query_memory_limit, "memory_bytes": _memory_bytes(s.query_memory_limit)}
+    writer = None
+    t0 = time.monotonic()
+    try:
+        # on the loop's thread: quick (a datagram to the zygote, which the first call starts), and the
+        # zygote is tied to this long-lived thread (PR_SET_PDEATHSIG follows the thread that started it)
+        sock = WORKERS.submit(job)
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 20)
+        try:
+            kind, payload = await asyncio.wait_for(read_frame(reader), s.query_timeout_s + 5)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            if time.monotonic() - t0 >= s.query_timeout_s * 0.9:
+                return error(400, "query_timeout", f"query exceeded the {s.query_timeout_s:g} s limit")
+            return error(400, "out_of_memory", f"the query's process died: it ran over its memory limit "
+                                               f"({s.query_memory_limit}) or crashed")
+        if kind == b"X":
+            e = orjson.loads(payload)
+            return error(e["status"], e["error"], e["message"])
+        head = orjson.loads(payload)
+        resp = web.StreamResponse(headers={"X-Pushlake-Truncated": "true" if head["truncated"] else "false",
+                                           "X-Pushlake-Rows": str(head["rows"])})
+        resp.content_type = mime
+        resp.content_length = head["length"]
+        await resp.prepare(request)
+        while True:
+            try:
+                kind, chunk = await asyncio.wait_for(read_frame(reader), s.query_write_timeout_s)
+            except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                if request.transport is not None:
+                    request.transport.abort()  # a cut connection rather than a short body
+                return resp
+            if kind != b"D":
+                break
+            if not await _write(request, resp, chunk, s.query_write_timeout_s):
+                return resp
+        await resp.write_eof()
+        return resp
+    finally:
+        if writer is not None:
+            writer.close()
+        lim.give(slot)
 
 
 async def export(request: web.Request) -> web.StreamResponse:
@@ -149,8 +241,22 @@ async def export(request: web.Request) -> web.StreamResponse:
         scope = _scope(request, who, request.query.get("teamId"))
     except AuthError as e:
         return auth_error(e)
+    except TooMany as e:
+        return e.response()
     if fmt not in FORMATS:
         return error(400, "invalid_request", f"format must be one of {', '.join(FORMATS)}")
+    lim: Limits = request.app[LIMITS]
+    try:
+        slot = lim.take(who)
+    except TooMany as e:
+        return e.response()
+    try:
+        return await _export(request, scope, table, fmt)
+    finally:
+        lim.give(slot)
+
+
+async def _export(request: web.Request, scope: dict, table: str, fmt: str) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue(maxsize=4)
     DONE = object()
@@ -223,7 +329,8 @@ async def _send(request, fut, started, queue, DONE, table, fmt) -> web.StreamRes
             break
         if isinstance(item, BaseException):
             raise item  # the client sees a cut connection rather than a silently short file
-        await resp.write(item)
+        if not await _write(request, resp, item, request.app[SETTINGS].query_write_timeout_s):
+            return resp  # the client stopped reading: cut off (the producer stops, its slot is freed)
     await fut
     await resp.write_eof()
     return resp
@@ -235,11 +342,14 @@ def _settle(fut: asyncio.Future, result, exc: BaseException | None) -> None:
 
 
 def setup(app: web.Application) -> None:
-    pool = ThreadPoolExecutor(2, thread_name_prefix="query")
+    s = app[SETTINGS]
+    pool = ThreadPoolExecutor(s.query_workers, thread_name_prefix="export")
     app[POOL] = pool
+    app[LIMITS] = limits = Limits(s)
 
     async def close(app: web.Application) -> None:
         pool.shutdown(wait=False, cancel_futures=True)
+        limits.close()
     app.on_cleanup.append(close)
     app.router.add_post("/v1/query", query)
     app.router.add_get("/v1/export/{table}", export)
