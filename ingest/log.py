@@ -28,6 +28,10 @@ SEGMENT_SUFFIX = ".log"
 DURABLE = ".durable"
 DURABLE_FMT = struct.Struct("<Q")
 IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
+# the log holds every team's pushes: owner only, whatever the process umask (``pushlake`` sets
+# 0o077 at start; these cover code that embeds the writer)
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 
 
 def durable_limit(pdir: Path) -> int | None:
@@ -101,7 +105,7 @@ def scan_segment(path: Path, on_record=None) -> ScanResult:
 
 def try_lock(path: Path) -> int | None:
     """Take an exclusive flock, or return None if another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -135,7 +139,8 @@ class LogWriter:
         self.partition = f"p{partition}"
         self.segment_bytes = segment_bytes
         self.segment_age = segment_age
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        self.dir.mkdir(mode=DIR_MODE, exist_ok=True)
         deadline = time.monotonic() + wait
         while (fd := try_lock(self.dir / ".lock")) is None:
             if time.monotonic() >= deadline:
@@ -159,7 +164,7 @@ class LogWriter:
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
             self._size = res.good_bytes
             self._opened_at = time.monotonic()
-        self._durable_fd = os.open(self.dir / DURABLE, os.O_RDWR | os.O_CREAT, 0o644)
+        self._durable_fd = os.open(self.dir / DURABLE, os.O_RDWR | os.O_CREAT, FILE_MODE)
         self._publish()
 
     def _cut_tail(self, path: Path, res: ScanResult) -> None:
@@ -167,7 +172,7 @@ class LogWriter:
         with open(path, "rb") as f:
             f.seek(res.good_bytes)
             tail = f.read()
-        with open(saved, "wb") as f:
+        with open(os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "wb") as f:
             f.write(tail)
             f.flush()
             os.fsync(f.fileno())
@@ -181,7 +186,7 @@ class LogWriter:
 
     def _open_segment(self, base: int) -> None:
         path = self.dir / segment_name(base)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
         fsync_dir(self.dir)
         self._base = base
         self._size = 0

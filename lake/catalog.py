@@ -7,6 +7,7 @@ methods are the interface a PostgreSQL implementation will provide too.
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -99,6 +100,12 @@ def connect_sqlite(path: Path, readonly: bool = False) -> sqlite3.Connection:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None,
                               check_same_thread=False)
     else:
+        # created owner-only before SQLite opens it: it gives its -wal and -shm files the mode of
+        # the database file (catalog.db and admin.db hold every team's data and keys)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
         con = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=FULL")
@@ -112,7 +119,7 @@ class Catalog:
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / "catalog.db"
         if not readonly:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.con = connect_sqlite(self.path, readonly)
         if not readonly:
             self._migrate()

@@ -46,7 +46,7 @@ def _hash(password: str, salt: bytes) -> bytes:
 
 class HyperAdmins:
     def __init__(self, data_dir: Path, quota: int = 10):
-        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        Path(data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         self.con = connect_sqlite(Path(data_dir) / "admin.db")
         self.con.executescript(SCHEMA)
         self.quota = quota

@@ -87,7 +87,7 @@ def format_date(ts: float) -> str:
 
 class Teams:
     def __init__(self, data_dir: Path):
-        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        Path(data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         self.con = connect_sqlite(Path(data_dir) / "admin.db")
         self.con.executescript(SCHEMA)
 
