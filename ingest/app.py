@@ -175,7 +175,8 @@ def make_handler(kind: int):
                          f"Content-Type must be application/json, got '{request.content_type}'")
         if request.content_length is not None and request.content_length > s.max_body_bytes:
             return error(413, "too_large", f"body exceeds the {s.max_body_bytes}-byte limit")
-        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        # two Content-Encoding headers are one list (RFC 9110 §5.3), like "gzip, gzip": refused
+        encoding = ", ".join(request.headers.getall("Content-Encoding", ["identity"])).strip().lower()
         if encoding not in ACCEPTED_ENCODINGS:
             return error(415, "unsupported_encoding", f"Content-Encoding '{encoding}' is not supported (use gzip)")
         if request.app[COMMIT].full(request.content_length or 0):

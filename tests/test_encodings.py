@@ -126,3 +126,21 @@ def test_inflate_matches_gzip_d():
         with pytest.raises(OverflowError):
             inflate(body, "gzip", len(raw) - 1)
     assert inflate(zlib.compress(raw), "deflate", len(raw)) == raw
+
+
+@pytest.mark.parametrize("headers", [[("Content-Encoding", "gzip"), ("Content-Encoding", "gzip")],
+                                     [("Content-Encoding", "identity"), ("Content-Encoding", "gzip")],
+                                     [("Content-Encoding", "gzip, gzip")], [("Content-Encoding", "gzip, identity")]],
+                         ids=["gzip twice", "identity then gzip", "list", "gzip then identity"])
+async def test_stacked_encodings_are_refused_not_half_decoded(pusher, data, headers):
+    """Only the first of two Content-Encoding headers was read: a body gzipped twice was inflated
+    once, a gzip body announced as 'identity' then 'gzip' was stored compressed. A list of
+    codings is refused, whichever way it is written."""
+    from multidict import CIMultiDict
+    raw = fixture_bytes("crash.json")
+    body = gzip.compress(gzip.compress(raw)) if headers[0][1] == "gzip" and len(headers) == 2 else gzip.compress(raw)
+    h = CIMultiDict([("Authorization", f"Bearer {pusher.key}"), ("Content-Type", "application/json"), *headers])
+    resp = await pusher.client.post("/push/crash", data=body, headers=h)
+    assert resp.status == 415, await resp.text()
+    assert (await resp.json())["error"] == "unsupported_encoding"
+    assert log_records(data) == []
