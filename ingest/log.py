@@ -14,6 +14,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import struct
 import time
 from dataclasses import dataclass
@@ -52,11 +53,18 @@ def segment_name(base: int) -> str:
     return f"{base:020d}{SEGMENT_SUFFIX}"
 
 
+# names this module writes, matched whole: str.isdigit() also takes non-ASCII digits ('p١' was
+# partition 1), and 'p01' or '5.log' are not names a writer makes
+SEGMENT_NAME = re.compile(r"([0-9]{20})" + re.escape(SEGMENT_SUFFIX))
+PARTITION_NAME = re.compile(r"p(?:0|[1-9][0-9]{0,5})")
+
+
 def list_segments(pdir: Path) -> list[tuple[int, Path]]:
     out = []
     for p in pdir.iterdir() if pdir.exists() else ():
-        if p.name.endswith(SEGMENT_SUFFIX) and p.name[:-len(SEGMENT_SUFFIX)].isdigit():
-            out.append((int(p.name[:-len(SEGMENT_SUFFIX)]), p))
+        m = SEGMENT_NAME.fullmatch(p.name)
+        if m:
+            out.append((int(m[1]), p))
     out.sort()
     return out
 
@@ -65,7 +73,7 @@ def list_partitions(data_dir: Path) -> list[str]:
     root = Path(data_dir) / "log"
     if not root.exists():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("p") and p.name[1:].isdigit())
+    return sorted(p.name for p in root.iterdir() if PARTITION_NAME.fullmatch(p.name) and p.is_dir())
 
 
 def fsync_dir(path: Path) -> None:

@@ -137,3 +137,21 @@ async def test_report_dates_must_be_yyyy_mm_dd(api):  # noqa: F811
         status, body = await a.call("GET", "/v1/enterprise/push/trips/report",
                                     params={"startDate": v, "endDate": "2025-12-31"})
         assert (status, body["error"]) == (400, "bad_request"), v
+
+
+def test_only_names_the_log_writes_are_partitions_and_segments(data):
+    """Directory and file names read back from the data directory are matched whole too:
+    ``str.isdigit`` took 'p١' (an Arabic-Indic one) for partition 1, and 'p01' for p1."""
+    from ingest.log import LogWriter, list_partitions, list_segments
+    import orjson
+    w = LogWriter(data, 0)
+    w.append([(1, 1, "acme", itin_id(1), orjson.dumps(trip(itin_id(1))))])
+    w.close()
+    for stray in ("p\u0661", "p01", "p", "p1x", "p-1", "q1", "p1\n"):
+        (data / "log" / stray).mkdir()
+    (data / "log" / "p12").mkdir()
+    assert list_partitions(data) == ["p0", "p12"]
+    pdir = data / "log" / "p0"
+    for stray in ("5.log", "\u0661" * 20 + ".log", "0" * 20 + ".log.tmp", "0" * 19 + "1.log\n", "0" * 21 + ".log"):
+        (pdir / stray).write_bytes(b"")
+    assert [b for b, _ in list_segments(pdir)] == [0]
