@@ -46,7 +46,9 @@ class LakeConnection:
         """``catalog``: an already open read-only catalog to use (a sandboxed worker opens it before
         it gives up the right to open files for writing). ``relative``: file paths are given to
         DuckDB relative to the data directory, which must then be the working directory (a worker
-        chdirs there), so that no absolute server path shows in variables or settings. ``spill``:
+        chdirs there), so that no server path shows in the variables (``getvariable``,
+        ``duckdb_variables()``) or in errors about them. (DuckDB resolves ``allowed_directories``
+        to absolute paths itself: ``duckdb_settings()`` still shows those.) ``spill``:
         with False a confined connection has no temp directory (nothing is ever written; a query
         that needs more than its memory limit fails)."""
         self.data_dir = Path(data_dir).resolve()
@@ -64,7 +66,8 @@ class LakeConnection:
         self._tmp = None
         self.snapshot = 0
         self.con = duckdb.connect(config={"threads": int(settings["threads"])} if settings and "threads" in settings else {})
-        lake = Path("lake") if relative else self.data_dir / "lake"
+        self._root = Path() if relative else self.data_dir
+        lake = self._root / "lake"
         for k, v in (settings or {}).items():
             self.con.execute(f"SET {k} = ?", [v])
         if self.confined:
@@ -117,7 +120,7 @@ class LakeConnection:
         lists: dict[str, list[str]] = defaultdict(list)
         for fid, tbl, team, date, path, rows in files:
             name = f"pl_{tbl}_dirty" if (tbl in TRIP_TABLES and fid in dirty) else f"pl_{tbl}"
-            lists[name].append(path if self.relative else str(self.data_dir / path))
+            lists[name].append(str(self._root / path))
         for t in SCHEMAS:
             names = [f"pl_{t}"] + ([f"pl_{t}_dirty"] if t in TRIP_TABLES else [])
             for name in names:

@@ -67,11 +67,12 @@ class Workers:
         child.close()
         self._ctl = parent
 
-    def submit(self, job: dict) -> socket.socket:
-        """Fork a child for ``job``; returns the socket its frames arrive on."""
+    def submit(self) -> socket.socket:
+        """Fork a child; returns the socket to send it its job on (``job_frame``), and on which
+        its frames arrive."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            msg = orjson.dumps(job)
+            msg = b"q"
             with self._lock:
                 for attempt in (0, 1):
                     if self._proc is None or self._proc.poll() is not None:
@@ -110,6 +111,24 @@ class Workers:
 
 
 WORKERS = Workers()
+
+
+def job_frame(job: dict) -> bytes:
+    payload = orjson.dumps(job)
+    return FRAME.pack(b"J", len(payload)) + payload
+
+
+def _recv_job(sock: socket.socket) -> dict:
+    def exactly(n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            if not chunk:
+                raise EOFError("the server went away before sending the job")
+            buf += chunk
+        return buf
+    kind, n = FRAME.unpack(exactly(FRAME.size))
+    return orjson.loads(exactly(n))
 
 
 async def read_frame(reader) -> tuple[bytes, bytes]:
@@ -157,7 +176,7 @@ def zygote(fd: int) -> None:
                     ctl.close()
                     if parent is not None:
                         os.close(parent)
-                    _child(orjson.loads(msg), fds[0])
+                    _child(fds[0])
                 except BaseException:  # noqa: BLE001 - a child never returns into the loop
                     code = 1
                 finally:
@@ -179,7 +198,7 @@ def zygote(fd: int) -> None:
 # ---------------------------------------------------------------------------------------------
 # a child: one query
 
-def _child(job: dict, fd: int) -> None:
+def _child(fd: int) -> None:
     zygote_pid = os.getppid()
     from pushlake.procs import die_with_parent
     die_with_parent()
@@ -188,6 +207,9 @@ def _child(job: dict, fd: int) -> None:
     out = socket.socket(fileno=fd)
     out.setblocking(True)
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.setitimer(signal.ITIMER_REAL, 10.0)  # until the job arrives
+    job = _recv_job(out)
+    signal.setitimer(signal.ITIMER_REAL, 0)
     if job.get("timeout"):
         signal.setitimer(signal.ITIMER_REAL, float(job["timeout"]))
     try:
@@ -292,12 +314,19 @@ def encode(con, sql: str, mime: str, max_rows: int, max_bytes: int) -> tuple[byt
                 first = False
             return len(items)
     elif mime == CSV:
-        pacsv.write_csv(schema.empty_table(), sink)
+        sink.write((",".join('"' + f.name.replace('"', '""') + '"' for f in schema) + "\n").encode())
         no_header = pacsv.WriteOptions(include_header=False)
+
+        nested = [i for i, f in enumerate(schema) if pa.types.is_nested(f.type)]
 
         def csv_of(batch) -> bytes:
             b = io.BytesIO()
-            pacsv.write_csv(pa.Table.from_batches([batch]), b, no_header)
+            t = pa.Table.from_batches([batch])
+            for i in nested:  # lists, structs and maps as JSON text (Arrow's CSV writer has none)
+                t = t.set_column(i, t.field(i).name, pa.array(
+                    [None if v is None else orjson.dumps(v, default=str).decode() for v in t.column(i).to_pylist()],
+                    pa.string()))
+            pacsv.write_csv(t, b, no_header)
             return b.getvalue()
 
         def add(batch) -> int:

@@ -28,7 +28,7 @@ from ingest.app import AUTH, SETTINGS, auth_error, error
 from ingest.auth import AuthError, PasswordCheck, Principal
 from queries import connect
 from queries.export import FORMATS, ExportError, stream
-from queries.worker import ARROW, PARQUET, WORKERS, read_frame
+from queries.worker import ARROW, PARQUET, WORKERS, job_frame, read_frame
 
 POOL = web.AppKey("query_pool", ThreadPoolExecutor)
 LIMITS = web.AppKey("read_limits", object)
@@ -196,8 +196,9 @@ async def query(request: web.Request) -> web.StreamResponse:
     try:
         # on the loop's thread: quick (a datagram to the zygote, which the first call starts), and the
         # zygote is tied to this long-lived thread (PR_SET_PDEATHSIG follows the thread that started it)
-        sock = WORKERS.submit(job)
+        sock = WORKERS.submit()
         reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 20)
+        writer.write(job_frame(job))
         try:
             kind, payload = await asyncio.wait_for(read_frame(reader), s.query_timeout_s + 5)
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
