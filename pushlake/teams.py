@@ -126,6 +126,21 @@ class Teams:
     def all(self) -> list[TeamRow]:
         return [TeamRow(*r) for r in self.con.execute(f"SELECT {COLS} FROM teams ORDER BY created_at, team_id")]
 
+    def id_problems(self) -> list[str]:
+        """Team ids an older release let in that the rules now refuse (a final newline, a final
+        dot, case twins): they keep working, but their lake directories are unsafe, so they are
+        reported (``serve`` logs them) for the operator to migrate."""
+        out, seen = [], {}
+        for r in self.all():
+            if not valid_team_id(r.team_id):
+                out.append(f"team id {r.team_id!r} does not follow the team id rules (an older release accepted it): "
+                           "its lake directory may break reads of all teams")
+            twin = seen.setdefault(r.team_id.lower(), r.team_id)
+            if twin != r.team_id:
+                out.append(f"team ids {twin!r} and {r.team_id!r} differ only by case: their lake directories merge "
+                           "on case-insensitive storage")
+        return out
+
     def data_version(self) -> int:
         """Changes whenever another connection (process) commits to admin.db."""
         return self.con.execute("PRAGMA data_version").fetchone()[0]

@@ -155,3 +155,23 @@ def test_only_names_the_log_writes_are_partitions_and_segments(data):
     for stray in ("5.log", "\u0661" * 20 + ".log", "0" * 20 + ".log.tmp", "0" * 19 + "1.log\n", "0" * 21 + ".log"):
         (pdir / stray).write_bytes(b"")
     assert [b for b, _ in list_segments(pdir)] == [0]
+
+
+async def test_ids_an_older_release_let_in_are_reported_at_start(data, aiohttp_client, caplog):
+    """An upgrade keeps admin.db: a 'beta\\n' or a case twin made before the rules is still
+    there. It keeps working, and every server start says what is wrong with it."""
+    import logging
+    from pushlake.api import make_app
+    from tests.conftest import settings
+    t = Teams(data)
+    t.create("acme")
+    now = 0.0
+    for legacy in ("beta\n", "ACME", "gamma."):
+        t.con.execute("INSERT INTO teams VALUES (?,?,?,?,?,?)", (legacy, "ENABLED", now, legacy + "p", legacy + "a", now))
+    problems = t.id_problems()
+    t.close()
+    assert len(problems) == 3
+    assert any("'beta\\n'" in p for p in problems) and any("'ACME' and 'acme'" in p for p in problems)
+    with caplog.at_level(logging.WARNING, logger="pushlake.enterprise"):
+        await aiohttp_client(make_app(settings(data)))
+    assert sum("team id" in r.getMessage() for r in caplog.records) == 3

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hmac
+import logging
 import re
 import secrets
 from functools import partial
@@ -21,6 +22,7 @@ from pushlake.config import enterprise_key
 from pushlake.hyperadmins import HyperAdmins
 from pushlake.teams import TeamError, Teams, format_date
 
+log = logging.getLogger("pushlake.enterprise")
 ENTERPRISE_KEY = web.AppKey("enterprise_key", str)
 ADMIN = web.AppKey("admin_stores", dict)
 HEADER = "x-dq-enterprise-api-key"
@@ -181,6 +183,8 @@ def setup(app: web.Application) -> None:
         return stores["cat"]
 
     stores["teams"] = Teams(s.data_dir)
+    for problem in stores["teams"].id_problems():
+        log.warning("%s", problem)
     stores["admins"] = HyperAdmins(s.data_dir, s.max_hyperadmins)
     stores["catalog"] = catalog
     app[ADMIN] = stores
