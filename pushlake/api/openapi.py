@@ -399,7 +399,8 @@ SCHEMAS: dict = {
 }
 
 HEADERS = {
-    "RetryAfter": {"description": "Seconds to wait before retrying (1 when overloaded, 30 after a write error, "
+    "RetryAfter": {"description": "Seconds to wait before retrying (1 when overloaded or a reader is at its limit, "
+                                  "what remains of the backoff after failed password checks, 30 after a write error, "
                                   "60 when the disk is full).", "schema": {"type": "integer"}},
     "WWWAuthenticate": {"description": "The authentication challenge.", "schema": {"type": "string"}},
     "CacheControl": {"description": "`no-store`: tokens and token errors are never cached.",
@@ -424,6 +425,13 @@ def reader_errors() -> dict:
         "403": err("The team is disabled; a team key asked for another team; the statement tried something "
                    "a reader may not do (write, file access, settings)", "team_disabled forbidden"),
         "404": err("Hyper-admin: `teamId` names no team", "not_found"),
+        "429": err("This reader already runs `query_per_team` (default 2) queries or exports; or, for a "
+                   "hyper-admin, too many failed password checks in a row (refused without a check, for 1 s, "
+                   "2 s, 4 s... until one succeeds); retry after `Retry-After` seconds", "too_many_requests",
+                   {"Retry-After": header_ref("RetryAfter")}),
+        "503": err("Every query slot (`query_workers`, default 4) is busy, or too many password checks are "
+                   "waiting; retry after `Retry-After` seconds", "overloaded",
+                   {"Retry-After": header_ref("RetryAfter")}),
     }
 
 
@@ -609,17 +617,21 @@ def document() -> dict:
             "One read-only DuckDB statement over the lake views, deleted trips excluded. A team's admin key "
             "sees that team only; a hyper-admin sees every team, or one with `teamId`. The result format follows "
             f"`Accept`: `application/json` (default, also for `*/*`), `text/csv`, `{ARROW}` or `{PARQUET}` "
-            "(also `application/x-parquet`); the first supported type listed wins (q-values are ignored). Limits: "
-            "`query_timeout_s` (default 30 s) and `query_max_rows` (default 100,000; more rows are cut, "
-            "`X-Pushlake-Truncated: true`).", READ_SECURITY,
+            "(also `application/x-parquet`); the first supported type listed wins (q-values are ignored). The "
+            "statement runs in a process of its own that can write no file, is killed at `query_timeout_s` "
+            "(default 30 s; 400 `query_timeout`) and cannot use more than `query_memory_limit` (default 1 GB) "
+            "plus headroom (400 `out_of_memory`). The result is cut at `query_max_rows` (default 100,000) "
+            "and at `query_max_bytes` of body (default 64 MiB; for Parquet the rows' uncompressed size "
+            "counts): the rows that fit, `X-Pushlake-Truncated: true` (and `truncated: true` in JSON). "
+            "A client that reads nothing for `query_write_timeout_s` (30 s) is cut off.", READ_SECURITY,
             {"200": ok("The result.", headers={"X-Pushlake-Rows": header_ref("Rows"),
                                                "X-Pushlake-Truncated": header_ref("Truncated")},
                        content={"application/json": {"schema": ref("QueryResult")},
                                 "text/csv": {"schema": {"type": "string"}},
                                 ARROW: {"schema": {"type": "string", "format": "binary"}},
                                 PARQUET: {"schema": {"type": "string", "format": "binary"}}}),
-             "400": err("Body is not `{\"sql\": \"...\"}`, the statement is invalid, or it ran over the time limit",
-                        "invalid_request invalid_query query_timeout"),
+             "400": err("Body is not `{\"sql\": \"...\"}`, the statement is invalid, or it ran over the time "
+                        "or memory limit", "invalid_request invalid_query query_timeout out_of_memory"),
              **reader_errors(),
              "406": err("`Accept` names no supported format", "not_acceptable")},
             body(ref("QueryRequest"), example={"sql": "SELECT itin_id, distance_m FROM trips LIMIT 10"}))},
