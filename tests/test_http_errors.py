@@ -154,3 +154,30 @@ async def test_a_redirect_or_success_exception_passes_through(aiohttp_client, da
     client = await aiohttp_client(app)
     resp = await client.get("/old", allow_redirects=False)
     assert resp.status == 302 and resp.headers["Location"] == "/health"
+
+
+def test_a_real_pushlake_serve_answers_json_errors(tmp_path):
+    """The same through `pushlake serve` (uvloop, run_app) as through the test client."""
+    import urllib.error
+    import urllib.request
+
+    from tests.helpers import ServerProcess
+    data = tmp_path / "data"
+    data.mkdir()
+    srv = ServerProcess(data, "--no-compactor", "--max-body", "1000")
+    try:
+        ek = (data / "enterprise.key").read_text().strip()
+        cases = [("GET", "/nope", None, {}, 404, "not_found"),
+                 ("GET", "/push/trip", None, {}, 405, "method_not_allowed"),
+                 ("POST", "/v1/enterprise/team", b'{"teamId": "' + b"x" * 2000 + b'"}',
+                  {"x-dq-enterprise-api-key": ek, "Content-Type": "application/json"}, 413, "too_large")]
+        for method, path, body, headers, status, code in cases:
+            req = urllib.request.Request(srv.url + path, data=body, method=method, headers=headers)
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(req, timeout=10)
+            assert e.value.code == status and e.value.headers["Content-Type"].startswith("application/json")
+            assert orjson.loads(e.value.read())["error"] == code
+            if status == 405:
+                assert e.value.headers["Allow"] == "POST"
+    finally:
+        srv.stop()
