@@ -57,7 +57,8 @@ def test_everything_in_a_served_data_dir_is_owner_only(tmp_path):
         data.mkdir(mode=0o755)
         assert stat.S_IMODE(data.stat().st_mode) == 0o755
         key = create_team(data, "acme")
-        srv = ServerProcess(data, "--segment-bytes", "8192", "--retention", "0")
+        # two receivers: spawned processes, as is the compactor; all get the umask of `serve`
+        srv = ServerProcess(data, "--segment-bytes", "8192", "--retention", "0", "--workers", "2")
         try:
             assert "was 0755: made it 0700" in srv.output()
             for i in range(12):
@@ -71,7 +72,7 @@ def test_everything_in_a_served_data_dir_is_owner_only(tmp_path):
             def compacted() -> bool:
                 cat = Catalog(data, readonly=True)
                 try:
-                    return sum(1 for f in cat.live_files("trips")) > 0 and cat.positions().get("p0", 0) >= 15
+                    return sum(1 for f in cat.live_files("trips")) > 0 and sum(cat.positions().values()) >= 15
                 finally:
                     cat.close()
             wait_for(compacted)
@@ -107,6 +108,7 @@ def test_everything_in_a_served_data_dir_is_owner_only(tmp_path):
             assert m == 0o700, (p, oct(m))
         elif full.exists():
             assert m == 0o600, (p, oct(m))
+    assert {"log/p0", "log/p1"} <= set(after)
     lake_dirs = [p for p in after if p.startswith("lake/") and (data / p).is_dir()]
     assert any("team=acme" in p for p in lake_dirs) and any("date=" in p for p in lake_dirs)
 
