@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -61,6 +62,17 @@ def test_everything_in_a_served_data_dir_is_owner_only(tmp_path):
         srv = ServerProcess(data, "--segment-bytes", "8192", "--retention", "0", "--workers", "2")
         try:
             assert "was 0755: made it 0700" in srv.output()
+            seen: set[str] = set()
+
+            def both_receivers_up() -> bool:  # each new connection may land on either
+                try:
+                    with urllib.request.urlopen(srv.url + "/health", timeout=10) as r:
+                        body = r.read()
+                except urllib.error.HTTPError as e:  # 503 while degraded says its partition too
+                    body = e.read()
+                seen.add(json.loads(body)["partition"])
+                return seen == {"p0", "p1"}
+            wait_for(both_receivers_up)
             for i in range(12):
                 assert push(srv.url, "trip", orjson.dumps(trip(itin_id(i))), key) == 200
             assert push(srv.url, "trip/event", orjson.dumps({"itinId": itin_id(0), "event": "TRIP_DELETION"}), key) == 200
@@ -81,7 +93,7 @@ def test_everything_in_a_served_data_dir_is_owner_only(tmp_path):
             srv.stop()
         assert any(p.endswith("catalog.db-wal") for p in running) and any(p.endswith("admin.db-shm") for p in running)
         # a torn tail, recovered by the next compaction (the torn bytes are kept aside)
-        seg = list_segments(data / "log" / "p0")[-1][1]
+        seg = [s for part in ("p0", "p1") for _, s in list_segments(data / "log" / part)][-1]
         with open(seg, "ab") as f:
             f.write(b"\x00\x01torn")
         run_cli("compact", "--retention", "0", data=data)  # projection, merge, vacuum, log cleaning
