@@ -29,7 +29,7 @@ class Settings:
     query_max_rows: int = 100_000
     query_memory_limit: str = "1GB"
     query_max_bytes: int = 64 << 20        # a result body beyond it is cut (JSON: truncated: true)
-    query_workers: int = 4                 # queries and exports running at once, per receiver process
+    query_workers: int = 6                 # queries and exports running at once, per receiver process
     query_per_team: int = 2                # of which one team (or one hyper-admin) may hold
     query_write_timeout_s: float = 30.0    # a client that reads nothing for this long is cut off
     password_checks: int = 16              # scrypt checks queued at once (beyond: 503)

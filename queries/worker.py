@@ -61,7 +61,9 @@ class Workers:
     def _start(self) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+               # Arrow's jemalloc would start a background thread: the zygote forks, so it stays single-threaded
+               "JE_ARROW_MALLOC_CONF": "background_thread:false"}
         self._proc = subprocess.Popen([sys.executable, "-m", "queries.worker", str(child.fileno())],
                                       pass_fds=[child.fileno()], env=env, cwd="/", stdin=subprocess.DEVNULL)
         child.close()

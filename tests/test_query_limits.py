@@ -203,3 +203,60 @@ async def test_worker_processes_stay_few_and_die_with_the_zygote(lake):  # noqa:
     await asyncio.gather(*[q(client, "SELECT 1 AS x", h) for _ in range(6)])
     await asyncio.sleep(0.7)  # finished children are reaped
     assert len(WORKERS.pids()) == 1
+
+
+def test_query_processes_die_with_the_server(data):
+    """SIGKILL of `pushlake serve` while a query runs leaves no zygote and no query process."""
+    import threading
+    import urllib.request
+
+    from pushlake.teams import Teams
+    from tests.helpers import ServerProcess
+    t = Teams(data)
+    key = t.create("acme")["adminApiKey"]
+    t.close()
+    srv = ServerProcess(data, "--no-compactor")
+    try:
+        def slow():
+            req = urllib.request.Request(srv.url + "/v1/query", method="POST",
+                                         data=b'{"sql": "SELECT count(*) FROM range(100000000000) a, range(1000) b"}',
+                                         headers={"Authorization": f"Bearer {key}"})
+            try:
+                urllib.request.urlopen(req, timeout=30).read()
+            except OSError:
+                pass
+        th = threading.Thread(target=slow, daemon=True)
+        th.start()
+        deadline = time.monotonic() + 10
+        workers: list[int] = []
+        while time.monotonic() < deadline and len(workers) < 2:  # the zygote and the query's process
+            time.sleep(0.1)
+            workers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_worker(int(p), srv.proc.pid)]
+        assert len(workers) >= 2, workers
+        srv.kill()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.05)
+        assert not [p for p in workers if _alive(p)]
+    finally:
+        srv.stop()
+
+
+def _is_worker(pid: int, server: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"queries.worker" not in f.read():
+                return False
+        with open(f"/proc/{pid}/status") as f:
+            ppid = next(int(line.split()[1]) for line in f if line.startswith("PPid:"))
+        return ppid == server or _is_worker(ppid, server)
+    except (OSError, StopIteration):
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "State:\tZ" not in f.read()
+    except OSError:
+        return False

@@ -429,7 +429,7 @@ def reader_errors() -> dict:
                    "hyper-admin, too many failed password checks in a row (refused without a check, for 1 s, "
                    "2 s, 4 s... until one succeeds); retry after `Retry-After` seconds", "too_many_requests",
                    {"Retry-After": header_ref("RetryAfter")}),
-        "503": err("Every query slot (`query_workers`, default 4) is busy, or too many password checks are "
+        "503": err("Every query slot (`query_workers`, default 6) is busy, or too many password checks are "
                    "waiting; retry after `Retry-After` seconds", "overloaded",
                    {"Retry-After": header_ref("RetryAfter")}),
     }

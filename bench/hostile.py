@@ -1,0 +1,298 @@
+"""Hostile readers benchmark (issue 9, part 3): push latency and server memory while teams run
+the queries that used to hurt everyone.
+
+Run by hand:  .venv/bin/python bench/hostile.py [--rate 100] [--baseline 15] [--hostile 40]
+              [--trips 200] [--workdir DIR]
+
+How it is built:
+- ``pushlake serve`` runs with its compactor on a fresh data directory holding ``--trips`` 33-minute
+  trips of team ``team-000`` (appended to the log and compacted before the server starts), plus the
+  teams ``team-001`` (a bystander), ``team-002`` (the pusher), ``team-003`` (a second hostile
+  team) and one hyper-admin.
+- A steady stream of small pushes (``TRIP_DELETION`` events of ``team-002``, an aiohttp client
+  sending ``--rate`` requests per second on a fixed schedule, each timed from its scheduled start,
+  so a stalled server shows as latency and not as fewer requests) runs for the whole run. The
+  first ``--baseline`` seconds are the baseline window; then for ``--hostile`` seconds:
+  ``team-000`` runs ``SELECT len(range(200000000))``, a 20,000-branch ``UNION ALL`` and
+  ``SELECT range(1000) AS l FROM range(100000)`` (a 390 MB JSON result before the byte cap);
+  ``team-003`` starts two exports of trip_samples and reads none of it; 300 wrong Basic passwords
+  of the hyper-admin arrive, 20 at a time; and the bystander runs ``SELECT count(*) FROM trips``
+  every second (its latency and status are reported).
+- Every 0.2 s the RSS of the server process (the receiver), of the compactor, and of the query
+  processes (the zygote and its children, summed) is sampled from /proc.
+Results: bench/results/hostile.json (peer = the baseline window of the same run).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import base64  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import aiohttp  # noqa: E402
+import orjson  # noqa: E402
+
+from bench import common  # noqa: E402
+from bench.benchlib import Workdir, pct  # noqa: E402
+from bench.gen import trip_bodies, write_log  # noqa: E402
+from bench.ingest import Processes, free_port, http, wait_until  # noqa: E402
+
+NAME = "hostile"
+PW = "PnsPYthv4N?zI%CK"
+
+
+def rss_mb(pid: int) -> float:
+    return common.proc_kb(pid, "VmRSS") / 1024
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class Sampler(threading.Thread):
+    """RSS of the receiver, the compactor and the query processes, every 0.2 s."""
+
+    def __init__(self, server_pid: int):
+        super().__init__(daemon=True)
+        self.pid = server_pid
+        self.samples: list[tuple[float, float, float, float, int]] = []  # t, server, compactor, queries, n
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.2):
+            kids = common.descendants(self.pid)
+            queries = [k for k in kids if "queries.worker" in cmdline(k)]  # the zygote and its forks
+            compactor = [k for k in kids if k not in queries]
+            self.samples.append((time.monotonic(), rss_mb(self.pid), sum(rss_mb(k) for k in compactor),
+                                 sum(rss_mb(k) for k in queries), len(queries)))
+
+    def window(self, t0: float, t1: float) -> list[tuple]:
+        return [s for s in self.samples if t0 <= s[0] < t1]
+
+
+async def pusher(url: str, key: str, rate: float, stop_at: float, out: list) -> None:
+    """Pushes at a fixed schedule; each latency counts from its scheduled time."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    conn = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=conn) as s:
+        tasks = []
+        start = time.monotonic()
+        i = 0
+
+        async def one(n: int, due: float) -> None:
+            body = orjson.dumps({"itinId": f"{n:024x}", "event": "TRIP_DELETION", "date": "2025-02-01T09:12:47.000+0000"})
+            try:
+                async with s.post(url + "/push/trip/event", data=body, headers=headers,
+                                  timeout=aiohttp.ClientTimeout(total=60)) as r:
+                    await r.read()
+                    out.append((due, time.monotonic() - due, r.status))
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                out.append((due, time.monotonic() - due, 0))
+        while True:
+            due = start + i / rate
+            if due >= stop_at:
+                break
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(i, due)))
+            i += 1
+        await asyncio.gather(*tasks)
+
+
+async def query(s: aiohttp.ClientSession, url: str, headers: dict, sql: str, log: list, label: str,
+                read: bool = True) -> None:
+    t = time.monotonic()
+    try:
+        async with s.post(url + "/v1/query", data=orjson.dumps({"sql": sql}), headers=headers,
+                          timeout=aiohttp.ClientTimeout(total=120)) as r:
+            n = len(await r.read()) if read else 0
+            log.append({"what": label, "status": r.status, "seconds": round(time.monotonic() - t, 3), "bytes": n,
+                        "truncated": r.headers.get("X-Pushlake-Truncated"),
+                        "error": None if r.status == 200 else (orjson.loads(await r.read()) if n < 10000 else None)})
+    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        log.append({"what": label, "status": 0, "seconds": round(time.monotonic() - t, 3), "error": repr(e)})
+
+
+async def stalled_export(host: str, port: int, key: str, log: list) -> None:
+    """An export whose client reads the status line and nothing more (small receive buffer)."""
+    t = time.monotonic()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    writer.write(f"GET /v1/export/trip_samples?format=jsonl HTTP/1.1\r\nHost: x\r\n"
+                 f"Authorization: Bearer {key}\r\n\r\n".encode())
+    await writer.drain()
+    status = (await reader.readline()).decode().strip()
+    log.append({"what": "unread export (status line)", "status": status, "seconds": round(time.monotonic() - t, 3)})
+    await asyncio.sleep(45)  # never read: the server cuts it off after its write timeout
+    cut = time.monotonic()
+    rest = 0
+    try:
+        while chunk := await asyncio.wait_for(reader.read(1 << 20), 5):
+            rest += len(chunk)
+    except (asyncio.TimeoutError, ConnectionError):
+        pass
+    writer.close()
+    log.append({"what": "unread export (drained after 45 s)", "bytes_buffered": rest,
+                "seconds": round(time.monotonic() - cut, 3)})
+
+
+async def passwords(url: str, n: int, log: list) -> None:
+    bad = "Basic " + base64.b64encode(b"root@example.com:wrong-Password-1!").decode()
+    statuses: dict[str, int] = {}
+    t = time.monotonic()
+    sem = asyncio.Semaphore(20)
+    async with aiohttp.ClientSession() as s:
+        async def one():
+            async with sem:
+                async with s.post(url + "/v1/query", data=b'{"sql":"SELECT 1"}', headers={"Authorization": bad}) as r:
+                    await r.read()
+                    statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
+        await asyncio.gather(*[one() for _ in range(n)])
+    log.append({"what": f"{n} wrong passwords", "statuses": statuses, "seconds": round(time.monotonic() - t, 3)})
+
+
+async def bystander(url: str, key: str, stop_at: float, out: list) -> None:
+    h = {"Authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < stop_at:
+            t = time.monotonic()
+            try:
+                async with s.post(url + "/v1/query", data=b'{"sql":"SELECT count(*) AS n FROM trips"}', headers=h,
+                                  timeout=aiohttp.ClientTimeout(total=60)) as r:
+                    await r.read()
+                    out.append((t, time.monotonic() - t, r.status))
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                out.append((t, time.monotonic() - t, 0))
+            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - t)))
+
+
+async def hostile(url: str, host: str, port: int, keys: dict, log: list) -> None:
+    h0 = {"Authorization": f"Bearer {keys['team-000']['adminApiKey']}"}
+    union = " UNION ALL ".join(f"SELECT {i} AS x" for i in range(20_000))
+    async with aiohttp.ClientSession() as s:
+        exports = [asyncio.ensure_future(stalled_export(host, port, keys["team-003"]["adminApiKey"], log))
+                   for _ in range(2)]
+        pw = asyncio.ensure_future(passwords(url, 300, log))
+        await asyncio.gather(query(s, url, h0, "SELECT len(range(200000000)) AS n", log, "len(range(200M))"),
+                             query(s, url, h0, union, log, "20,000-branch UNION ALL"))
+        await query(s, url, h0, "SELECT range(1000) AS l FROM range(100000)", log, "390 MB result (JSON)")
+        await query(s, url, h0, "SELECT len(range(200000000)) AS n", log, "len(range(200M)) again")
+        await pw
+        await asyncio.gather(*exports)
+
+
+async def run(args, url: str, host: str, port: int, keys: dict, sampler: Sampler) -> dict:
+    pushes: list = []
+    by: list = []
+    log: list = []
+    t0 = time.monotonic()
+    t_hostile = t0 + args.baseline
+    t_end = t_hostile + args.hostile
+    push_task = asyncio.ensure_future(pusher(url, keys["team-002"]["pushApiKey"], args.rate, t_end, pushes))
+    by_task = asyncio.ensure_future(bystander(url, keys["team-001"]["adminApiKey"], t_end, by))
+    await asyncio.sleep(max(0.0, t_hostile - time.monotonic()))
+    h_task = asyncio.ensure_future(hostile(url, host, port, keys, log))
+    await push_task
+    await by_task
+    await h_task
+    return {"t0": t0, "t_hostile": t_hostile, "t_end": t_end, "pushes": pushes, "bystander": by, "log": log}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rate", type=float, default=100.0, help="small pushes per second (default 100)")
+    ap.add_argument("--baseline", type=float, default=15.0, help="seconds without hostile queries (default 15)")
+    ap.add_argument("--hostile", type=float, default=50.0, help="seconds with them (default 50)")
+    ap.add_argument("--trips", type=int, default=200, help="33-minute trips of team-000 (default 200)")
+    ap.add_argument("--workdir", type=Path)
+    args = ap.parse_args(argv)
+    work = Workdir(args.workdir, "pushlake-hostile-")
+    procs = Processes()
+    data = work.path / "data"
+    data.mkdir(exist_ok=True)
+    try:
+        from pushlake.hyperadmins import HyperAdmins
+        from pushlake.teams import Teams
+        t = Teams(data)
+        keys = {name: t.create(name) for name in ("team-000", "team-001", "team-002", "team-003")}
+        t.close()
+        a = HyperAdmins(data)
+        a.create("root@example.com", "Root", "Admin", PW)
+        a.close()
+        write_log(data, trip_bodies(args.trips, teams=4))  # team-000 .. team-003
+        subprocess.run([common.PUSHLAKE, "compact", "--data", str(data)], check=True, capture_output=True)
+        port = free_port()
+        host = "127.0.0.1"
+        url = f"http://{host}:{port}"
+        cmd = [common.PUSHLAKE, "serve", "--data", str(data), "--port", str(port), "--min-free", "0"]
+        print(f"$ {' '.join(cmd)}", flush=True)
+        p = procs.start("pushlake", cmd, work.path / "pushlake.log")
+        wait_until("pushlake serve", procs, p, lambda: http("GET", url + "/health")[0] in (200, 503))
+        sampler = Sampler(p.pid)
+        sampler.start()
+        res = asyncio.run(run(args, url, host, port, keys, sampler))
+        sampler.stop.set()
+        sampler.join()
+    finally:
+        procs.stop_all()
+        work.cleanup()
+
+    def push_stats(t0: float, t1: float) -> tuple[float, float, int, int]:
+        lat = [lt * 1000 for due, lt, st in res["pushes"] if t0 <= due < t1 and st == 200]
+        bad = sum(1 for due, _, st in res["pushes"] if t0 <= due < t1 and st != 200)
+        return pct(lat, 50), pct(lat, 99), len(lat), bad
+
+    def mem(t0: float, t1: float) -> tuple[float, float, float]:
+        w = sampler.window(t0, t1)
+        return (max((s[1] for s in w), default=0.0), max((s[2] for s in w), default=0.0),
+                max((s[3] for s in w), default=0.0))
+    b = push_stats(res["t0"] + 2, res["t_hostile"])  # the first 2 s warm the connections up
+    h = push_stats(res["t_hostile"], res["t_end"])
+    mb, mh = mem(res["t0"], res["t_hostile"]), mem(res["t_hostile"], res["t_end"])
+    by_b = [lt * 1000 for t, lt, st in res["bystander"] if t < res["t_hostile"] and st == 200]
+    by_h = [lt * 1000 for t, lt, st in res["bystander"] if t >= res["t_hostile"] and st == 200]
+    by_fail = [st for t, lt, st in res["bystander"] if t >= res["t_hostile"] and st != 200]
+    peer = "baseline window (same run)"
+    rows = [
+        common.row("push latency p50", "ms", peer, b[0], h[0], higher_is_better=False),
+        common.row("push latency p99", "ms", peer, b[1], h[1], higher_is_better=False),
+        common.row("pushes answered 200", "count", peer, b[2], h[2]),
+        common.row("pushes not 200", "count", peer, b[3], h[3], higher_is_better=False),
+        common.row("server (receiver) RSS max", "MB", peer, mb[0], mh[0], higher_is_better=False),
+        common.row("compactor RSS max", "MB", peer, mb[1], mh[1], higher_is_better=False),
+        common.row("query processes RSS max (sum)", "MB", peer, mb[2] or None, mh[2], higher_is_better=False),
+        common.row("bystander SELECT count(*) p50", "ms", peer, pct(by_b, 50), pct(by_h, 50), higher_is_better=False),
+        common.row("bystander SELECT count(*) max", "ms", peer, max(by_b[1:], default=None), max(by_h, default=None),
+                   higher_is_better=False),
+    ]
+    common.print_rows(rows)
+    print(f"bystander queries during the hostile window: {len(by_h)} ok, failures {by_fail}")
+    for entry in res["log"]:
+        print(" ", orjson.dumps(entry).decode()[:300])
+    notes = [f"rate {args.rate:g} pushes/s; baseline {args.baseline:g} s, hostile {args.hostile:g} s",
+             f"bystander during the hostile window: {len(by_h)} ok, failures {by_fail}"] + \
+        [orjson.dumps(e).decode()[:300] for e in res["log"]]
+    out = common.write_result(NAME, rows, vars(args), notes)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
