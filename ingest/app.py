@@ -136,12 +136,16 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPException as e:
-        if e.status < 400:
+        if e.status < 400 or request.writer.output_size > 0:
             raise
         return json_http_error(request, e)
     except ConnectionError:
         raise  # the client went away: aiohttp drops the connection quietly
     except Exception:
+        if request.writer.output_size > 0:
+            # a streamed answer has begun (an export): a second response would be written into
+            # its body; aiohttp logs the error and cuts the connection, so the client sees it fail
+            raise
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error(500, "internal_error", "internal server error (logged by the server)")
 

@@ -181,3 +181,27 @@ def test_a_real_pushlake_serve_answers_json_errors(tmp_path):
                 assert e.value.headers["Allow"] == "POST"
     finally:
         srv.stop()
+
+
+async def test_a_failure_mid_stream_cuts_the_answer_and_writes_no_second_one(aiohttp_client, data):
+    """Once a streamed answer (an export) has begun, an error must not become a JSON response:
+    it would be written inside the first one's body, a chunked CSV ending cleanly with the JSON
+    in it. The connection is cut instead, so the client sees the transfer fail."""
+    app = build_app(settings(data))
+
+    async def half_export(request):
+        resp = web.StreamResponse()
+        resp.content_type = "text/csv"
+        await resp.prepare(request)
+        await resp.write(b"a,b\n1,2\n")
+        raise RuntimeError("disk gone")
+    app.router.add_get("/export", half_export)
+    client = await aiohttp_client(app)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(b"GET /export HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert raw.startswith(b"HTTP/1.1 200") and b"a,b\n1,2\n" in raw
+    assert raw.count(b"HTTP/1.1") == 1 and b"internal_error" not in raw
+    assert not raw.endswith(b"0\r\n\r\n")  # no last chunk: the body is visibly incomplete
