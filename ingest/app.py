@@ -136,7 +136,10 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPException as e:
-        if e.status < 400 or request.writer.output_size > 0:
+        if request.writer.output_size > 0:
+            # aiohttp would write the exception as a second response (see below)
+            raise RuntimeError(f"HTTP {e.status} raised after the answer had begun") from e
+        if e.status < 400:
             raise
         return json_http_error(request, e)
     except ConnectionError:
