@@ -82,6 +82,8 @@ class LakeConnection:
             else:
                 dirs = [f"{lake / t}/" for t in SCHEMAS]
             self.con.execute("SET allowed_directories = ?", [dirs])
+            for k in ("autoinstall_known_extensions", "autoload_known_extensions", "allow_community_extensions"):
+                self.con.execute(f"SET {k} = false")  # nothing installed (written) or loaded behind a query
             self.con.execute("SET enable_external_access = false")
         self.con.execute(f"CREATE TEMP TABLE {DELETED}(team_id VARCHAR, itin_id VARCHAR)")
         self.refresh()

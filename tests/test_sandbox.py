@@ -130,6 +130,7 @@ ATTEMPTS = [
     "LOAD parquet",
     "SELECT * FROM query('COPY (SELECT 1) TO ''{own}/q.csv''')",
     "/* c */ SeLeCt * FROM query('SET VARIABLE pl_trips = 1')",
+    "SELECT * FROM read_xlsx('{own}/x.xlsx')",  # no extension is installed (written) behind a query
 ]
 HARMLESS = [  # accepted, and still write nothing
     "SELECT * FROM checkpoint()",
