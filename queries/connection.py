@@ -42,7 +42,7 @@ def _empty_relation(table: str) -> str:
 class LakeConnection:
     def __init__(self, data_dir: Path | str, team: str | None = None, sandbox: bool = False,
                  settings: dict | None = None, *, catalog: Catalog | None = None, relative: bool = False,
-                 spill: bool = True):
+                 spill: bool | str = True):
         """``catalog``: an already open read-only catalog to use (a sandboxed worker opens it before
         it gives up the right to open files for writing). ``relative``: file paths are given to
         DuckDB relative to the data directory, which must then be the working directory (a worker
@@ -50,7 +50,7 @@ class LakeConnection:
         ``duckdb_variables()``) or in errors about them. (DuckDB resolves ``allowed_directories``
         to absolute paths itself: ``duckdb_settings()`` still shows those.) ``spill``:
         with False a confined connection has no temp directory (nothing is ever written; a query
-        that needs more than its memory limit fails)."""
+        that needs more than its memory limit fails); a path: that directory."""
         self.data_dir = Path(data_dir).resolve()
         if catalog is None and not (self.data_dir / "catalog.db").exists():
             if not self.data_dir.is_dir():
@@ -71,7 +71,9 @@ class LakeConnection:
         for k, v in (settings or {}).items():
             self.con.execute(f"SET {k} = ?", [v])
         if self.confined:
-            if spill:
+            if isinstance(spill, str):  # a directory the caller owns (an export worker's)
+                self.con.execute(f"SET temp_directory = '{_q(spill)}'")
+            elif spill:
                 self._tmp = tempfile.TemporaryDirectory(prefix="pushlake-duckdb-")
                 self.con.execute(f"SET temp_directory = '{_q(self._tmp.name)}'")
             else:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -195,10 +196,17 @@ def zygote(fd: int) -> None:
             if pid == 0:
                 break
             children.discard(pid)
+            shutil.rmtree(spill_dir(pid), ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # a child: one query
+
+def spill_dir(pid: int) -> str:
+    """The private spill directory of export process ``pid`` (the zygote removes it when it reaps)."""
+    import tempfile
+    return os.path.join(tempfile.gettempdir(), f"pushlake-export-{os.getpid() if pid == 0 else pid}")
+
 
 def _child(fd: int) -> None:
     zygote_pid = os.getppid()
@@ -212,6 +220,9 @@ def _child(fd: int) -> None:
     signal.setitimer(signal.ITIMER_REAL, 10.0)  # until the job arrives
     job = _recv_job(out)
     signal.setitimer(signal.ITIMER_REAL, 0)
+    if job.get("kind") == "export":
+        _export(job, out)
+        return
     if job.get("timeout"):
         signal.setitimer(signal.ITIMER_REAL, float(job["timeout"]))
     try:
@@ -230,6 +241,54 @@ def _child(fd: int) -> None:
         pass  # the server gave up on this query
 
 
+def _export(job: dict, out: socket.socket) -> None:
+    """Stream one table (queries.export.stream): H (total rows), D chunks as they are encoded,
+    then E, or X if it fails. DuckDB may spill the sort by date to this process's own directory,
+    the only place Landlock leaves writable."""
+    from queries.export import ExportError, stream
+    con = None
+    started = False
+    try:
+        con = _open(job, spill=spill_dir(0))
+        total, chunks = stream(con, job["table"], job["fmt"], job.get("from"), job.get("to"))
+        out.sendall(_frame(b"H", orjson.dumps({"rows": total})))
+        started = True
+        for chunk in chunks:
+            if chunk:
+                for i in range(0, len(chunk), CHUNK):
+                    out.sendall(_frame(b"D", chunk[i:i + CHUNK]))
+        out.sendall(_frame(b"E", b""))
+    except OSError as e:
+        if isinstance(e, (BrokenPipeError, ConnectionError)):
+            return  # the client went away: the server closed our socket
+        _report(out, e, started)
+    except BaseException as e:  # noqa: BLE001 - reported to the server
+        if isinstance(e, ExportError):
+            d = {"status": 404 if str(e).startswith("unknown table") else 400,
+                 "error": "not_found" if str(e).startswith("unknown table") else "invalid_request", "message": str(e)}
+            _send_quietly(out, _frame(b"X", orjson.dumps(d)))
+        else:
+            _report(out, e, started)
+    finally:
+        if con is not None:
+            con.close()
+
+
+def _report(out: socket.socket, e: BaseException, started: bool) -> None:
+    _send_quietly(out, _frame(b"X", orjson.dumps(_describe(e))))
+
+
+def _send_quietly(out: socket.socket, data: bytes) -> None:
+    try:
+        out.sendall(data)
+    except OSError:
+        pass
+
+
+def _frame(kind: bytes, payload: bytes) -> bytes:
+    return FRAME.pack(kind, len(payload)) + payload
+
+
 def _describe(e: BaseException) -> dict:
     import duckdb
     first = (str(e).splitlines() or [type(e).__name__])[0]
@@ -244,7 +303,9 @@ def _describe(e: BaseException) -> dict:
     return {"status": 500, "error": "query_failed", "message": f"{type(e).__name__}: {first}"}
 
 
-def run_job(job: dict) -> list[tuple[bytes, bytes]]:
+def _open(job: dict, spill: str | None = None):
+    """This process, confined (Landlock, rlimit), and its connection. ``spill``: a directory to
+    create, the only one left writable, for DuckDB to spill to."""
     from lake.catalog import Catalog
     from queries import sandbox
     from queries.connection import LakeConnection
@@ -254,11 +315,17 @@ def run_job(job: dict) -> list[tuple[bytes, bytes]]:
         Catalog(data).close()
     cat = Catalog(data, readonly=True)
     cat.data_version()  # opens the database and its WAL index while opening files is still allowed
-    sandbox.restrict()
+    if spill is not None:
+        os.mkdir(spill, 0o700)
+    sandbox.restrict(writable=(spill,) if spill is not None else ())
     if job.get("memory_bytes"):
         sandbox.limit_memory(int(job["memory_bytes"]) + HEADROOM)
-    con = LakeConnection(data, catalog=cat, relative=True, spill=False,
-                         settings={"memory_limit": job["memory_limit"], "threads": 1}, **job["scope"])
+    return LakeConnection(data, catalog=cat, relative=True, spill=spill if spill is not None else False,
+                          settings={"memory_limit": job["memory_limit"], "threads": 1}, **job["scope"])
+
+
+def run_job(job: dict) -> list[tuple[bytes, bytes]]:
+    con = _open(job)
     try:
         body, rows, truncated = encode(con, job["sql"], job["mime"], int(job["max_rows"]), int(job["max_bytes"]))
     finally:

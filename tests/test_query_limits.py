@@ -260,3 +260,15 @@ def _alive(pid: int) -> bool:
             return "State:\tZ" not in f.read()
     except OSError:
         return False
+
+
+async def test_exports_run_in_query_processes_and_leave_no_spill_directory(lake):  # noqa: F811
+    import glob
+    import tempfile
+    client, keys = await lake()
+    r = await client.get("/v1/export/trip_samples?format=csv", headers=bearer(keys["acme"]["adminApiKey"]))
+    assert r.status == 200 and int(r.headers["X-Pushlake-Rows"]) == len((await r.text()).splitlines()) - 1
+    await asyncio.sleep(1.2)  # the zygote reaps its children (and removes their directories) every 0.5 s
+    left = [d for d in glob.glob(os.path.join(tempfile.gettempdir(), "pushlake-export-*"))
+            if not os.path.exists(f"/proc/{d.rsplit('-', 1)[1]}")]
+    assert left == []

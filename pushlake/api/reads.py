@@ -5,8 +5,9 @@ A team's admin key reads that team only (a connection confined to its partitions
 
 Each query runs in a process of its own (``queries.worker``): Landlock makes it unable to write
 any file, an rlimit caps its memory, a timer kills it at the deadline, and it encodes the result
-itself, within the row and byte limits; this process only forwards the bytes. Exports (fixed SQL)
-run on a thread pool here. Every reader holds at most ``query_per_team`` of the
+itself, within the row and byte limits; this process only forwards the bytes. Exports (fixed
+SQL) run the same way, without the time limit (and with a private directory to spill their sort
+to), streamed as they are encoded. Every reader holds at most ``query_per_team`` of the
 ``query_workers`` slots (429 beyond); a client that reads nothing for ``query_write_timeout_s``
 is cut off and frees its slot. Hyper-admin password checks (scrypt) run on their own thread,
 with a bounded queue (503 beyond), and a user whose checks keep failing is answered 429 without
@@ -16,21 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import math
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import duckdb
 import orjson
 from aiohttp import web
 
 from ingest.app import AUTH, SETTINGS, auth_error, error
 from ingest.auth import AuthError, PasswordCheck, Principal
-from queries import connect
-from queries.export import FORMATS, ExportError, stream
+from queries.export import FORMATS
 from queries.worker import ARROW, PARQUET, WORKERS, job_frame, read_frame
 
-POOL = web.AppKey("query_pool", ThreadPoolExecutor)
 LIMITS = web.AppKey("read_limits", object)
 
 
@@ -128,11 +125,6 @@ def _scope(request: web.Request, who: Principal, team_param: str | None) -> dict
     if team_param is not None and request.app[AUTH].team(team_param) is None:
         raise AuthError(404, "not_found", f"unknown team '{team_param}'")
     return {"team": team_param} if team_param else {"sandbox": True}
-
-
-def _connect(request: web.Request, scope: dict):
-    s = request.app[SETTINGS]
-    return connect(s.data_dir, settings={"memory_limit": s.query_memory_limit, "threads": 1}, **scope)
 
 
 def _negotiate(accept: str) -> str:
@@ -258,98 +250,51 @@ async def export(request: web.Request) -> web.StreamResponse:
 
 
 async def _export(request: web.Request, scope: dict, table: str, fmt: str) -> web.StreamResponse:
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue(maxsize=4)
-    DONE = object()
-    started: asyncio.Future = loop.create_future()
-
-    cancelled = threading.Event()
-
-    def put(item) -> None:
-        f = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+    """The export runs in a query process too (fixed SQL, but DuckDB's memory and the encoding stay
+    out of this process); it streams chunks as they are encoded, paced by the client."""
+    s = request.app[SETTINGS]
+    job = {"kind": "export", "data_dir": str(s.data_dir), "scope": scope, "table": table, "fmt": fmt,
+           "from": request.query.get("from"), "to": request.query.get("to"),
+           "memory_limit": s.query_memory_limit, "memory_bytes": _memory_bytes(s.query_memory_limit)}
+    writer = None
+    try:
+        reader, writer = await asyncio.open_unix_connection(sock=WORKERS.submit(), limit=1 << 20)
+        writer.write(job_frame(job))
+        try:
+            kind, payload = await read_frame(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return error(500, "export_failed", "the export's process died (memory limit?)")
+        if kind == b"X":
+            e = orjson.loads(payload)
+            return error(e["status"], e["error"], e["message"])
+        total = orjson.loads(payload)["rows"]
+        resp = web.StreamResponse(headers={"Content-Type": FORMATS[fmt], "X-Pushlake-Rows": str(total),
+                                           "Content-Disposition": f'attachment; filename="{table}.{fmt}"'})
+        await resp.prepare(request)
         while True:
             try:
-                f.result(timeout=0.5)
-                return
-            except TimeoutError:
-                if cancelled.is_set():
-                    f.cancel()
-                    raise ConnectionAbortedError("export cancelled: the client went away") from None
-
-    def produce():
-        con = None
-        try:
-            con = _connect(request, scope)
-            total, chunks = stream(con, table, fmt, request.query.get("from"), request.query.get("to"))
-            loop.call_soon_threadsafe(_settle, started, total, None)
-            for chunk in chunks:
-                if chunk:
-                    put(chunk)
-        except ConnectionAbortedError:
-            return
-        except BaseException as e:  # noqa: BLE001 - reported to the request
-            if not started.done():
-                loop.call_soon_threadsafe(_settle, started, None, e)
-            else:
-                try:
-                    put(e)
-                except ConnectionAbortedError:
-                    pass
-            return
-        finally:
-            if con is not None:
-                con.close()
-        try:
-            put(DONE)
-        except ConnectionAbortedError:
-            pass
-
-    fut = loop.run_in_executor(request.app[POOL], produce)
-    try:
-        return await _send(request, fut, started, queue, DONE, table, fmt)
+                kind, chunk = await read_frame(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                kind = b"X"
+            if kind == b"E":
+                break
+            if kind != b"D":  # the client sees a cut connection rather than a silently short file
+                if request.transport is not None:
+                    request.transport.abort()
+                return resp
+            if not await _write(request, resp, chunk, s.query_write_timeout_s):
+                return resp  # the client stopped reading: cut off (the process ends, its slot is freed)
+        await resp.write_eof()
+        return resp
     finally:
-        cancelled.set()  # a client that went away must not leave the producer blocked on a full queue
-
-
-async def _send(request, fut, started, queue, DONE, table, fmt) -> web.StreamResponse:
-    try:
-        total = await started
-    except ExportError as e:
-        await fut
-        status = 404 if str(e).startswith("unknown table") else 400
-        return error(status, "not_found" if status == 404 else "invalid_request", str(e))
-    except duckdb.Error as e:
-        await fut
-        return error(400, "invalid_query", str(e).splitlines()[0])
-    resp = web.StreamResponse(headers={"Content-Type": FORMATS[fmt], "X-Pushlake-Rows": str(total),
-                                       "Content-Disposition": f'attachment; filename="{table}.{fmt}"'})
-    await resp.prepare(request)
-    while True:
-        item = await queue.get()
-        if item is DONE:
-            break
-        if isinstance(item, BaseException):
-            raise item  # the client sees a cut connection rather than a silently short file
-        if not await _write(request, resp, item, request.app[SETTINGS].query_write_timeout_s):
-            return resp  # the client stopped reading: cut off (the producer stops, its slot is freed)
-    await fut
-    await resp.write_eof()
-    return resp
-
-
-def _settle(fut: asyncio.Future, result, exc: BaseException | None) -> None:
-    if not fut.done():  # the request may have been cancelled meanwhile
-        fut.set_exception(exc) if exc is not None else fut.set_result(result)
+        if writer is not None:
+            writer.close()
 
 
 def setup(app: web.Application) -> None:
-    s = app[SETTINGS]
-    pool = ThreadPoolExecutor(s.query_workers, thread_name_prefix="export")
-    app[POOL] = pool
-    app[LIMITS] = limits = Limits(s)
+    app[LIMITS] = limits = Limits(app[SETTINGS])
 
     async def close(app: web.Application) -> None:
-        pool.shutdown(wait=False, cancel_futures=True)
         limits.close()
     app.on_cleanup.append(close)
     app.router.add_post("/v1/query", query)
