@@ -77,13 +77,14 @@ def write_rights(abi: int) -> int:
     return rights
 
 
-def restrict(writable: tuple[str, ...] = ()) -> bool:
+def restrict(writable: tuple[str, ...] = (), warn: bool = True) -> bool:
     """Forbid every write to the filesystem (except beneath ``writable``) and TCP, for good.
-    Returns False (and logs a warning) where the kernel has no Landlock."""
+    Returns False (and logs a warning, unless ``warn`` is False) where the kernel has no Landlock."""
     abi = abi_version()
     if abi < 1:
-        log.warning("Landlock is not available on this kernel: query workers are not write-proof at the "
-                    "kernel level (the statement guard and DuckDB's sandbox remain)")
+        if warn:
+            log.warning("Landlock is not available on this kernel: query workers are not write-proof at the "
+                        "kernel level (the statement guard and DuckDB's sandbox remain)")
         return False
     fs = write_rights(abi)
     net = NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0

@@ -158,7 +158,11 @@ def zygote(fd: int) -> None:
     import pyarrow.parquet  # noqa: F401
 
     import queries.connection  # noqa: F401
-    import queries.sandbox  # noqa: F401
+    import queries.sandbox
+    if queries.sandbox.abi_version() < 1:
+        queries.sandbox.log.warning("Landlock is not available on this kernel: query processes are not "
+                                    "write-proof at the kernel level (the statement guard and DuckDB's "
+                                    "sandbox remain)")
     children: set[int] = set()
     watch = [ctl] + ([parent] if parent is not None else [])
     while True:
@@ -317,7 +321,12 @@ def _open(job: dict, spill: str | None = None):
     cat.data_version()  # opens the database and its WAL index while opening files is still allowed
     if spill is not None:
         os.mkdir(spill, 0o700)
-    sandbox.restrict(writable=(spill,) if spill is not None else ())
+    try:  # if the machine runs out of memory all the same, the kernel kills a query, not the server
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+    sandbox.restrict(writable=(spill,) if spill is not None else (), warn=False)
     if job.get("memory_bytes"):
         sandbox.limit_memory(int(job["memory_bytes"]) + HEADROOM)
     return LakeConnection(data, catalog=cat, relative=True, spill=spill if spill is not None else False,

@@ -233,6 +233,10 @@ def test_query_processes_die_with_the_server(data):
             time.sleep(0.1)
             workers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_worker(int(p), srv.proc.pid)]
         assert len(workers) >= 2, workers
+        deadline = time.monotonic() + 5  # the query's process is the one the OOM killer would take first
+        while time.monotonic() < deadline and "1000" not in [_oom(p) for p in workers]:
+            time.sleep(0.05)
+        assert sorted(_oom(p) for p in workers) == ["0", "1000"]
         srv.kill()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and any(_alive(p) for p in workers):
@@ -272,3 +276,11 @@ async def test_exports_run_in_query_processes_and_leave_no_spill_directory(lake)
     left = [d for d in glob.glob(os.path.join(tempfile.gettempdir(), "pushlake-export-*"))
             if not os.path.exists(f"/proc/{d.rsplit('-', 1)[1]}")]
     assert left == []
+
+
+def _oom(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/oom_score_adj") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
