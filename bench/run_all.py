@@ -23,6 +23,7 @@ SUITE = [
     ("freshness", ["bench/freshness.py"]),
     ("queries", ["bench/queries.py"]),
     ("deletions", ["bench/deletions.py"]),
+    ("hostile", ["bench/hostile.py"]),
 ]
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
