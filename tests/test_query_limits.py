@@ -284,3 +284,25 @@ def _oom(pid: int) -> str:
             return f.read().strip()
     except OSError:
         return ""
+
+
+async def test_a_query_process_killed_from_outside_is_a_clear_error(lake):  # noqa: F811
+    """What the kernel's OOM killer would do: SIGKILL of the query's process."""
+    import signal
+    client, keys = await lake(query_timeout_s=20)
+    h = bearer(keys["acme"]["adminApiKey"])
+    assert (await q(client, "SELECT 1 AS x", h)).status == 200
+    zygote = WORKERS.pids()[0]
+    slow = asyncio.ensure_future(q(client, "SELECT count(*) FROM range(100000000000) a, range(1000) b", h))
+    deadline = time.monotonic() + 5
+    children: list[int] = []
+    while time.monotonic() < deadline and not children:
+        await asyncio.sleep(0.05)
+        children = [p for p in WORKERS.pids() if p != zygote and _alive(p)]
+    assert children
+    await asyncio.sleep(0.3)
+    os.kill(children[0], signal.SIGKILL)
+    r = await asyncio.wait_for(slow, 5)
+    body = await r.json()
+    assert r.status == 400 and body["error"] == "out_of_memory" and "died" in body["message"]
+    assert (await q(client, "SELECT count(*) AS n FROM trips", h)).status == 200
