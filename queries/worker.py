@@ -6,6 +6,7 @@ DuckDB, Arrow and the query code imported and forks one child per query; forking
 milliseconds. The child, before it runs anything:
 
 - asks to be killed when the zygote dies (which dies with the server), so nothing outlives it;
+- runs at nice 10 (inherited from the zygote), so the receiver's pushes come first on the CPU;
 - arms a real-time timer (``setitimer``) whose default action, SIGALRM, terminates the process at
   the deadline, whatever DuckDB is doing (a planner that cannot be interrupted included);
 - chdirs to the data directory and opens the catalog read-only, then applies Landlock
@@ -147,6 +148,10 @@ def zygote(fd: int) -> None:
     from pushlake.procs import die_with_parent
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C stops the server, which stops us
+    try:  # queries (our children inherit it) yield the CPU to the receiver's pushes and the compactor
+        os.nice(10)
+    except OSError:
+        pass
     ctl = socket.socket(fileno=fd)
     try:
         parent = os.pidfd_open(os.getppid())
