@@ -131,6 +131,9 @@ ATTEMPTS = [
     "SELECT * FROM query('COPY (SELECT 1) TO ''{own}/q.csv''')",
     "/* c */ SeLeCt * FROM query('SET VARIABLE pl_trips = 1')",
     "SELECT * FROM read_xlsx('{own}/x.xlsx')",  # no extension is installed (written) behind a query
+    "SELECT * FROM read_text('{lake}/../admin.db')",
+    "SELECT * FROM read_blob('{lake}/../catalog.db')",
+    "SELECT * FROM read_csv('/etc/passwd')",
 ]
 HARMLESS = [  # accepted, and still write nothing
     "SELECT * FROM checkpoint()",
