@@ -60,8 +60,18 @@ class Workers:
         self._proc: subprocess.Popen | None = None
         self._ctl: socket.socket | None = None
 
+    def _discard(self) -> None:
+        if self._ctl is not None:
+            self._ctl.close()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = self._ctl = None
+
     def _start(self) -> None:
+        self._discard()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent.settimeout(5)  # the zygote reads at once; a stuck one is replaced
         root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
                # Arrow's jemalloc would start a background thread: the zygote forks, so it stays single-threaded
@@ -85,7 +95,7 @@ class Workers:
                         socket.send_fds(self._ctl, [msg], [theirs.fileno()])
                         break
                     except OSError:
-                        self._proc = None  # gone: start another one and retry once
+                        self._discard()  # gone or stuck: start another one and retry once
                         if attempt:
                             raise
         finally:
@@ -106,12 +116,7 @@ class Workers:
 
     def close(self) -> None:
         with self._lock:
-            if self._ctl is not None:
-                self._ctl.close()
-            if self._proc is not None:
-                self._proc.kill()
-                self._proc.wait()
-            self._proc = self._ctl = None
+            self._discard()
 
 
 WORKERS = Workers()

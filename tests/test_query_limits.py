@@ -306,3 +306,15 @@ async def test_a_query_process_killed_from_outside_is_a_clear_error(lake):  # no
     body = await r.json()
     assert r.status == 400 and body["error"] == "out_of_memory" and "died" in body["message"]
     assert (await q(client, "SELECT count(*) AS n FROM trips", h)).status == 200
+
+
+async def test_a_dead_zygote_is_replaced(lake):  # noqa: F811
+    client, keys = await lake()
+    h = bearer(keys["acme"]["adminApiKey"])
+    assert (await q(client, "SELECT 1 AS x", h)).status == 200
+    old = WORKERS.pids()[0]
+    os.kill(old, 9)
+    await asyncio.sleep(0.1)
+    r = await q(client, "SELECT count(*) AS n FROM trips", h)
+    assert (await r.json())["rows"] == [{"n": 6}]
+    assert WORKERS.pids()[0] != old
