@@ -16,6 +16,7 @@ a check, for exponentially longer, until a check succeeds.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from queries.export import FORMATS
 from queries.worker import ARROW, PARQUET, WORKERS, job_frame, read_frame
 
 LIMITS = web.AppKey("read_limits", object)
+log = logging.getLogger("pushlake.reads")
 
 
 class TooMany(Exception):
@@ -156,6 +158,11 @@ async def _write(request: web.Request, resp: web.StreamResponse, data: bytes, ti
         return False
 
 
+def _no_workers(e: OSError) -> web.Response:
+    log.error("cannot start a query process: %s", e)
+    return error(503, "overloaded", "no query process could be started; retry shortly", {"Retry-After": "1"})
+
+
 async def query(request: web.Request) -> web.StreamResponse:
     try:
         who = await _principal(request)
@@ -188,7 +195,10 @@ async def query(request: web.Request) -> web.StreamResponse:
     try:
         # on the loop's thread: quick (a datagram to the zygote, which the first call starts), and the
         # zygote is tied to this long-lived thread (PR_SET_PDEATHSIG follows the thread that started it)
-        sock = WORKERS.submit()
+        try:
+            sock = WORKERS.submit()
+        except OSError as e:
+            return _no_workers(e)
         reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 20)
         writer.write(job_frame(job))
         try:
@@ -258,7 +268,11 @@ async def _export(request: web.Request, scope: dict, table: str, fmt: str) -> we
            "memory_limit": s.query_memory_limit, "memory_bytes": _memory_bytes(s.query_memory_limit)}
     writer = None
     try:
-        reader, writer = await asyncio.open_unix_connection(sock=WORKERS.submit(), limit=1 << 20)
+        try:
+            sock = WORKERS.submit()
+        except OSError as e:
+            return _no_workers(e)
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 20)
         writer.write(job_frame(job))
         try:
             kind, payload = await read_frame(reader)
