@@ -3,6 +3,7 @@ or chunk by chunk to an HTTP response."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import os
 import sys
 from pathlib import Path
@@ -25,12 +26,18 @@ class ExportError(ValueError):
 
 
 def parse_date(s: str | None, what: str) -> dt.date | None:
+    """YYYY-MM-DD only: ``fromisoformat`` alone also takes week dates (2025-W01-1) and 20250101."""
     if s is None or s == "":
         return None
     try:
+        if not _DAY.fullmatch(s):
+            raise ValueError
         return dt.date.fromisoformat(s)
     except ValueError:
         raise ExportError(f"{what} must be a date YYYY-MM-DD, got '{s}'") from None
+
+
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def progress_bar(stream=sys.stderr) -> Callable[[str, int, int], None]:

@@ -204,8 +204,9 @@ async def test_export_streams_the_team_only(lake, fmt):
     assert pq.read_table(io.BytesIO(await r.read())).num_rows == 3
     r = await client.get("/v1/export/nope", headers=bearer(keys["acme"]["adminApiKey"]))
     assert r.status == 404
-    r = await client.get("/v1/export/trips?from=yesterday", headers=bearer(keys["acme"]["adminApiKey"]))
-    assert r.status == 400
+    for bad in ("yesterday", "2025-W01-1", "20250101", "2025-01-01T00:00", "2025-1-1"):
+        r = await client.get(f"/v1/export/trips?from={bad}", headers=bearer(keys["acme"]["adminApiKey"]))
+        assert r.status == 400 and "YYYY-MM-DD" in (await r.json())["message"], bad
 
 
 async def test_abandoned_exports_do_not_exhaust_the_query_workers(lake, data):

@@ -148,8 +148,9 @@ SECURITY_SCHEMES = {
 }
 
 # -- schemas ----------------------------------------------------------------------------------------
-_TEAM_ID = string("Team identifier: 1-64 characters, letters, digits, `_`, `.`, `-`, not starting with a symbol.",
-                  pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", examples=["acme"])
+_TEAM_ID = string("Team identifier: 1-64 characters, letters, digits, `_`, `.`, `-`, not starting with a symbol "
+                  "nor ending with `.`; unique whatever the case.",
+                  pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_-])?$", examples=["acme"])
 _NAME = r"^[A-Za-z0-9 -_]+$"
 _ITIN_ID = string("Trip unique identifier (24 hex characters at DriveQuant). Idempotency key of the trip.",
                   minLength=1, maxLength=256, examples=["6030ebe4ea60426b34e9b3bf"])
