@@ -12,7 +12,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from ingest.record import KIND_TRIP
 
@@ -63,6 +63,22 @@ CREATE TABLE IF NOT EXISTS task_items(
 STAT_FIELDS = ("received", "stored", "duplicates", "discarded", "deleted")
 
 LIVE = "removed_snapshot IS NULL"
+
+
+class Order(NamedTuple):
+    """Where a push is in the log, which is also the order in which pushes of a key win: the
+    latest push wins by (received_us, partition, offset)."""
+    received_us: int
+    part: str
+    offset: int
+
+
+class Version(NamedTuple):
+    """The version of a key stored in the lake: its push, its body's hash (a re-push of the same
+    body is a duplicate) and the date partition its rows are in (which never changes)."""
+    order: Order
+    sha256: str
+    date: str
 
 
 @dataclass
@@ -181,22 +197,22 @@ class Catalog:
     def positions(self) -> dict[str, int]:
         return dict(self.con.execute("SELECT part, next_offset FROM positions"))
 
-    def versions_of(self, kind: int, team: str, keys: list[str]) -> dict[str, tuple[tuple[int, str, int], str, str]]:
-        """key -> ((received_us, part, offset), body_sha256, date) of the version in the lake."""
+    def versions_of(self, kind: int, team: str, keys: list[str]) -> dict[str, Version]:
+        """key -> the version of that key in the lake, for the keys that have one."""
         out = {}
         for chunk in _chunks(keys, 500):
             q = ("SELECT key, received_us, part, offset, body_sha256, date FROM versions WHERE kind=? AND team=? "
                  f"AND key IN ({','.join('?' * len(chunk))})")
             for k, ts, part, off, h, d in self.con.execute(q, (kind, team, *chunk)):
-                out[k] = ((ts, part, off), h, d)
+                out[k] = Version(Order(ts, part, off), h, d)
         return out
 
-    def deleted_among(self, team: str, itins: list[str]) -> dict[str, tuple[int, str, int]]:
-        """itin_id -> (received_us, part, offset) of its deletion, for those deleted."""
+    def deleted_among(self, team: str, itins: list[str]) -> dict[str, Order]:
+        """itin_id -> where its deletion is in the log, for those deleted."""
         out = {}
         for chunk in _chunks(itins, 500):
             q = f"SELECT itin_id, received_us, part, offset FROM tombstones WHERE team=? AND itin_id IN ({','.join('?' * len(chunk))})"
-            out.update((r[0], (r[1], r[2], r[3])) for r in self.con.execute(q, (team, *chunk)))
+            out.update((r[0], Order(r[1], r[2], r[3])) for r in self.con.execute(q, (team, *chunk)))
         return out
 
     def partition_files(self, tables: tuple[str, ...], team: str, date: str) -> list[tuple]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -252,12 +252,21 @@ def split_trip(body: bytes) -> tuple[dict, tuple[int, dict] | None, str | None]:
         return doc, None, str(e)
 
 
-def split_trips(items: list[tuple[int, bytes]]) -> tuple[list[tuple[int, tuple | ProjectionError]], routes.Routes]:
-    """``split_trip`` over many bodies, by id: (id, (doc, has a route, problem, body's sha256)
-    or the error) and their routes, sealed in one chunk. The unit of work of the compactor's
+class SplitTrip(NamedTuple):
+    """A trip split from its route: its fields as Python objects, whether its route (in the
+    batch's ``Routes``) has samples, what is wrong with the route if anything, its body's hash."""
+    doc: dict
+    has_route: bool
+    route_problem: str | None
+    sha256: str
+
+
+def split_trips(items: list[tuple[int, bytes]]) -> tuple[list[tuple[int, SplitTrip | ProjectionError]], routes.Routes]:
+    """``split_trip`` over many bodies, by id: (id, ``SplitTrip`` or the error) and their
+    routes, sealed in one chunk. The unit of work of the compactor's
     projection processes (module-level, so it pickles); the hash is taken here too, so that the
     compactor can let go of a body once it is split."""
-    out: list[tuple[int, tuple | ProjectionError]] = []
+    out: list[tuple[int, SplitTrip | ProjectionError]] = []
     decoded: list[tuple[int, int, dict]] = []
     for k, body in items:
         try:
@@ -268,7 +277,7 @@ def split_trips(items: list[tuple[int, bytes]]) -> tuple[list[tuple[int, tuple |
         except Exception as e:  # noqa: BLE001 - one body's surprise is that body's FAILED reason
             out.append((k, ProjectionError(f"{type(e).__name__}: {e}")))
             continue
-        out.append((k, (doc, route is not None, problem, body_sha256(body))))
+        out.append((k, SplitTrip(doc, route is not None, problem, body_sha256(body))))
         if route is not None:
             decoded.append((k, *route))
     return out, routes.Routes.chunk(decoded)

@@ -137,7 +137,7 @@ async def test_a_record_that_makes_its_step_fail_is_isolated_and_failed(make_pus
         c.drain()
         assert c.catalog.positions() == {"p0": 42}
         failed = c.catalog.failed_items()
-        assert c._limit is None, "full batches again once past the failed batch"
+        assert not c.isolation.active, "full batches again once past the failed batch"
     assert [(f[3], f[7]) for f in failed] == [("poison", "compaction error: ValueError: cannot write poison")]
     con = queries.connect(data)
     assert con.execute("SELECT count(*) FROM trips WHERE team_id = 'acme'").fetchone() == (40,)

@@ -364,7 +364,7 @@ async def test_projection_processes_give_the_same_lake(pusher, data, tmp_path):
         shutil.copytree(data / "log", lake / "log", ignore=shutil.ignore_patterns(".lock"))
         with Compactor(lake, workers=workers, parallel_min_trips=1) as c:
             stats = c.drain()
-            used_processes = c._procs is not None
+            used_processes = bool(c.splitter.processes)
             failed = sorted((f[3], f[7]) for f in c.catalog.failed_items())
         with queries.connect(lake) as con:
             lakes[workers] = (stats.stored, failed, con.execute(
@@ -387,8 +387,8 @@ import sys, time
 from lake.compactor import Compactor
 if __name__ == "__main__":
     c = Compactor({str(tmp_path)!r}, workers=2, parallel_min_trips=1)
-    c._split([(0, b'{{}}'), (1, b'{{}}')])
-    print(*c._procs._processes, flush=True)
+    c.splitter.split([(0, b'{{}}'), (1, b'{{}}')])
+    print(*c.splitter.processes, flush=True)
     time.sleep(60)
 """
     script = tmp_path / "compactor_script.py"
@@ -420,17 +420,17 @@ def test_idle_projection_processes_are_released(tmp_path):
     import time
     from lake.compactor import Compactor
     with Compactor(tmp_path, workers=2, parallel_min_trips=1) as c:
-        c._split([(0, b'{}'), (1, b'{}')])
-        pids = list(c._procs._processes)
+        c.splitter.split([(0, b'{}'), (1, b'{}')])
+        pids = c.splitter.processes
         assert pids and not c.release_idle_workers(after=60)  # just used: kept
-        c._procs_used -= 61
-        assert c.release_idle_workers(after=60) and c._procs is None
+        c.splitter.last_used -= 61
+        assert c.release_idle_workers(after=60) and not c.splitter.processes
         deadline = time.monotonic() + 5
         while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(os.path.exists(f"/proc/{p}") for p in pids)
-        c._split([(0, b'{}'), (1, b'{}')])  # a new backlog starts them again
-        assert c._procs is not None
+        c.splitter.split([(0, b'{}'), (1, b'{}')])  # a new backlog starts them again
+        assert c.splitter.processes
 
 
 async def test_a_step_whose_write_fails_leaves_no_file_behind(pusher, data, monkeypatch):
@@ -464,17 +464,18 @@ async def test_a_failed_step_in_a_pipelined_backlog_loses_and_doubles_nothing(pu
     from lake.catalog import Catalog
     for i in range(14):
         await pusher.push("trip", trip(itin_id(i), start=f"2025-01-0{1 + i % 3}T08:00:00.000+0000"))
-    real_apply = Compactor._apply
+    from lake.writer import Writer
+    real_write = Writer._write
     calls = []
 
-    def apply_failing_once(self, b, st, meanwhile=None):
+    def write_failing_once(self, p, routes, meanwhile=None):
         calls.append(1)
         if len(calls) == 2:
             if meanwhile is not None:
                 meanwhile()  # the read-ahead happened, then the disk fails
             raise OSError(28, "No space left on device")
-        return real_apply(self, b, st, meanwhile)
-    monkeypatch.setattr(Compactor, "_apply", apply_failing_once)
+        return real_write(self, p, routes, meanwhile)
+    monkeypatch.setattr(Writer, "_write", write_failing_once)
     stored = 0
     with Compactor(data, batch_records=4, parallel_min_trips=2) as c:
         for _ in range(20):

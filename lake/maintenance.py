@@ -1,0 +1,104 @@
+"""Keeping the lake small and the disk clean: merging small files, vacuum of replaced files
+after the retention, removal of orphans of an interrupted compaction.
+
+Each job commits on its own (a merge is its own snapshot), so each runs beside the projection
+or between its steps; a commit that finds its input files already replaced by a concurrent step
+fails cleanly (``CatalogConflict``) and is redone later. The log cleaner is ``lake.cleaner``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from . import files as lf
+from .catalog import Catalog, CatalogConflict, Commit
+from .schema import SCHEMAS
+
+log = logging.getLogger("pushlake.compactor")
+
+
+def remove_orphans(out_dir: Path, catalog: Catalog) -> int:
+    """Files left by a compaction that crashed before its commit (run under the compactor lock)."""
+    known = catalog.all_paths()
+    n = 0
+    root = Path(out_dir) / "lake"
+    for tbl in SCHEMAS:
+        for p in (root / tbl).rglob("*.parquet") if (root / tbl).exists() else ():
+            if str(p.relative_to(out_dir)) not in known:
+                p.unlink()
+                n += 1
+    if n:
+        log.warning("removed %d orphan file(s) of an interrupted compaction", n)
+    return n
+
+
+def merge_small_files(out_dir: Path, catalog: Catalog, min_files: int = 8, max_groups: int | None = None,
+                      budget_bytes: int = 32 << 20) -> int:
+    """Merge partitions that accumulated at least ``min_files`` small files from frequent commits.
+
+    Files are streamed one at a time into the merged file, and one merged file takes at most
+    ``budget_bytes`` of input: memory stays bounded by one file, and a merge is short enough to
+    run between projection steps (``max_groups`` merges per call). Returns files merged."""
+    groups: dict[tuple[str, str, str], list[tuple]] = defaultdict(list)
+    for fid, tbl, team, date, path, rows, nbytes in catalog.live_files():
+        groups[(tbl, team, date)].append((fid, path, nbytes))
+    merged = done = 0
+    for (tbl, team, date), fl in groups.items():
+        small = sorted((f for f in fl if f[2] < budget_bytes // 2), key=lambda f: f[2])
+        if len(small) < min_files:
+            continue
+        chosen, total = [], 0
+        for f in small:
+            if chosen and total + f[2] > budget_bytes:
+                break
+            chosen.append(f)
+            total += f[2]
+        if len(chosen) < 2:
+            continue
+        c = Commit("merge", remove_files={f[0] for f in chosen})
+        c.add_files.append(lf.merge_files(out_dir, tbl, team, date, [p for _, p, _ in chosen]))
+        c.summary = f"merged {len(chosen)} files of {tbl}/{team}/{date}"
+        try:
+            catalog.commit(c)
+        except BaseException:
+            (Path(out_dir) / c.add_files[0].path).unlink(missing_ok=True)
+            raise
+        merged += len(chosen)
+        done += 1
+        if max_groups is not None and done >= max_groups:
+            break
+    return merged
+
+
+def vacuum(out_dir: Path, catalog: Catalog, retention_s: float, now: float | None = None) -> int:
+    """Delete files replaced longer than the retention ago; readers keep older snapshots until then."""
+    now = time.time() if now is None else now
+    expired = catalog.expired_files(now - retention_s)
+    for _, rel in expired:
+        try:
+            (Path(out_dir) / rel).unlink()
+        except FileNotFoundError:
+            pass
+    if expired:
+        catalog.forget_files([i for i, _ in expired])
+    return len(expired)
+
+
+def merge_loop(out_dir: Path, stop, every: float, min_files: int) -> None:
+    """Merges beside projection (own catalog connection): Parquet work releases the GIL, and a
+    step never waits for a merge. A commit that finds its input files already replaced (by the
+    other) fails cleanly and is redone."""
+    cat = Catalog(out_dir)
+    try:
+        while not stop.wait(every):
+            try:
+                while merge_small_files(out_dir, cat, min_files, max_groups=1) and not stop.is_set():
+                    pass
+            except CatalogConflict:
+                continue
+            except Exception:
+                log.exception("merge failed; retrying later")
+    finally:
+        cat.close()

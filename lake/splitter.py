@@ -1,0 +1,95 @@
+"""The projection processes: splitting trips (``lake.project.split_trips``) on every core.
+
+Splitting a trip and decoding its route are most of its Python work, which one process's GIL
+would serialise: a backlog's trips are split in worker processes (``forkserver``, one per core),
+in chunks of ~4 MB of bodies whose routes come back as one Arrow IPC stream each. A small batch
+is split in the calling process. A worker that dies is replaced and its batch split here; idle
+workers are released (``release_idle``), and they exit as soon as their compactor is gone.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable
+
+from pushlake.procs import exit_with
+
+from .project import split_trips
+from .routes import Routes
+
+log = logging.getLogger("pushlake.compactor")
+
+CHUNK_BYTES = 4 << 20  # a worker holds little at a time, and the chunks finish evenly
+
+Parts = list[tuple[list, Routes]]
+
+
+class Splitter:
+    def __init__(self, workers: int | None = None, parallel_min_trips: int = 64):
+        """``workers``: processes for batches of at least ``parallel_min_trips`` trips (default:
+        one per core; 0 or 1: none, everything is split in this process)."""
+        self.workers = (os.cpu_count() or 1) if workers is None else workers
+        self.parallel_min_trips = parallel_min_trips
+        self._procs: ProcessPoolExecutor | None = None
+        self.last_used = 0.0  # time.monotonic() of the last split in the workers
+
+    @property
+    def processes(self) -> list[int]:
+        """The pids of the running worker processes (none until a backlog needs them)."""
+        return [] if self._procs is None else list(self._procs._processes or ())
+
+    def split(self, items: list[tuple[int, bytes]]) -> Callable[[], Parts]:
+        """Start splitting these (id, body) trips; the function returned waits for the parts."""
+        if self.workers < 2 or len(items) < self.parallel_min_trips:
+            return lambda: [split_trips(items)]
+        if self._procs is None:
+            # forkserver: workers are not forked from this process, whose threads may hold locks
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["lake.project"])
+            self._procs = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=exit_with,
+                                              initargs=(os.getpid(),))
+        chunks: list[list[tuple[int, bytes]]] = [[]]
+        held = 0
+        for it in items:
+            if held >= CHUNK_BYTES:
+                chunks.append([])
+                held = 0
+            chunks[-1].append(it)
+            held += len(it[1])
+        self.last_used = time.monotonic()
+        procs = self._procs
+        try:
+            futures = [procs.submit(split_trips, c) for c in chunks]
+        except BrokenProcessPool:
+            futures = None
+
+        def parts() -> Parts:
+            try:
+                if futures is not None:
+                    return [f.result() for f in futures]
+            except BrokenProcessPool:
+                pass
+            log.warning("a projection process died; splitting this batch here and starting new ones")
+            procs.shutdown(wait=False, cancel_futures=True)
+            if self._procs is procs:
+                self._procs = None
+            return [split_trips(items)]
+        return parts
+
+    def release_idle(self, after: float = 60.0) -> bool:
+        """Stop the workers when no backlog has needed them for ``after`` seconds: a service that
+        caught up should not keep them (and their memory) around."""
+        if self._procs is None or time.monotonic() - self.last_used < after:
+            return False
+        self._procs.shutdown(wait=True)
+        self._procs = None
+        return True
+
+    def close(self) -> None:
+        if self._procs is not None:
+            self._procs.shutdown(wait=True, cancel_futures=True)
+            self._procs = None

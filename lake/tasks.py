@@ -1,0 +1,57 @@
+"""Retry of FAILED items, as asynchronous tasks (the enterprise API's ``failed/retry``).
+
+A task re-reads its items' records from the log and plans them like a step (``retry=True``: not
+counted again as received; an item a newer push has replaced is SUPERSEDED), a chunk at a time,
+each chunk its own commit that also advances the task.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+from ingest.log import read_at
+from ingest.record import Record
+
+from .batches import Batch, BatchReader
+from .catalog import Catalog, Commit
+from .plan import look_up, plan
+from .writer import Writer
+
+log = logging.getLogger("pushlake.compactor")
+
+
+def run_task(data_dir: Path, catalog: Catalog, batches: BatchReader, writer: Writer, chunk: int = 200) -> int:
+    """Advance the oldest unfinished retry task by up to ``chunk`` items; return items done."""
+    task = catalog.next_task()
+    if task is None:
+        return 0
+    task_id, kind = task
+    items = catalog.task_items(task_id, chunk)
+    by_part: dict[str, list[int]] = defaultdict(list)
+    for fid, part, offset, status in items:
+        if status == "FAILED":
+            by_part[part].append(offset)
+    records: list[tuple[str, Record]] = []
+    for part, offsets in by_part.items():
+        found = read_at(data_dir, part, offsets)
+        records.extend((part, found[o]) for o in offsets if o in found)
+    b = batches.prepare(Batch(start={}, records=records))
+    p = plan(b.records, b.project, b.sha256, look_up(catalog, b.records),
+             Commit("retry", task=(task_id, [fid for fid, *_ in items])), retry=True)
+    p.commit.summary = f"retry task {task_id}: {p.stats.stored} stored, {p.stats.failed} failed again"
+    writer.write_and_commit(p, b.routes, failpoint="task.before_commit")
+    return len(items)
+
+
+def run_task_safely(data_dir: Path, catalog: Catalog, batches: BatchReader, writer: Writer) -> int:
+    """``run_task``, but a task whose items cannot be processed is marked FAILED with the error
+    instead of being retried forever."""
+    task = catalog.next_task()
+    try:
+        return run_task(data_dir, catalog, batches, writer)
+    except Exception as e:  # noqa: BLE001 - recorded on the task
+        log.exception("retry task %s failed", task[0] if task else "?")
+        if task:
+            catalog.fail_task(task[0], f"{type(e).__name__}: {e}")
+        return 0

@@ -1,0 +1,109 @@
+"""Applying a plan: copy-on-write of the files holding replaced or deleted keys, one new file per
+table, team and date, then the catalog commit.
+
+Files are written and fsynced first, then one catalog transaction commits them with everything
+else the plan decided (log positions included): a crash leaves only orphan files, removed on the
+next start. If the commit fails, the files just written are removed at once, so that a step
+retried every few seconds does not fill the disk with orphans. Arrow and Parquet release the
+GIL: files are rewritten, built and written on a thread pool.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pushlake import failpoints
+
+from . import files as lf
+from .catalog import Catalog, NewFile
+from .plan import Buffer, Plan, SampleRows
+from .routes import Routes
+from .schema import SCHEMAS
+
+
+class Writer:
+    def __init__(self, out_dir: Path, catalog: Catalog):
+        self.out_dir = Path(out_dir)
+        self.catalog = catalog
+        self._pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="compactor-write")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def write_and_commit(self, p: Plan, routes: Routes | None, failpoint: str = "compactor.before_commit",
+                         meanwhile: Callable[[], None] | None = None) -> None:
+        """Write the plan's files, then commit it. ``meanwhile`` runs on this thread while the
+        pool writes (the compactor reads its next batch then)."""
+        try:
+            self._write(p, routes, meanwhile)
+            failpoints.hit(failpoint)
+            self.catalog.commit(p.commit)
+        except BaseException:
+            for f in p.commit.add_files:
+                (self.out_dir / f.path).unlink(missing_ok=True)
+            raise
+
+    def _rewrite(self, fid: int, tbl: str, team: str, date: str, path: str,
+                 keys: pa.Array) -> tuple[int, NewFile | None, bool]:
+        """Copy-on-write: the file without the rows of these keys (a file that holds none of
+        them, found by reading its key columns only, is left alone)."""
+        probe = pq.read_table(self.out_dir / path, columns=lf.KEY_COLUMNS[tbl])
+        if not pc.any(pc.is_in(lf.key_array(tbl, probe), value_set=keys)).as_py():
+            return fid, None, False
+        t = lf.read_file(self.out_dir, path)
+        t = t.filter(pc.invert(pc.is_in(lf.key_array(tbl, t), value_set=keys)))
+        return fid, (lf.write_file(self.out_dir, tbl, team, date, t) if t.num_rows else None), True
+
+    def _build(self, b: Buffer, parts: list, routes: Routes | None) -> NewFile | None:
+        if b.tbl == "trip_samples":
+            table = _samples(routes, parts)
+        else:
+            table = pa.Table.from_pylist([row for rows in parts for row in rows], schema=SCHEMAS[b.tbl])
+        return lf.write_file(self.out_dir, b.tbl, b.team, b.date, table) if table.num_rows else None
+
+    def _write(self, p: Plan, routes: Routes | None, meanwhile: Callable[[], None] | None) -> None:
+        c, st = p.commit, p.stats
+        rewrites = []
+        for part, keys in p.remove_keys.items():
+            karr = pa.array(sorted(keys), pa.string())
+            rewrites += [self._pool.submit(self._rewrite, *f, karr)
+                         for f in self.catalog.partition_files(part.tables, part.team, part.date)]
+        writes = [self._pool.submit(self._build, b, parts, routes) for b, parts in p.buffers.items()]
+        try:
+            if meanwhile is not None:
+                meanwhile()
+        finally:
+            # every job ends before this step does: if one failed, the caller must still know
+            # every file the others wrote, to remove them
+            wait(rewrites + writes)
+        for job in rewrites:
+            if job.exception() is None:
+                fid, new, touched = job.result()
+                if touched:
+                    c.remove_files.add(fid)
+                    if new is not None:
+                        c.add_files.append(new)
+                    st.files_rewritten += 1
+        for job in writes:
+            if job.exception() is None and job.result() is not None:
+                c.add_files.append(job.result())
+                st.files_written += 1
+        for job in rewrites + writes:
+            if job.exception() is not None:
+                raise job.exception()
+        failpoints.hit("compactor.after_write")
+
+
+_COMMON = ("itin_id", "team_id", "date", "received_at", "log_part", "log_offset")
+
+
+def _samples(routes: Routes, parts: list[SampleRows]) -> pa.Table:
+    cols = list(zip(*parts))
+    common = {name: pa.array(cols[i + 1], SCHEMAS["trip_samples"].field(name).type) for i, name in enumerate(_COMMON)}
+    return routes.samples(list(cols[0]), common)
