@@ -19,14 +19,14 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import _default_expect_handler as _aiohttp_expect
 
 from lake import status as compactor_status
-from lake.catalog import Catalog
+from lake.catalog import Catalog, TombstoneRow
 from pushlake.config import Settings
 
 from .auth import AuthError, PushAuth
 from .groupcommit import GroupCommit, Item, Overloaded, WriteFailed
 from .keys import ROUTES, MissingKey, NotJson, deleted_itin, key_of, parse_keys
 from .log import LogReader, LogWriter
-from .record import KIND_EVENT
+from .record import Kind
 
 log = logging.getLogger("pushlake.receiver")
 
@@ -209,7 +209,7 @@ def make_handler(kind: int):
         if state["disk_low"]:
             return error(503, "disk_full", "free disk space is below the safety threshold; retry later",
                          {"Retry-After": "60"})
-        item: Item = (kind, time.time_ns() // 1000, team, key, body)
+        item = Item(kind, time.time_ns() // 1000, team, key, body)
         try:
             offset = await request.app[COMMIT].submit(item)
         except Overloaded:
@@ -249,17 +249,17 @@ def _tombstone_sink(data_dir: Path, part: str):
     """Publish deletions in the catalog before they are acknowledged (SPEC §4).
 
     The commit is made visible to readers but not fsynced (``synchronous=NORMAL``): the log
-    record, fsynced just before, is the durable copy, and ``_republish_tombstones`` re-inserts
+    record, fsynced just before, is the durable copy, and ``republish_tombstones`` re-inserts
     any tombstone an OS crash could have dropped before the receiver accepts traffic again."""
     holder: dict = {}
 
     def sink(first: int, items: list[Item]) -> None:
         rows = []
-        for n, (kind, ts, team, key, _) in enumerate(items):
-            if kind == KIND_EVENT:
-                itin = deleted_itin(key)
+        for n, it in enumerate(items):
+            if it.kind == Kind.EVENT:
+                itin = deleted_itin(it.key)
                 if itin is not None:
-                    rows.append((team, itin, part, first + n, ts))
+                    rows.append(TombstoneRow(it.team, itin, part, first + n, it.received_us))
         if rows:
             if "cat" not in holder:
                 holder["cat"] = Catalog(data_dir)
@@ -279,7 +279,7 @@ def _compacted_up_to(data_dir: Path, part: str) -> int:
         cat.close()
 
 
-def _republish_tombstones(data_dir: Path, part: str) -> int:
+def republish_tombstones(data_dir: Path, part: str) -> int:
     """Tombstones of the log tail the compactor has not reached yet, inserted again on start."""
     cat = Catalog(data_dir)
     try:
@@ -291,9 +291,9 @@ def _republish_tombstones(data_dir: Path, part: str) -> int:
             if not recs:
                 break
             for r in recs:
-                itin = deleted_itin(r.key) if r.kind == KIND_EVENT else None
+                itin = deleted_itin(r.key) if r.kind == Kind.EVENT else None
                 if itin is not None:
-                    rows.append((r.team, itin, part, r.offset, r.received_us))
+                    rows.append(TombstoneRow(r.team, itin, part, r.offset, r.received_us))
             pos = recs[-1].offset + 1
         if rows:
             cat.add_tombstones(rows)
@@ -326,7 +326,7 @@ def build_app(settings: Settings, partition: int = 0) -> web.Application:
     async def startup(app: web.Application) -> None:
         writer = LogWriter(settings.data_dir, partition, settings.segment_bytes, settings.segment_age_s,
                            floor=_compacted_up_to(settings.data_dir, f"p{partition}"))
-        _republish_tombstones(settings.data_dir, writer.partition)
+        republish_tombstones(settings.data_dir, writer.partition)
         gc = GroupCommit(writer, _tombstone_sink(settings.data_dir, writer.partition),
                          settings.max_pending_requests, settings.max_pending_bytes)
         gc.start()

@@ -7,13 +7,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from .log import LogWriter
 
 log = logging.getLogger("pushlake.groupcommit")
 
-Item = tuple[int, int, str, str, bytes]  # kind, received_us, team, key, body
+
+
+class Item(NamedTuple):
+    """One push to make durable: what ``LogWriter.append`` writes as a record (which gets its
+    offset there)."""
+    kind: int
+    received_us: int
+    team: str
+    key: str
+    body: bytes
 
 
 class Overloaded(Exception):
@@ -55,11 +64,11 @@ class GroupCommit:
         return len(self._pending) >= self.max_pending or self._pending_bytes + nbytes > self.max_pending_bytes
 
     async def submit(self, item: Item) -> int:
-        if self.full(len(item[4])):
+        if self.full(len(item.body)):
             raise Overloaded()
         fut = asyncio.get_running_loop().create_future()
         self._pending.append((item, fut))
-        self._pending_bytes += len(item[4])
+        self._pending_bytes += len(item.body)
         self._wake.set()
         return await fut
 

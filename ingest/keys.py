@@ -6,16 +6,16 @@ from typing import Any
 
 import msgspec
 
-from .record import KIND_CRASH, KIND_DIAGNOSIS, KIND_EVENT, KIND_TRIP
+from .record import Kind
 
 DELETION_EVENT = "TRIP_DELETION"
 
 # kind -> (path segment, required key fields)
 ROUTES = {
-    "trip": (KIND_TRIP, ("itinId",)),
-    "trip/event": (KIND_EVENT, ("itinId", "event")),
-    "crash": (KIND_CRASH, ("crashId",)),
-    "diagnosis": (KIND_DIAGNOSIS, ("userId",)),
+    "trip": (Kind.TRIP, ("itinId",)),
+    "trip/event": (Kind.EVENT, ("itinId", "event")),
+    "crash": (Kind.CRASH, ("crashId",)),
+    "diagnosis": (Kind.DIAGNOSIS, ("userId",)),
 }
 
 
@@ -73,14 +73,14 @@ def key_of(kind: int, doc: dict[str, Any], body: bytes) -> str:
         if len(v) > 256:
             raise MissingKey(f"key field '{name}' is longer than 256 characters")
         return v
-    if kind == KIND_TRIP:
+    if kind == Kind.TRIP:
         return need("itinId")
-    if kind == KIND_EVENT:
+    if kind == Kind.EVENT:
         event = need("event")
         if ":" in event:  # the key is itinId:event; a ':' in the event would make it ambiguous
             raise MissingKey("field 'event' cannot contain ':'")
         return f"{need('itinId')}:{event}"
-    if kind == KIND_CRASH:
+    if kind == Kind.CRASH:
         return need("crashId")
     return f"{need('userId')}:{body_sha256(body)}"
 

@@ -19,9 +19,12 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from . import record as rec
+
+if TYPE_CHECKING:
+    from .groupcommit import Item
 
 log = logging.getLogger("pushlake.log")
 
@@ -200,8 +203,8 @@ class LogWriter:
         self._size = 0
         self._opened_at = time.monotonic()
 
-    def append(self, items: list[tuple[int, int, str, str, bytes]]) -> int:
-        """Append (kind, received_us, team, key, body) items and fdatasync; return first offset.
+    def append(self, items: list[Item]) -> int:
+        """Append items (kind, received_us, team, key, body) and fdatasync; return the first offset.
 
         On a write error the segment is cut back to its last durable size so that a later batch
         never lands behind a half-written frame."""

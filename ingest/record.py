@@ -12,6 +12,7 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import BinaryIO
 
 VERSION = 1
@@ -20,11 +21,30 @@ HEAD = struct.Struct("<BBQqHHB")
 FRAME_SIZE = FRAME.size
 MAX_RECORD = 1 << 31
 
-KIND_TRIP = 1
-KIND_EVENT = 2
-KIND_CRASH = 3
-KIND_DIAGNOSIS = 4
-KIND_NAMES = {KIND_TRIP: "trip", KIND_EVENT: "event", KIND_CRASH: "crash", KIND_DIAGNOSIS: "diagnosis"}
+
+
+class Kind(IntEnum):
+    """What was pushed: the ``<u8 kind>`` of a record, and the ``kind`` column of the catalog.
+
+    An ``int`` subclass, so it is written as the same byte into frames and as a plain INTEGER
+    by sqlite3; records read back carry the plain int, which compares equal to its member."""
+    TRIP = 1
+    EVENT = 2
+    CRASH = 3
+    DIAGNOSIS = 4
+
+    @property
+    def label(self) -> str:
+        """The lower-case name: trip, event, crash or diagnosis."""
+        return self.name.lower()
+
+
+def kind_label(kind: int) -> str | None:
+    """The label of a kind, None for a kind this release does not know."""
+    try:
+        return Kind(kind).label
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +59,7 @@ class Record:
 
     @property
     def kind_name(self) -> str:
-        return KIND_NAMES.get(self.kind, str(self.kind))
+        return kind_label(self.kind) or str(self.kind)
 
 
 class CorruptRecord(Exception):
@@ -99,3 +119,12 @@ def frames(f: BinaryIO, pos: int = 0, want: Callable[[int], bool] | None = None
             raise CorruptRecord(f"CRC mismatch at byte {pos}")
         yield pos, end, decode_payload(payload)
         pos = end
+
+
+# Deprecated aliases of ``Kind``, kept only for pushlake/api/* and bench/ until they switch;
+# new code uses ``Kind``. Remove once nothing imports them.
+KIND_TRIP = Kind.TRIP
+KIND_EVENT = Kind.EVENT
+KIND_CRASH = Kind.CRASH
+KIND_DIAGNOSIS = Kind.DIAGNOSIS
+KIND_NAMES = {k: k.label for k in Kind}

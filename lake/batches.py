@@ -13,7 +13,7 @@ from typing import Callable
 
 from ingest.keys import body_sha256
 from ingest.log import LogReader, list_partitions
-from ingest.record import KIND_TRIP, Record
+from ingest.record import Kind, Record
 
 from .project import Projected, ProjectionError, SplitTrip, project, project_trip
 from .routes import Routes
@@ -38,7 +38,7 @@ class Batch:
 
     def project(self, part: str, r: Record, k: int) -> Projected:
         """The rows of record ``k`` (a ``lake.plan.Projector``); raises what projection raises."""
-        if r.kind != KIND_TRIP:
+        if r.kind != Kind.TRIP:
             return project(r, part)
         pre = self.trips[k]
         if isinstance(pre, ProjectionError):
@@ -51,7 +51,7 @@ class Batch:
 
     def sha256(self, r: Record, k: int) -> str:
         """The body's hash (a trip's was taken when it was split: its body is gone by then)."""
-        return self.trips[k].sha256 if r.kind == KIND_TRIP else body_sha256(r.body)
+        return self.trips[k].sha256 if r.kind == Kind.TRIP else body_sha256(r.body)
 
 
 class BatchReader:
@@ -81,7 +81,7 @@ class BatchReader:
     def start(self, b: Batch) -> Batch:
         """Order the batch by arrival and start splitting its trips (``finish`` waits)."""
         b.records.sort(key=lambda pr: (pr[1].received_us, pr[0], pr[1].offset))
-        b.split = self.splitter.split([(k, r.body) for k, (_, r) in enumerate(b.records) if r.kind == KIND_TRIP])
+        b.split = self.splitter.split([(k, r.body) for k, (_, r) in enumerate(b.records) if r.kind == Kind.TRIP])
         return b
 
     @staticmethod
@@ -93,7 +93,7 @@ class BatchReader:
         b.split = None
         # a split trip's body is not read again (its hash came with it): a batch held while the
         # next one is read ahead costs its routes, not its bodies as well
-        b.records = [(part, replace(r, body=b"") if r.kind == KIND_TRIP else r) for part, r in b.records]
+        b.records = [(part, replace(r, body=b"") if r.kind == Kind.TRIP else r) for part, r in b.records]
         return b
 
     def prepare(self, b: Batch) -> Batch:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-from ingest.record import KIND_TRIP
+from ingest.record import Kind
 
 from .schema import TRIP_TABLES
 
@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS task_items(
 STAT_FIELDS = ("received", "stored", "duplicates", "discarded", "deleted")
 
 LIVE = "removed_snapshot IS NULL"
+FILE_COLUMNS = "id, tbl, team, date, path, rows, bytes"  # a FileRow
 
 
 class Order(NamedTuple):
@@ -79,6 +80,145 @@ class Version(NamedTuple):
     order: Order
     sha256: str
     date: str
+
+
+# The rows a commit writes and the catalog returns: named tuples, so that they are read by name
+# and still go to sqlite3's executemany as they are (the field order is the statements' order).
+
+class Key(NamedTuple):
+    """A push's idempotency key within its kind and team (a row of ``Commit.drop_versions``)."""
+    kind: int
+    team: str
+    key: str
+
+
+class TripRef(NamedTuple):
+    """A trip of a team (``Commit.applied``, ``Commit.reclean``, ``tombstones_to_clean``)."""
+    team: str
+    itin: str
+
+
+class LogRef(NamedTuple):
+    """A record of the log, by partition and offset (``Commit.superseded``)."""
+    part: str
+    offset: int
+
+
+class VersionRow(NamedTuple):
+    """A row of ``versions``: the version of a key the commit stores."""
+    kind: int
+    team: str
+    key: str
+    received_us: int
+    part: str
+    offset: int
+    body_sha256: str
+    date: str          # the partition holding its rows
+
+
+class TombstoneRow(NamedTuple):
+    """A trip's deletion: where its TRIP_DELETION is in the log."""
+    team: str
+    itin_id: str
+    part: str
+    offset: int
+    received_us: int
+
+
+class FailedRow(NamedTuple):
+    """A push that could not be projected, with the reason (stored as a FAILED item)."""
+    kind: int
+    team: str
+    key: str
+    part: str
+    offset: int
+    received_us: int
+    reason: str
+
+
+class ResolvedRow(NamedTuple):
+    """A key's good push: its FAILED items received up to ``received_us`` are RESOLVED."""
+    kind: int
+    team: str
+    key: str
+    received_us: int
+
+
+class StatKey(NamedTuple):
+    """What push counters are kept per: receive day, team and kind."""
+    day: str
+    team: str
+    kind: int
+
+
+class TaskDone(NamedTuple):
+    """A retry task's items that a commit completes."""
+    task_id: str
+    failed_ids: list[int]
+
+
+class FileRow(NamedTuple):
+    """A file of the lake, as the catalog lists it."""
+    id: int
+    tbl: str
+    team: str
+    date: str
+    path: str          # relative to the data directory
+    rows: int
+    bytes: int
+
+
+class FileRef(NamedTuple):
+    """A removed file, by id and path (``expired_files``)."""
+    id: int
+    path: str
+
+
+class FailedItem(NamedTuple):
+    """A row of ``failed``: a quarantined push and what became of it."""
+    id: int
+    kind: int
+    team: str
+    key: str
+    part: str
+    offset: int
+    received_us: int
+    reason: str
+    status: str        # FAILED, RESOLVED, SUPERSEDED, DELETED or ERASED
+    failed_at: float
+
+
+class TaskRow(NamedTuple):
+    """A retry task (``get_task``)."""
+    task_id: str
+    type: str
+    status: str
+    created_at: float
+    completed_at: float | None
+    nb_items: int
+    nb_remaining: int
+
+
+class NextTask(NamedTuple):
+    """The oldest unfinished retry task and the kind of push it retries."""
+    task_id: str
+    kind: Kind
+
+
+class TaskItem(NamedTuple):
+    """An unfinished item of a task: the FAILED item's id, where its record is, its status now."""
+    failed_id: int
+    part: str
+    offset: int
+    status: str
+
+
+class ReadState(NamedTuple):
+    """What a reader needs of one snapshot (``read_state``)."""
+    snapshot: int
+    files: list[FileRow]
+    tombstones: list[TripRef]        # pending
+    dirty: set[int]                  # ids of live trip files in a partition with a pending tombstone
 
 
 @dataclass
@@ -98,16 +238,16 @@ class Commit:
     positions: dict[str, int] = field(default_factory=dict)
     add_files: list[NewFile] = field(default_factory=list)
     remove_files: set[int] = field(default_factory=set)
-    versions: list[tuple[int, str, str, int, str, int, str, str]] = field(default_factory=list)
-    drop_versions: list[tuple[int, str, str]] = field(default_factory=list)
-    tombstones: list[tuple[str, str, str, int, float]] = field(default_factory=list)
-    applied: list[tuple[str, str]] = field(default_factory=list)
-    failed: list[tuple[int, str, str, str, int, int, str]] = field(default_factory=list)
-    resolved: list[tuple[int, str, str, int]] = field(default_factory=list)
-    superseded: list[tuple[str, int]] = field(default_factory=list)        # FAILED items now stale
-    reclean: set[tuple[str, str]] = field(default_factory=set)             # deleted trips pushed again
-    stats: dict[tuple[str, str, int], list[int]] = field(default_factory=dict)  # (day, team, kind) -> counts
-    task: tuple[str, list[int]] | None = None                               # retry task, items done
+    versions: list[VersionRow] = field(default_factory=list)
+    drop_versions: list[Key] = field(default_factory=list)
+    tombstones: list[TombstoneRow] = field(default_factory=list)
+    applied: list[TripRef] = field(default_factory=list)                 # tombstones now applied
+    failed: list[FailedRow] = field(default_factory=list)
+    resolved: list[ResolvedRow] = field(default_factory=list)
+    superseded: list[LogRef] = field(default_factory=list)               # FAILED items now stale
+    reclean: set[TripRef] = field(default_factory=set)                   # deleted trips pushed again
+    stats: dict[StatKey, list[int]] = field(default_factory=dict)        # -> counts, in STAT_FIELDS order
+    task: TaskDone | None = None                                         # retry task, items done
     summary: str = ""
 
 
@@ -154,44 +294,45 @@ class Catalog:
             with self._tx():
                 self.con.execute("DROP INDEX IF EXISTS tombstones_pending")
                 self.con.execute("ALTER TABLE tombstones ADD COLUMN date TEXT")
-                self.con.execute("UPDATE tombstones SET date = (SELECT v.date FROM versions v WHERE v.kind = 1 "
-                                 "AND v.team = tombstones.team AND v.key = tombstones.itin_id) WHERE applied_at IS NULL")
+                self.con.execute("UPDATE tombstones SET date = (SELECT v.date FROM versions v WHERE v.kind = ? "
+                                 "AND v.team = tombstones.team AND v.key = tombstones.itin_id) WHERE applied_at IS NULL",
+                                 (Kind.TRIP,))
 
     def close(self) -> None:
         self.con.close()
 
     # -- receiver side ------------------------------------------------------------------------
-    def add_tombstones(self, rows: Iterable[tuple[str, str, str, int, int]]) -> None:
-        """Make deletions visible to readers (called by the receiver before it acknowledges).
-        Rows are (team, itin_id, partition, offset, received_us)."""
+    def add_tombstones(self, rows: Iterable[TombstoneRow]) -> None:
+        """Make deletions visible to readers (called by the receiver before it acknowledges)."""
         with self._tx():
             # the trip's partition is recorded with the tombstone, so readers find the files to
             # filter without a join (Catalog.commit keeps it current if a racing step moves the trip)
             self.con.executemany(
                 "INSERT OR IGNORE INTO tombstones(team, itin_id, part, offset, received_us, date) "
-                "VALUES (?,?,?,?,?, (SELECT date FROM versions WHERE kind = 1 AND team = ? AND key = ?))",
-                [(*r, r[0], r[1]) for r in rows])
+                "VALUES (?,?,?,?,?, (SELECT date FROM versions WHERE kind = ? AND team = ? AND key = ?))",
+                [(*r, Kind.TRIP, r.team, r.itin_id) for r in map(TombstoneRow._make, rows)])
 
     # -- reader side --------------------------------------------------------------------------
     def data_version(self) -> int:
         return self.con.execute("PRAGMA data_version").fetchone()[0]
 
-    def read_state(self, team: str | None = None) -> tuple[int, list[tuple], list[tuple[str, str]], set[int]]:
-        """(snapshot id, live files, pending tombstones, ids of live trip files in a partition
-        that holds a trip with a pending tombstone), all read in one transaction."""
+    def read_state(self, team: str | None = None) -> ReadState:
+        """The snapshot id, its live files, the pending tombstones and the ids of live trip files
+        in a partition that holds a trip with a pending tombstone, all read in one transaction."""
         c = self.con
         tf, args = ("AND team = ?", (team,)) if team else ("", ())
         c.execute("BEGIN")
         try:
             snap = c.execute("SELECT coalesce(max(id), 0) FROM snapshots").fetchone()[0]
-            files = c.execute(f"SELECT id, tbl, team, date, path, rows FROM files WHERE {LIVE} {tf}", args).fetchall()
-            tombs = c.execute(f"SELECT team, itin_id FROM tombstones WHERE applied_at IS NULL {tf}", args).fetchall()
+            files = list(map(FileRow._make, c.execute(f"SELECT {FILE_COLUMNS} FROM files WHERE {LIVE} {tf}", args)))
+            tombs = list(map(TripRef._make, c.execute(f"SELECT team, itin_id FROM tombstones WHERE applied_at IS NULL {tf}",
+                                                      args)))
             parts = set(c.execute("SELECT DISTINCT team, date FROM tombstones WHERE applied_at IS NULL "
                                   f"AND date IS NOT NULL {tf}", args)) if tombs else set()
         finally:
             c.execute("COMMIT")
-        dirty = {f[0] for f in files if f[1] in TRIP_TABLES and (f[2], f[3]) in parts} if parts else set()
-        return snap, files, tombs, dirty
+        dirty = {f.id for f in files if f.tbl in TRIP_TABLES and (f.team, f.date) in parts} if parts else set()
+        return ReadState(snap, files, tombs, dirty)
 
     # -- compactor side -----------------------------------------------------------------------
     def positions(self) -> dict[str, int]:
@@ -215,17 +356,18 @@ class Catalog:
             out.update((r[0], Order(r[1], r[2], r[3])) for r in self.con.execute(q, (team, *chunk)))
         return out
 
-    def partition_files(self, tables: tuple[str, ...], team: str, date: str) -> list[tuple]:
-        """(id, tbl, team, date, path) of the live files of these tables in one partition."""
+    def partition_files(self, tables: tuple[str, ...], team: str, date: str) -> list[FileRow]:
+        """The live files of these tables in one partition."""
         tq = ",".join("?" * len(tables))
-        return self.con.execute(f"SELECT id, tbl, team, date, path FROM files WHERE {LIVE} AND team = ? AND date = ? "
-                                f"AND tbl IN ({tq})", (team, date, *tables)).fetchall()
+        return list(map(FileRow._make, self.con.execute(
+            f"SELECT {FILE_COLUMNS} FROM files WHERE {LIVE} AND team = ? AND date = ? AND tbl IN ({tq})",
+            (team, date, *tables))))
 
-    def live_files(self, tbl: str | None = None) -> list[tuple]:
-        q = f"SELECT id, tbl, team, date, path, rows, bytes FROM files WHERE {LIVE}"
+    def live_files(self, tbl: str | None = None) -> list[FileRow]:
+        q = f"SELECT {FILE_COLUMNS} FROM files WHERE {LIVE}"
         if tbl:
-            return self.con.execute(q + " AND tbl = ?", (tbl,)).fetchall()
-        return self.con.execute(q).fetchall()
+            return list(map(FileRow._make, self.con.execute(q + " AND tbl = ?", (tbl,))))
+        return list(map(FileRow._make, self.con.execute(q)))
 
     def all_paths(self) -> set[str]:
         return {r[0] for r in self.con.execute("SELECT path FROM files")}
@@ -235,9 +377,9 @@ class Catalog:
         con = self.con
         # rows in key order: consecutive statements touch neighbouring B-tree pages (a batch of
         # 100,000 deletions in arrival order touched a random page each)
-        c.versions.sort(key=lambda v: (v[0], v[1], v[2]))
+        c.versions.sort(key=lambda v: (v.kind, v.team, v.key))
         c.drop_versions.sort()
-        c.tombstones.sort(key=lambda t: (t[0], t[1]))
+        c.tombstones.sort(key=lambda t: (t.team, t.itin_id))
         c.applied.sort()
         with self._tx():
             snap = con.execute("INSERT INTO snapshots(created_at, operation, summary) VALUES (?,?,?)",
@@ -258,11 +400,11 @@ class Catalog:
             # a trip stored by a step that was planned before its tombstone arrived: readers must
             # look for it where it now is
             con.executemany("UPDATE tombstones SET date=? WHERE team=? AND itin_id=? AND applied_at IS NULL",
-                            ((v[7], v[1], v[2]) for v in c.versions if v[0] == KIND_TRIP))
+                            ((v.date, v.team, v.key) for v in c.versions if v.kind == Kind.TRIP))
             con.executemany("INSERT OR IGNORE INTO tombstones(team, itin_id, part, offset, received_us) VALUES (?,?,?,?,?)",
                             c.tombstones)
             con.executemany("UPDATE tombstones SET applied_at=? WHERE team=? AND itin_id=? AND applied_at IS NULL",
-                            ((now, t, i) for t, i in c.applied))
+                            ((now, t.team, t.itin) for t in c.applied))
             con.executemany("INSERT OR REPLACE INTO failed(kind, team, key, part, offset, received_us, reason, status, failed_at) "
                             "VALUES (?,?,?,?,?,?,?,'FAILED',?)", ((*f, now) for f in c.failed))
             if con.execute("SELECT 1 FROM failed WHERE status = 'FAILED' LIMIT 1").fetchone():
@@ -270,8 +412,8 @@ class Catalog:
                 con.executemany("UPDATE failed SET status='RESOLVED' WHERE kind=? AND team=? AND key=? "
                                 "AND status='FAILED' AND received_us <= ?", c.resolved)
                 # a deleted trip's FAILED items are no longer retriable
-                con.executemany("UPDATE failed SET status='DELETED' WHERE kind=1 AND team=? AND key=? AND status='FAILED'",
-                                c.applied)
+                con.executemany("UPDATE failed SET status='DELETED' WHERE kind=? AND team=? AND key=? AND status='FAILED'",
+                                ((Kind.TRIP, t.team, t.itin) for t in c.applied))
             con.executemany("UPDATE failed SET status='SUPERSEDED' WHERE part=? AND offset=? AND status='FAILED'",
                             c.superseded)
             # a deleted trip pushed again (a retry) left a record in the log: the cleaner must come back
@@ -293,9 +435,9 @@ class Catalog:
         return snap
 
     # -- maintenance --------------------------------------------------------------------------
-    def expired_files(self, older_than: float) -> list[tuple[int, str]]:
-        return self.con.execute("SELECT id, path FROM files WHERE removed_at IS NOT NULL AND removed_at <= ?",
-                                (older_than,)).fetchall()
+    def expired_files(self, older_than: float) -> list[FileRef]:
+        return list(map(FileRef._make, self.con.execute(
+            "SELECT id, path FROM files WHERE removed_at IS NOT NULL AND removed_at <= ?", (older_than,))))
 
     def forget_files(self, ids: list[int]) -> None:
         with self._tx():
@@ -304,23 +446,25 @@ class Catalog:
             self.con.execute("DELETE FROM snapshots WHERE id < (SELECT coalesce(min(added_snapshot), 0) FROM files) "
                              "AND id < (SELECT max(id) FROM snapshots)")
 
-    def tombstones_to_clean(self, older_than: float) -> list[tuple[str, str]]:
-        return self.con.execute("SELECT team, itin_id FROM tombstones WHERE applied_at IS NOT NULL AND applied_at <= ? "
-                                "AND log_cleaned = 0", (older_than,)).fetchall()
+    def tombstones_to_clean(self, older_than: float) -> list[TripRef]:
+        return list(map(TripRef._make, self.con.execute(
+            "SELECT team, itin_id FROM tombstones WHERE applied_at IS NOT NULL AND applied_at <= ? "
+            "AND log_cleaned = 0", (older_than,))))
 
-    def mark_log_cleaned(self, rows: list[tuple[str, str]]) -> None:
+    def mark_log_cleaned(self, rows: list[TripRef]) -> None:
         with self._tx():
             self.con.executemany("UPDATE tombstones SET log_cleaned=1 WHERE team=? AND itin_id=?", rows)
-            self.con.executemany("UPDATE failed SET status='ERASED' WHERE kind=1 AND team=? AND key=?", rows)
+            self.con.executemany("UPDATE failed SET status='ERASED' WHERE kind=? AND team=? AND key=?",
+                                 ((Kind.TRIP, team, itin) for team, itin in rows))
 
-    def failed_items(self, status: str | None = "FAILED") -> list[tuple]:
+    def failed_items(self, status: str | None = "FAILED") -> list[FailedItem]:
         q = "SELECT id, kind, team, key, part, offset, received_us, reason, status, failed_at FROM failed"
         if status:
-            return self.con.execute(q + " WHERE status = ? ORDER BY id", (status,)).fetchall()
-        return self.con.execute(q + " ORDER BY id").fetchall()
+            return list(map(FailedItem._make, self.con.execute(q + " WHERE status = ? ORDER BY id", (status,))))
+        return list(map(FailedItem._make, self.con.execute(q + " ORDER BY id")))
 
     # -- retry tasks ------------------------------------------------------------------------------
-    TASK_KINDS = {"PUSH_FAILED_TRIPS": 1, "PUSH_FAILED_CRASHES": 3}
+    TASK_KINDS = {"PUSH_FAILED_TRIPS": Kind.TRIP, "PUSH_FAILED_CRASHES": Kind.CRASH}
 
     def create_task(self, task_type: str, task_id: str) -> tuple[str, int]:
         """Queue a retry of every FAILED item of that kind; TaskRunning if one is unfinished."""
@@ -344,20 +488,21 @@ class Catalog:
             self.con.execute("UPDATE tasks SET status='FAILED', error=?, completed_at=? WHERE task_id=?",
                              (reason, time.time(), task_id))
 
-    def get_task(self, task_id: str) -> tuple | None:
-        return self.con.execute("SELECT task_id, type, status, created_at, completed_at, nb_items, nb_remaining "
-                                "FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+    def get_task(self, task_id: str) -> TaskRow | None:
+        r = self.con.execute("SELECT task_id, type, status, created_at, completed_at, nb_items, nb_remaining "
+                             "FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+        return None if r is None else TaskRow._make(r)
 
-    def next_task(self) -> tuple[str, int] | None:
+    def next_task(self) -> NextTask | None:
         r = self.con.execute("SELECT task_id, type FROM tasks WHERE status IN ('PENDING','IN_PROGRESS') "
                              "ORDER BY created_at LIMIT 1").fetchone()
-        return (r[0], self.TASK_KINDS[r[1]]) if r else None
+        return NextTask(r[0], self.TASK_KINDS[r[1]]) if r else None
 
-    def task_items(self, task_id: str, limit: int) -> list[tuple[int, str, int, str]]:
-        """(failed id, part, offset, current status) of the task's unfinished items."""
-        return self.con.execute("SELECT f.id, f.part, f.offset, f.status FROM task_items i JOIN failed f ON f.id = i.failed_id "
-                                "WHERE i.task_id=? AND i.done=0 ORDER BY f.part, f.offset LIMIT ?",
-                                (task_id, limit)).fetchall()
+    def task_items(self, task_id: str, limit: int) -> list[TaskItem]:
+        """The task's unfinished items."""
+        return list(map(TaskItem._make, self.con.execute(
+            "SELECT f.id, f.part, f.offset, f.status FROM task_items i JOIN failed f ON f.id = i.failed_id "
+            "WHERE i.task_id=? AND i.done=0 ORDER BY f.part, f.offset LIMIT ?", (task_id, limit))))
 
     # -- push reports -------------------------------------------------------------------------------
     def report(self, kind: int, start: str, end: str, team: str | None = None) -> list[dict]:

@@ -70,22 +70,22 @@ def check(data_dir: Path) -> Report:
         live = cat.live_files()
         rep.info["live_files"] = len(live)
         rows_by_table: dict[str, int] = {}
-        for fid, tbl, team, date, rel, rows, nbytes in live:
-            p = data_dir / rel
+        for f in live:
+            p = data_dir / f.path
             if not p.exists():
-                rep.errors.append(f"catalog file missing on disk: {rel}")
+                rep.errors.append(f"catalog file missing on disk: {f.path}")
                 continue
-            if p.stat().st_size != nbytes:
-                rep.errors.append(f"{rel}: size {p.stat().st_size} differs from the catalog's {nbytes}")
+            if p.stat().st_size != f.bytes:
+                rep.errors.append(f"{f.path}: size {p.stat().st_size} differs from the catalog's {f.bytes}")
                 continue
             try:
                 n = pq.ParquetFile(p).metadata.num_rows
             except Exception as e:  # noqa: BLE001 - any unreadable footer is a finding
-                rep.errors.append(f"{rel}: unreadable Parquet ({e})")
+                rep.errors.append(f"{f.path}: unreadable Parquet ({e})")
                 continue
-            if n != rows:
-                rep.errors.append(f"{rel}: {n} rows, catalog says {rows}")
-            rows_by_table[tbl] = rows_by_table.get(tbl, 0) + rows
+            if n != f.rows:
+                rep.errors.append(f"{f.path}: {n} rows, catalog says {f.rows}")
+            rows_by_table[f.tbl] = rows_by_table.get(f.tbl, 0) + f.rows
         rep.info["rows"] = rows_by_table
         known = cat.all_paths()
         for tbl in SCHEMAS:
@@ -93,9 +93,9 @@ def check(data_dir: Path) -> Report:
                 if str(p.relative_to(data_dir)) not in known:
                     rep.warnings.append(f"file not in the catalog (orphan of an interrupted compaction): "
                                         f"{p.relative_to(data_dir)}")
-        for (fid, kind, team, key, part, offset, ts, reason, status, at) in cat.failed_items("FAILED"):
-            rep.failed.append({"id": fid, "kind": kind, "team": team, "key": key, "part": part, "offset": offset,
-                               "reason": reason})
+        for f in cat.failed_items("FAILED"):
+            rep.failed.append({"id": f.id, "kind": f.kind, "team": f.team, "key": f.key, "part": f.part,
+                               "offset": f.offset, "reason": f.reason})
     finally:
         cat.close()
     return rep

@@ -23,7 +23,7 @@ from pathlib import Path
 from ingest import record as rec
 from ingest.log import fsync_dir, list_partitions, list_segments, scan_segment, try_lock
 
-from .catalog import Catalog
+from .catalog import Catalog, TripRef
 
 INDEX_SUFFIX = ".trips"
 _INDEX_HEAD = struct.Struct("<8sQQQ")  # magic, segment size, mtime_ns, inode
@@ -43,7 +43,7 @@ def clean_log(data_dir: Path, catalog: Catalog, older_than: float, stats: dict |
     wanted = set(targets)
     hashes = {trip_hash(team, itin) for team, itin in wanted}
     removed = 0
-    still_present: set[tuple[str, str]] = set()
+    still_present: set[TripRef] = set()
     counts = {"segments": 0, "scanned": 0, "rewritten": 0}
     for part in list_partitions(data_dir):
         pdir = Path(data_dir) / "log" / part
@@ -56,15 +56,15 @@ def clean_log(data_dir: Path, catalog: Catalog, older_than: float, stats: dict |
                 if sealed and hashes.isdisjoint(_trips_of(path, counts)):
                     continue
                 hits: list[tuple[int, int]] = []
-                keys: set[tuple[str, str]] = set()
+                keys: set[TripRef] = set()
                 kept: set[int] = set()  # the trips left in the segment: its index once rewritten
 
                 def visit(r: rec.Record, start: int, end: int) -> None:
-                    if r.kind != rec.KIND_TRIP:
+                    if r.kind != rec.Kind.TRIP:
                         return
-                    if (r.team, r.key) in wanted:
+                    if (t := TripRef(r.team, r.key)) in wanted:
                         hits.append((start, end))
-                        keys.add((r.team, r.key))
+                        keys.add(t)
                     else:
                         kept.add(trip_hash(r.team, r.key))
                 counts["scanned"] += 1
@@ -106,7 +106,7 @@ def _trips_of(segment: Path, counts: dict) -> set[int]:
     found: set[int] = set()
 
     def visit(r: rec.Record, start: int, end: int) -> None:
-        if r.kind == rec.KIND_TRIP:
+        if r.kind == rec.Kind.TRIP:
             found.add(trip_hash(r.team, r.key))
     counts["scanned"] += 1
     scan_segment(segment, visit)

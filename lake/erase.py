@@ -33,7 +33,7 @@ def verify_erased(data_dir: Path, itin: str, team: str | None = None) -> tuple[l
         parts = rel.parts
         if parts[0] == "log" and p.name.endswith(".log"):
             def visit(r: rec.Record, s: int, e: int) -> None:
-                if r.kind == rec.KIND_TRIP and r.key == itin and (team is None or r.team == team):
+                if r.kind == rec.Kind.TRIP and r.key == itin and (team is None or r.team == team):
                     findings.append(f"{rel}: trip record at offset {r.offset} holds the trip")
             res = scan_segment(p, visit)
             if res.good_bytes < res.total_bytes and needle in p.read_bytes()[res.good_bytes:]:
@@ -62,11 +62,12 @@ def verify_erased(data_dir: Path, itin: str, team: str | None = None) -> tuple[l
             n = con.execute(f"SELECT count(*) FROM tombstones WHERE itin_id = ?{tq} AND log_cleaned = 0", args).fetchone()[0]
             if n:
                 findings.append("the log cleaner has not yet processed this deletion (retention not elapsed?)")
-            n = con.execute(f"SELECT count(*) FROM versions WHERE kind = 1 AND key = ?{tq}", args).fetchone()[0]
+            n = con.execute(f"SELECT count(*) FROM versions WHERE kind = ? AND key = ?{tq}",
+                            (rec.Kind.TRIP, *args)).fetchone()[0]
             if n:
                 findings.append("the catalog still lists a stored version of the trip")
-            n = con.execute(f"SELECT count(*) FROM failed WHERE kind = 1 AND key = ?{tq} AND status = 'FAILED'",
-                            args).fetchone()[0]
+            n = con.execute(f"SELECT count(*) FROM failed WHERE kind = ? AND key = ?{tq} AND status = 'FAILED'",
+                            (rec.Kind.TRIP, *args)).fetchone()[0]
             if n:
                 findings.append(f"{n} FAILED item(s) of the trip are still quarantined")
         finally:

@@ -15,7 +15,7 @@ import sqlite3
 
 from ingest.record import Record
 
-from .catalog import Commit
+from .catalog import Commit, FailedRow
 from .plan import count
 
 log = logging.getLogger("pushlake.compactor")
@@ -60,7 +60,7 @@ class Isolation:
             return None
         log.error("record %s@%d (%s) fails even as FAILED; quarantining it: %s", part, r.offset, r.team, reason)
         c = Commit("quarantine", positions={part: r.offset + 1}, summary=f"quarantined {part}@{r.offset}")
-        c.failed.append((r.kind, r.team, r.key, part, r.offset, r.received_us, reason[:2000]))
+        c.failed.append(FailedRow(r.kind, r.team, r.key, part, r.offset, r.received_us, reason[:2000]))
         count(c, r, "received")
         return c
 

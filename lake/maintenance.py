@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from . import files as lf
-from .catalog import Catalog, CatalogConflict, Commit
+from .catalog import Catalog, CatalogConflict, Commit, FileRow
 from .schema import SCHEMAS
 
 log = logging.getLogger("pushlake.compactor")
@@ -41,24 +41,25 @@ def merge_small_files(out_dir: Path, catalog: Catalog, min_files: int = 8, max_g
     Files are streamed one at a time into the merged file, and one merged file takes at most
     ``budget_bytes`` of input: memory stays bounded by one file, and a merge is short enough to
     run between projection steps (``max_groups`` merges per call). Returns files merged."""
-    groups: dict[tuple[str, str, str], list[tuple]] = defaultdict(list)
-    for fid, tbl, team, date, path, rows, nbytes in catalog.live_files():
-        groups[(tbl, team, date)].append((fid, path, nbytes))
+    groups: dict[tuple[str, str, str], list[FileRow]] = defaultdict(list)
+    for f in catalog.live_files():
+        groups[(f.tbl, f.team, f.date)].append(f)
     merged = done = 0
     for (tbl, team, date), fl in groups.items():
-        small = sorted((f for f in fl if f[2] < budget_bytes // 2), key=lambda f: f[2])
+        small = sorted((f for f in fl if f.bytes < budget_bytes // 2), key=lambda f: f.bytes)
         if len(small) < min_files:
             continue
-        chosen, total = [], 0
+        chosen: list[FileRow] = []
+        total = 0
         for f in small:
-            if chosen and total + f[2] > budget_bytes:
+            if chosen and total + f.bytes > budget_bytes:
                 break
             chosen.append(f)
-            total += f[2]
+            total += f.bytes
         if len(chosen) < 2:
             continue
-        c = Commit("merge", remove_files={f[0] for f in chosen})
-        c.add_files.append(lf.merge_files(out_dir, tbl, team, date, [p for _, p, _ in chosen]))
+        c = Commit("merge", remove_files={f.id for f in chosen})
+        c.add_files.append(lf.merge_files(out_dir, tbl, team, date, [f.path for f in chosen]))
         c.summary = f"merged {len(chosen)} files of {tbl}/{team}/{date}"
         try:
             catalog.commit(c)
@@ -76,13 +77,13 @@ def vacuum(out_dir: Path, catalog: Catalog, retention_s: float, now: float | Non
     """Delete files replaced longer than the retention ago; readers keep older snapshots until then."""
     now = time.time() if now is None else now
     expired = catalog.expired_files(now - retention_s)
-    for _, rel in expired:
+    for f in expired:
         try:
-            (Path(out_dir) / rel).unlink()
+            (Path(out_dir) / f.path).unlink()
         except FileNotFoundError:
             pass
     if expired:
-        catalog.forget_files([i for i, _ in expired])
+        catalog.forget_files([f.id for f in expired])
     return len(expired)
 
 

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Protocol
 
 from ingest.keys import deleted_itin
-from ingest.record import KIND_EVENT, KIND_TRIP, Record
+from ingest.record import Kind, Record
 
-from .catalog import STAT_FIELDS, Commit, Order, Version
+from .catalog import (STAT_FIELDS, Commit, FailedRow, Key, LogRef, Order, ResolvedRow, StatKey, TombstoneRow,
+                      TripRef, Version, VersionRow)
 from .project import TABLES_OF_KIND, Projected, ProjectionError, received_date
 from .schema import TRIP_TABLES
 
@@ -42,17 +43,6 @@ class StepStats:
     def add(self, o: "StepStats") -> None:
         for k in self.__dataclass_fields__:
             setattr(self, k, getattr(self, k) + getattr(o, k))
-
-
-class Key(NamedTuple):
-    kind: int
-    team: str
-    key: str
-
-
-class TripRef(NamedTuple):
-    team: str
-    itin: str
 
 
 class Buffer(NamedTuple):
@@ -112,14 +102,14 @@ def look_up(catalog: Lookups, records: list[tuple[str, Record]]) -> Known:
     groups: dict[tuple[int, str], set[str]] = defaultdict(set)
     for _, r in records:
         groups[(r.kind, r.team)].add(r.key)
-        if r.kind == KIND_EVENT and (itin := deleted_itin(r.key)) is not None:
-            groups[(KIND_TRIP, r.team)].add(itin)
+        if r.kind == Kind.EVENT and (itin := deleted_itin(r.key)) is not None:
+            groups[(Kind.TRIP, r.team)].add(itin)
     known = Known()
     for (kind, team), keys in groups.items():
         ordered = sorted(keys)
         for k, v in catalog.versions_of(kind, team, ordered).items():
             known.versions[Key(kind, team, k)] = v
-        if kind == KIND_TRIP:
+        if kind == Kind.TRIP:
             for itin, order in catalog.deleted_among(team, ordered).items():
                 known.deleted[TripRef(team, itin)] = order
     return known
@@ -128,7 +118,7 @@ def look_up(catalog: Lookups, records: list[tuple[str, Record]]) -> Known:
 def count(c: Commit, r: Record, what: str, kind: int | None = None) -> None:
     """One more push in the counters of its receive day, team and kind (push reports)."""
     day = received_date(r).isoformat()
-    counts = c.stats.setdefault((day, r.team, r.kind if kind is None else kind), [0] * len(STAT_FIELDS))
+    counts = c.stats.setdefault(StatKey(day, r.team, r.kind if kind is None else kind), [0] * len(STAT_FIELDS))
     counts[STAT_FIELDS.index(what)] += 1
 
 
@@ -145,19 +135,19 @@ def plan(records: list[tuple[str, Record]], project: Projector, sha256: Hasher, 
     for k, (part, r) in enumerate(records):
         if not retry:
             count(c, r, "received")
-        if r.kind == KIND_EVENT:
+        if r.kind == Kind.EVENT:
             itin = deleted_itin(r.key)
             if itin is not None:
                 deletions.setdefault(TripRef(r.team, itin), (part, r))
                 if not retry:
-                    count(c, r, "deleted", kind=KIND_TRIP)
+                    count(c, r, "deleted", kind=Kind.TRIP)
         cands[Key(r.kind, r.team, r.key)].append((part, r, k))
     # the first deletion of each trip: from the catalog, or from this batch
     tomb: dict[TripRef, Order] = {t: Order(r.received_us, part, r.offset) for t, (part, r) in deletions.items()}
     for t, order in known.deleted.items():
         tomb[t] = min(order, tomb.get(t, order))
     for key, pushes in cands.items():
-        deleted_at = tomb.get(TripRef(key.team, key.key)) if key.kind == KIND_TRIP else None
+        deleted_at = tomb.get(TripRef(key.team, key.key)) if key.kind == Kind.TRIP else None
         before = known.versions.get(key)
         cur = before
         chosen = None
@@ -166,14 +156,14 @@ def plan(records: list[tuple[str, Record]], project: Projector, sha256: Hasher, 
             if cur is not None and cur.order >= order:
                 st.stale += 1   # older than the version in the lake (another partition, or a retry)
                 if retry:
-                    c.superseded.append((part, r.offset))
+                    c.superseded.append(LogRef(part, r.offset))
                 else:
                     count(c, r, "duplicates")
                 continue
             if deleted_at is not None and deleted_at < order:
                 st.deleted += 1  # pushed after its deletion: never visible
                 count(c, r, "discarded")
-                c.reclean.add((key.team, key.key))
+                c.reclean.add(TripRef(key.team, key.key))
                 continue
             try:
                 if (part, r.offset) in poison:
@@ -181,7 +171,7 @@ def plan(records: list[tuple[str, Record]], project: Projector, sha256: Hasher, 
                 projected = project(part, r, k)
             except Exception as e:  # noqa: BLE001 - whatever a record raises is its own FAILED reason
                 reason = str(e) if isinstance(e, ProjectionError) else f"{type(e).__name__}: {e}"
-                c.failed.append((key.kind, key.team, key.key, part, r.offset, r.received_us, reason))
+                c.failed.append(FailedRow(key.kind, key.team, key.key, part, r.offset, r.received_us, reason))
                 st.failed += 1
                 continue
             h = sha256(r, k)
@@ -191,23 +181,23 @@ def plan(records: list[tuple[str, Record]], project: Projector, sha256: Hasher, 
         if chosen is None:
             continue
         part, r, projected, h = chosen
-        c.resolved.append((key.kind, key.team, key.key, r.received_us))
+        c.resolved.append(ResolvedRow(key.kind, key.team, key.key, r.received_us))
         if deleted_at is not None:
             st.deleted += 1  # stored before its deletion, which this batch or an earlier one applies
             continue
         if before is not None:  # the previous version's rows, in the partition it was stored in
             p.remove_keys[Partition(TABLES_OF_KIND[key.kind], key.team, before.date)].add(key.key)
-        c.versions.append((key.kind, key.team, key.key, r.received_us, part, r.offset, h,
-                           projected.date.isoformat()))
+        c.versions.append(VersionRow(key.kind, key.team, key.key, received_us=r.received_us, part=part,
+                                     offset=r.offset, body_sha256=h, date=projected.date.isoformat()))
         _buffer(p, key.team, projected)
         st.stored += 1
     for (team, itin), (part, r) in deletions.items():
-        c.tombstones.append((team, itin, part, r.offset, r.received_us))
-        stored = known.versions.get(Key(KIND_TRIP, team, itin))  # where the deleted trip's rows are
+        c.tombstones.append(TombstoneRow(team, itin, part=part, offset=r.offset, received_us=r.received_us))
+        stored = known.versions.get(Key(Kind.TRIP, team, itin))  # where the deleted trip's rows are
         if stored is not None:
             p.remove_keys[Partition(TRIP_TABLES, team, stored.date)].add(itin)
-            c.drop_versions.append((KIND_TRIP, team, itin))
-        c.applied.append((team, itin))
+            c.drop_versions.append(Key(Kind.TRIP, team, itin))
+        c.applied.append(TripRef(team, itin))
     return p
 
 

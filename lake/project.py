@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from ingest.keys import body_sha256
-from ingest.record import KIND_CRASH, KIND_DIAGNOSIS, KIND_EVENT, KIND_TRIP, Record
+from ingest.record import Kind, Record
 
 from . import routes
 from .jsonvalues import Exact, dumps, loads
@@ -22,8 +22,8 @@ from .schema import (CRASH_FIELDS, DELETION_FIELDS, DIAGNOSIS_FIELDS, EVENT_ARRA
                      TRIP_FIELDS, TRIP_TABLES)
 
 UTC = dt.timezone.utc
-TABLES_OF_KIND = {KIND_TRIP: TRIP_TABLES, KIND_EVENT: ("trip_deletions",),
-                  KIND_CRASH: ("crashes",), KIND_DIAGNOSIS: ("diagnoses",)}
+TABLES_OF_KIND = {Kind.TRIP: TRIP_TABLES, Kind.EVENT: ("trip_deletions",),
+                  Kind.CRASH: ("crashes",), Kind.DIAGNOSIS: ("diagnoses",)}
 
 
 class ProjectionError(ValueError):
@@ -189,7 +189,7 @@ def received_date(r: Record) -> dt.date:
 
 def project(r: Record, part: str) -> Projected:
     """Crashes, diagnoses and deletions (trips go through ``split_trip`` and ``project_trip``)."""
-    fn = {KIND_EVENT: _deletion, KIND_CRASH: _crash, KIND_DIAGNOSIS: _diagnosis}[r.kind]
+    fn = {Kind.EVENT: _deletion, Kind.CRASH: _crash, Kind.DIAGNOSIS: _diagnosis}[r.kind]
     p = fn(r, _load(r))
     for rows in p.rows.values():
         for row in rows:

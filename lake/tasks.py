@@ -14,7 +14,7 @@ from ingest.log import read_at
 from ingest.record import Record
 
 from .batches import Batch, BatchReader
-from .catalog import Catalog, Commit
+from .catalog import Catalog, Commit, TaskDone
 from .plan import look_up, plan
 from .writer import Writer
 
@@ -26,20 +26,19 @@ def run_task(data_dir: Path, catalog: Catalog, batches: BatchReader, writer: Wri
     task = catalog.next_task()
     if task is None:
         return 0
-    task_id, kind = task
-    items = catalog.task_items(task_id, chunk)
+    items = catalog.task_items(task.task_id, chunk)
     by_part: dict[str, list[int]] = defaultdict(list)
-    for fid, part, offset, status in items:
-        if status == "FAILED":
-            by_part[part].append(offset)
+    for it in items:
+        if it.status == "FAILED":
+            by_part[it.part].append(it.offset)
     records: list[tuple[str, Record]] = []
     for part, offsets in by_part.items():
         found = read_at(data_dir, part, offsets)
         records.extend((part, found[o]) for o in offsets if o in found)
     b = batches.prepare(Batch(start={}, records=records))
     p = plan(b.records, b.project, b.sha256, look_up(catalog, b.records),
-             Commit("retry", task=(task_id, [fid for fid, *_ in items])), retry=True)
-    p.commit.summary = f"retry task {task_id}: {p.stats.stored} stored, {p.stats.failed} failed again"
+             Commit("retry", task=TaskDone(task.task_id, [it.failed_id for it in items])), retry=True)
+    p.commit.summary = f"retry task {task.task_id}: {p.stats.stored} stored, {p.stats.failed} failed again"
     writer.write_and_commit(p, b.routes, failpoint="task.before_commit")
     return len(items)
 
@@ -51,7 +50,7 @@ def run_task_safely(data_dir: Path, catalog: Catalog, batches: BatchReader, writ
     try:
         return run_task(data_dir, catalog, batches, writer)
     except Exception as e:  # noqa: BLE001 - recorded on the task
-        log.exception("retry task %s failed", task[0] if task else "?")
+        log.exception("retry task %s failed", task.task_id if task else "?")
         if task:
-            catalog.fail_task(task[0], f"{type(e).__name__}: {e}")
+            catalog.fail_task(task.task_id, f"{type(e).__name__}: {e}")
         return 0

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from pushlake import failpoints
 
 from . import files as lf
-from .catalog import Catalog, NewFile
+from .catalog import Catalog, FileRow, NewFile
 from .plan import Buffer, Plan, SampleRows
 from .routes import Routes
 from .schema import SCHEMAS
@@ -49,16 +49,15 @@ class Writer:
                 (self.out_dir / f.path).unlink(missing_ok=True)
             raise
 
-    def _rewrite(self, fid: int, tbl: str, team: str, date: str, path: str,
-                 keys: pa.Array) -> tuple[int, NewFile | None, bool]:
+    def _rewrite(self, f: FileRow, keys: pa.Array) -> tuple[int, NewFile | None, bool]:
         """Copy-on-write: the file without the rows of these keys (a file that holds none of
         them, found by reading its key columns only, is left alone)."""
-        probe = pq.read_table(self.out_dir / path, columns=lf.KEY_COLUMNS[tbl])
-        if not pc.any(pc.is_in(lf.key_array(tbl, probe), value_set=keys)).as_py():
-            return fid, None, False
-        t = lf.read_file(self.out_dir, path)
-        t = t.filter(pc.invert(pc.is_in(lf.key_array(tbl, t), value_set=keys)))
-        return fid, (lf.write_file(self.out_dir, tbl, team, date, t) if t.num_rows else None), True
+        probe = pq.read_table(self.out_dir / f.path, columns=lf.KEY_COLUMNS[f.tbl])
+        if not pc.any(pc.is_in(lf.key_array(f.tbl, probe), value_set=keys)).as_py():
+            return f.id, None, False
+        t = lf.read_file(self.out_dir, f.path)
+        t = t.filter(pc.invert(pc.is_in(lf.key_array(f.tbl, t), value_set=keys)))
+        return f.id, (lf.write_file(self.out_dir, f.tbl, f.team, f.date, t) if t.num_rows else None), True
 
     def _build(self, b: Buffer, parts: list, routes: Routes | None) -> NewFile | None:
         if b.tbl == "trip_samples":
@@ -72,7 +71,7 @@ class Writer:
         rewrites = []
         for part, keys in p.remove_keys.items():
             karr = pa.array(sorted(keys), pa.string())
-            rewrites += [self._pool.submit(self._rewrite, *f, karr)
+            rewrites += [self._pool.submit(self._rewrite, f, karr)
                          for f in self.catalog.partition_files(part.tables, part.team, part.date)]
         writes = [self._pool.submit(self._build, b, parts, routes) for b, parts in p.buffers.items()]
         try:

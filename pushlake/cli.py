@@ -388,7 +388,7 @@ def cmd_failed(a) -> int:
     compactor is running, else by the running one)."""
     import secrets
 
-    from ingest.record import KIND_NAMES
+    from ingest.record import kind_label
     from lake.catalog import Catalog, TaskRunning
     from lake.compactor import Compactor, CompactorBusy
     if not (a.data / "catalog.db").exists():
@@ -409,13 +409,13 @@ def cmd_failed(a) -> int:
             raise CliError(str(e)) from None
         finally:
             cat.close()
-        out = {"taskId": task_id, "nbItems": n, "status": row[2], "nbRemainingItems": row[6]}
+        out = {"taskId": task_id, "nbItems": n, "status": row.status, "nbRemainingItems": row.nb_remaining}
         _print_json(out) if a.json else print(" ".join(f"{k}={v}" for k, v in out.items()))
         return 0
     cat = Catalog(a.data, readonly=True)
     try:
-        rows = [{"id": r[0], "kind": KIND_NAMES.get(r[1]), "team": r[2], "key": r[3], "part": r[4], "offset": r[5],
-                 "reason": r[7]} for r in cat.failed_items("FAILED")]
+        rows = [{"id": f.id, "kind": kind_label(f.kind), "team": f.team, "key": f.key, "part": f.part,
+                 "offset": f.offset, "reason": f.reason} for f in cat.failed_items("FAILED")]
     finally:
         cat.close()
     if a.json:

@@ -122,9 +122,9 @@ class LakeConnection:
             return False
         snap, files, tombs, dirty = self._catalog.read_state(self.team)
         lists: dict[str, list[str]] = defaultdict(list)
-        for fid, tbl, team, date, path, rows in files:
-            name = f"pl_{tbl}_dirty" if (tbl in TRIP_TABLES and fid in dirty) else f"pl_{tbl}"
-            lists[name].append(str(self._root / path))
+        for f in files:
+            name = f"pl_{f.tbl}_dirty" if (f.tbl in TRIP_TABLES and f.id in dirty) else f"pl_{f.tbl}"
+            lists[name].append(str(self._root / f.path))
         for t in SCHEMAS:
             names = [f"pl_{t}"] + ([f"pl_{t}_dirty"] if t in TRIP_TABLES else [])
             for name in names:

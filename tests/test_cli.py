@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ingest.log import LogWriter
-from ingest.record import KIND_TRIP
+from ingest.record import Kind
 from tests.helpers import itin_id, run_cli, trip
 
 
@@ -18,7 +18,7 @@ from tests.helpers import itin_id, run_cli, trip
 def lake(data):
     """Two teams, trips over three days, compacted."""
     w = LogWriter(data, 0)
-    w.append([(KIND_TRIP, 1_750_000_000_000_000 + i, "acme" if i % 3 else "globex", itin_id(i),
+    w.append([(Kind.TRIP, 1_750_000_000_000_000 + i, "acme" if i % 3 else "globex", itin_id(i),
                orjson.dumps(trip(itin_id(i), user=f"d{i % 2}", start=f"2025-03-0{1 + i % 3}T10:00:00.000+0000")))
               for i in range(12)])
     w.close()
@@ -130,7 +130,7 @@ def test_check_finds_a_damaged_file_and_log(lake):
 def test_failed_items_are_listed(data):
     from tests.helpers import fixture_bytes
     w = LogWriter(data, 0)
-    w.append([(KIND_TRIP, 1, "acme", "0c83a8ad9bb98ef71a0bd659", fixture_bytes("trip_odd_shape.json"))])
+    w.append([(Kind.TRIP, 1, "acme", "0c83a8ad9bb98ef71a0bd659", fixture_bytes("trip_odd_shape.json"))])
     w.close()
     run_cli("compact", data=data)
     rows = json.loads(run_cli("failed", "list", "--json", data=data).stdout)

@@ -133,7 +133,7 @@ async def test_tombstones_of_the_uncompacted_tail_are_republished_on_start(pushe
     """If an OS crash dropped a tombstone the receiver published (not fsynced), the restart
     publishes it again from the log before taking traffic."""
     from lake.catalog import Catalog
-    from ingest.app import _republish_tombstones
+    from ingest.app import republish_tombstones
     await pusher.push("trip", trip(itin_id(1)))
     compact(data)
     await pusher.push("trip/event", deletion(itin_id(1)))
@@ -141,7 +141,7 @@ async def test_tombstones_of_the_uncompacted_tail_are_republished_on_start(pushe
     cat.con.execute("DELETE FROM tombstones")  # what an OS crash could leave behind
     con = queries.connect(data)
     assert visible(con, itin_id(1))["trips"] == 1
-    assert _republish_tombstones(data, "p0") == 1
+    assert republish_tombstones(data, "p0") == 1
     assert visible(con, itin_id(1)) == {"trips": 0, "trip_samples": 0, "trip_events": 0}
     cat.close()
 
@@ -158,31 +158,31 @@ def test_a_cleaned_log_tail_never_gives_offsets_back(data):
     """The cleaner may remove the last records of a partition; a receiver must not hand out
     their offsets again, or the compactor (already past them) would skip new pushes."""
     import orjson
-    from ingest.record import KIND_EVENT, KIND_TRIP
+    from ingest.record import Kind
     from lake.compactor import Compactor
     x, y = itin_id(1), itin_id(2)
-    _append(data, [(KIND_EVENT, 1, "acme", f"{x}:TRIP_DELETION", orjson.dumps(deletion(x))),
-                   (KIND_TRIP, 2, "acme", x, orjson.dumps(trip(x)))])   # a retry after the deletion: last record
+    _append(data, [(Kind.EVENT, 1, "acme", f"{x}:TRIP_DELETION", orjson.dumps(deletion(x))),
+                   (Kind.TRIP, 2, "acme", x, orjson.dumps(trip(x)))])   # a retry after the deletion: last record
     with Compactor(data, retention_days=0) as c:
         c.drain()
         assert c.maintain()["log_records_erased"] == 1
-    assert _append(data, [(KIND_TRIP, 3, "acme", y, orjson.dumps(trip(y)))]) == 2  # not 1
+    assert _append(data, [(Kind.TRIP, 3, "acme", y, orjson.dumps(trip(y)))]) == 2  # not 1
     compact(data)
     assert queries.connect(data).execute("SELECT itin_id FROM trips").fetchall() == [(y,)]
 
 
 def test_a_deleted_trip_pushed_again_after_cleaning_is_cleaned_again(data):
     import orjson
-    from ingest.record import KIND_EVENT, KIND_TRIP
+    from ingest.record import Kind
     from lake.compactor import Compactor
     x = itin_id(7)
-    _append(data, [(KIND_TRIP, 1, "acme", x, orjson.dumps(trip(x))),
-                   (KIND_EVENT, 2, "acme", f"{x}:TRIP_DELETION", orjson.dumps(deletion(x)))])
+    _append(data, [(Kind.TRIP, 1, "acme", x, orjson.dumps(trip(x))),
+                   (Kind.EVENT, 2, "acme", f"{x}:TRIP_DELETION", orjson.dumps(deletion(x)))])
     with Compactor(data, retention_days=0) as c:
         c.drain()
         c.maintain()
     assert verify_erased(data, x)[0] == []
-    _append(data, [(KIND_TRIP, 3, "acme", x, orjson.dumps(trip(x)))])  # DriveQuant retries for 30 days
+    _append(data, [(Kind.TRIP, 3, "acme", x, orjson.dumps(trip(x)))])  # DriveQuant retries for 30 days
     with Compactor(data, retention_days=0) as c:
         c.drain()
         assert any("trip record" in f for f in verify_erased(data, x)[0])
@@ -245,14 +245,14 @@ def test_the_cleaner_reads_only_the_segments_that_hold_its_targets(data):
     the indexes and scans only segments that hold a target, or whose index is missing or stale."""
     import orjson
     from ingest.log import LogWriter, list_segments
-    from ingest.record import KIND_EVENT, KIND_TRIP
+    from ingest.record import Kind
     from lake.cleaner import INDEX_SUFFIX, clean_log
 
     def push(w: LogWriter, kind: int, x: str) -> None:
-        if kind == KIND_TRIP:
-            w.append([(KIND_TRIP, 1, "acme", x, orjson.dumps(trip(x)))])
+        if kind == Kind.TRIP:
+            w.append([(Kind.TRIP, 1, "acme", x, orjson.dumps(trip(x)))])
         else:
-            w.append([(KIND_EVENT, 2, "acme", f"{x}:TRIP_DELETION", orjson.dumps(deletion(x)))])
+            w.append([(Kind.EVENT, 2, "acme", f"{x}:TRIP_DELETION", orjson.dumps(deletion(x)))])
 
     def clean() -> dict:
         stats: dict = {}
@@ -264,8 +264,8 @@ def test_the_cleaner_reads_only_the_segments_that_hold_its_targets(data):
 
     w = LogWriter(data, 0, segment_bytes=1)  # one record per segment
     for i in range(6):
-        push(w, KIND_TRIP, itin_id(i))
-    push(w, KIND_EVENT, itin_id(1))
+        push(w, Kind.TRIP, itin_id(i))
+    push(w, Kind.EVENT, itin_id(1))
     w.close()
     segs = len(list_segments(data / "log" / "p0"))
     first = clean()
@@ -274,7 +274,7 @@ def test_the_cleaner_reads_only_the_segments_that_hold_its_targets(data):
     assert verify_erased(data, itin_id(1))[0] == []  # the indexes do not name the trip
 
     w = LogWriter(data, 0, segment_bytes=1)
-    push(w, KIND_EVENT, itin_id(4))
+    push(w, Kind.EVENT, itin_id(4))
     w.close()
     second = clean()
     # indexed again: the segment that was empty and now holds the deletion, and the new empty one
@@ -291,7 +291,7 @@ def test_the_cleaner_reads_only_the_segments_that_hold_its_targets(data):
     (holder.parent / (holder.name + INDEX_SUFFIX)).write_bytes((other.parent / (other.name + INDEX_SUFFIX)).read_bytes())
     (seg[sorted(seg)[0]].parent / (sorted(seg)[0] + INDEX_SUFFIX)).write_bytes(b"torn")
     w = LogWriter(data, 0, segment_bytes=1)
-    push(w, KIND_EVENT, itin_id(5))
+    push(w, Kind.EVENT, itin_id(5))
     w.close()
     third = clean()
     assert third["rewritten"] == 1

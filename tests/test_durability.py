@@ -16,7 +16,7 @@ import pytest
 
 import queries
 from ingest.log import LogReader, LogWriter, list_segments
-from ingest.record import KIND_CRASH, KIND_TRIP
+from ingest.record import Kind
 from tests.helpers import ServerProcess, create_team, deletion, itin_id, run_cli, trip
 
 
@@ -125,15 +125,15 @@ async def test_torn_tail_is_truncated_and_reported(tmp_path, tail):
 def test_a_failed_write_does_not_advance_the_log(tmp_path):
     """A write error acknowledges nothing and the next batch takes the same offsets."""
     w = LogWriter(tmp_path, 0)
-    w.append([(KIND_TRIP, 1, "t", "a", b"{}")])
+    w.append([(Kind.TRIP, 1, "t", "a", b"{}")])
     size = w._size
     real_fd = w._fd
     w._fd = 10**6  # a descriptor that does not exist: os.write raises EBADF
     with pytest.raises(OSError):
-        w.append([(KIND_TRIP, 2, "t", "b", b"{}")])
+        w.append([(Kind.TRIP, 2, "t", "b", b"{}")])
     w._fd = real_fd
     assert w.next_offset == 1
-    w.append([(KIND_TRIP, 3, "t", "c", b"{}")])
+    w.append([(Kind.TRIP, 3, "t", "c", b"{}")])
     w.close()
     w2 = LogWriter(tmp_path, 0)
     assert w2.recovery is None and w2.next_offset == 2
@@ -155,7 +155,7 @@ def test_short_writes_and_batches_over_iov_max_keep_every_frame(tmp_path, monkey
             if not left:
                 break
         return real_writev(fd, taken)
-    items = [(KIND_TRIP, 1_700_000_000_000_000 + i, "acme", itin_id(i), b'{"n":%d,"pad":"%s"}' % (i, b"x" * (i % 700)))
+    items = [(Kind.TRIP, 1_700_000_000_000_000 + i, "acme", itin_id(i), b'{"n":%d,"pad":"%s"}' % (i, b"x" * (i % 700)))
              for i in range(1500)]  # 3,000 buffers: more than IOV_MAX (1,024)
     w = LogWriter(tmp_path, 0)
     w.append(items[:700])
@@ -171,9 +171,9 @@ def _seed_log(data: Path, n: int, start: int = 0) -> None:
     w = LogWriter(data, 0)
     items = []
     for i in range(start, start + n):
-        items.append((KIND_TRIP, 1_700_000_000_000_000 + i, "acme", itin_id(i), orjson.dumps(trip(itin_id(i)))))
+        items.append((Kind.TRIP, 1_700_000_000_000_000 + i, "acme", itin_id(i), orjson.dumps(trip(itin_id(i)))))
         if i % 4 == 0:
-            items.append((KIND_CRASH, 1_700_000_000_000_000 + i, "acme", f"c{i}", orjson.dumps({"crashId": f"c{i}"})))
+            items.append((Kind.CRASH, 1_700_000_000_000_000 + i, "acme", f"c{i}", orjson.dumps({"crashId": f"c{i}"})))
     w.append(items)
     w.close()
 
@@ -258,14 +258,14 @@ def test_readers_stop_at_the_durable_mark_while_a_writer_holds_the_partition(tmp
     back, and new records would then reuse offsets the compactor had already passed."""
     from ingest.log import DURABLE, DURABLE_FMT, LogReader
     w = LogWriter(tmp_path, 0)
-    w.append([(KIND_TRIP, i, "t", f"k{i}", b"{}") for i in range(5)])
+    w.append([(Kind.TRIP, i, "t", f"k{i}", b"{}") for i in range(5)])
     # the window between write() and fdatasync() of a next batch: the mark still says 3
     with open(tmp_path / "log" / "p0" / DURABLE, "r+b") as f:
         f.write(DURABLE_FMT.pack(3))
     reader = LogReader(tmp_path, "p0")
     assert [r.offset for r in reader.read(0)] == [0, 1, 2]
     assert reader.read(3) == []
-    w.append([(KIND_TRIP, 9, "t", "k9", b"{}")])  # fsynced: the mark moves to 6
+    w.append([(Kind.TRIP, 9, "t", "k9", b"{}")])  # fsynced: the mark moves to 6
     assert [r.offset for r in reader.read(3)] == [3, 4, 5]
     w.close()  # the writer publishes its final mark: everything is readable
     assert [r.offset for r in LogReader(tmp_path, "p0").read(0)] == [0, 1, 2, 3, 4, 5]

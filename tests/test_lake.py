@@ -460,7 +460,7 @@ async def test_a_step_whose_write_fails_leaves_no_file_behind(pusher, data, monk
 async def test_a_failed_step_in_a_pipelined_backlog_loses_and_doubles_nothing(pusher, data, monkeypatch):
     """A backlog is read and split ahead (up to two batches); when a step fails, what was read
     ahead of it must not be used, and the retried steps store every trip exactly once."""
-    from ingest.record import KIND_TRIP
+    from ingest.record import Kind
     from lake.catalog import Catalog
     for i in range(14):
         await pusher.push("trip", trip(itin_id(i), start=f"2025-01-0{1 + i % 3}T08:00:00.000+0000"))
@@ -491,6 +491,6 @@ async def test_a_failed_step_in_a_pipelined_backlog_loses_and_doubles_nothing(pu
     assert con.execute("SELECT count(*), count(DISTINCT itin_id) FROM trips").fetchall() == [(14, 14)]
     assert con.execute("SELECT count(*) FROM trip_samples").fetchall() == [(140,)]
     cat = Catalog(data)  # the push counts, committed with the steps, are not doubled either
-    counts = cat.con.execute("SELECT sum(received), sum(stored) FROM push_stats WHERE kind = ?", (KIND_TRIP,)).fetchone()
+    counts = cat.con.execute("SELECT sum(received), sum(stored) FROM push_stats WHERE kind = ?", (Kind.TRIP,)).fetchone()
     cat.close()
     assert counts == (14, 14)

@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from ingest.record import KIND_CRASH, KIND_EVENT, KIND_TRIP, Record
+from ingest.record import Kind, Record
 from lake.catalog import STAT_FIELDS, Commit, Order, Version
 from lake.plan import Key, Known, Partition, TripRef, plan
 from lake.project import Projected, ProjectionError
@@ -24,11 +24,11 @@ def rec(kind: int, key: str, offset: int, body: bytes = b"v1", team: str = "acme
 
 
 def trip(itin: str, offset: int, body: bytes = b"v1", team: str = "acme"):
-    return rec(KIND_TRIP, itin, offset, body, team)
+    return rec(Kind.TRIP, itin, offset, body, team)
 
 
 def deletion(itin: str, offset: int, team: str = "acme"):
-    return rec(KIND_EVENT, f"{itin}:TRIP_DELETION", offset, b"{}", team)
+    return rec(Kind.EVENT, f"{itin}:TRIP_DELETION", offset, b"{}", team)
 
 
 def project(part: str, r: Record, k: int) -> Projected:
@@ -37,7 +37,7 @@ def project(part: str, r: Record, k: int) -> Projected:
         raise ProjectionError("bad body")
     if r.body == b"boom":
         raise KeyError("something unexpected")
-    return Projected(DAY, {"trips" if r.kind == KIND_TRIP else "other": [{"from": r.offset}]})
+    return Projected(DAY, {"trips" if r.kind == Kind.TRIP else "other": [{"from": r.offset}]})
 
 
 def sha(r: Record, k: int) -> str:
@@ -59,7 +59,7 @@ def counts(p) -> dict[str, int]:
 
 def trips_stored(p) -> list[tuple]:
     """The trip versions the plan stores (deletion events are versions of their own kind)."""
-    return [v for v in p.commit.versions if v[0] == KIND_TRIP]
+    return [v for v in p.commit.versions if v.kind == Kind.TRIP]
 
 
 def version(offset: int, body: str = "v1") -> Version:
@@ -69,7 +69,7 @@ def version(offset: int, body: str = "v1") -> Version:
 def test_a_new_key_is_stored():
     p = run([trip("a", 1)])
     assert (p.stats.stored, counts(p)["stored"], counts(p)["received"]) == (1, 1, 1)
-    assert [v[:3] for v in p.commit.versions] == [(KIND_TRIP, "acme", "a")]
+    assert [v[:3] for v in p.commit.versions] == [(Kind.TRIP, "acme", "a")]
     assert not p.remove_keys
 
 
@@ -81,27 +81,27 @@ def test_the_latest_push_of_a_batch_wins_and_the_same_body_is_a_duplicate():
 
 
 def test_a_push_older_than_the_lake_version_is_stale():
-    known = Known({Key(KIND_TRIP, "acme", "a"): version(5)})
+    known = Known({Key(Kind.TRIP, "acme", "a"): version(5)})
     p = run([trip("a", 4, b"v0")], known)
     assert (p.stats.stale, counts(p)["duplicates"], p.commit.versions, p.commit.superseded) == (1, 1, [], [])
 
 
 def test_a_stale_failed_item_on_retry_is_superseded_and_not_counted_again():
-    known = Known({Key(KIND_TRIP, "acme", "a"): version(5)})
+    known = Known({Key(Kind.TRIP, "acme", "a"): version(5)})
     p = run([trip("a", 4, b"bad")], known, retry=True)
     assert p.commit.superseded == [("p0", 4)] and counts(p) == dict.fromkeys(STAT_FIELDS, 0)
 
 
 def test_a_newer_push_replaces_the_lake_version_and_removes_its_rows():
-    known = Known({Key(KIND_CRASH, "acme", "c"): version(1)})
-    p = run([rec(KIND_CRASH, "c", 2, b"v2")], known)
+    known = Known({Key(Kind.CRASH, "acme", "c"): version(1)})
+    p = run([rec(Kind.CRASH, "c", 2, b"v2")], known)
     assert p.remove_keys == {Partition(("crashes",), "acme", DAY.isoformat()): {"c"}}
     assert [v[5] for v in p.commit.versions] == [2]
 
 
 @pytest.mark.parametrize("exc_body,reason", [(b"bad", "bad body"), (b"boom", "KeyError: 'something unexpected'")])
 def test_a_push_that_cannot_be_projected_is_failed_and_keeps_the_old_version(exc_body, reason):
-    known = Known({Key(KIND_TRIP, "acme", "a"): version(1)})
+    known = Known({Key(Kind.TRIP, "acme", "a"): version(1)})
     p = run([trip("a", 2, exc_body)], known)
     assert [(f[2], f[4], f[6]) for f in p.commit.failed] == [("a", 2, reason)]
     assert (p.commit.versions, dict(p.remove_keys), p.stats.failed) == ([], {}, 1)
@@ -125,15 +125,15 @@ def test_a_trip_stored_before_its_deletion_in_the_same_batch_never_lands():
     p = run([trip("a", 1), deletion("a", 2)])
     assert (trips_stored(p), p.stats.deleted) == ([], 1)
     assert not [b for b in p.buffers if b.tbl in TRIP_TABLES]
-    assert (KIND_TRIP, "acme", "a", T0 + 1_000_000) in p.commit.resolved  # its FAILED items, if any, are over
+    assert (Kind.TRIP, "acme", "a", T0 + 1_000_000) in p.commit.resolved  # its FAILED items, if any, are over
     assert [t[:2] for t in p.commit.tombstones] == [("acme", "a")] and p.commit.applied == [("acme", "a")]
 
 
 def test_a_deletion_removes_the_stored_trip_rows_and_its_version():
-    known = Known({Key(KIND_TRIP, "acme", "a"): version(1)})
+    known = Known({Key(Kind.TRIP, "acme", "a"): version(1)})
     p = run([deletion("a", 2)], known)
     assert p.remove_keys == {Partition(TRIP_TABLES, "acme", DAY.isoformat()): {"a"}}
-    assert p.commit.drop_versions == [(KIND_TRIP, "acme", "a")] and counts(p)["deleted"] == 1
+    assert p.commit.drop_versions == [(Kind.TRIP, "acme", "a")] and counts(p)["deleted"] == 1
 
 
 def test_a_deletion_is_per_team():
@@ -154,7 +154,7 @@ class Lake:
         p = run(records, Known(dict(self.known.versions), dict(self.known.deleted)))
         for kind, team, key, ts, part, off, h, date in p.commit.versions:
             self.known.versions[Key(kind, team, key)] = Version(Order(ts, part, off), h, date)
-            if kind != KIND_EVENT:
+            if kind != Kind.EVENT:
                 self.visible[(team, key)] = off
         for kind, team, key in p.commit.drop_versions:
             del self.known.versions[Key(kind, team, key)]
@@ -163,14 +163,14 @@ class Lake:
             self.known.deleted[TripRef(team, itin)] = min(Order(ts, part, off), prev or Order(ts, part, off))
             self.visible.pop((team, itin), None)
         for f in p.commit.failed:
-            self.failed.add((f[2], f[4]))
+            self.failed.add((f.key, f.offset))
         for k, v in counts(p).items():
             self.counts[k] += v
 
 
 PUSHES = [trip("a", 1), trip("b", 2, b"bad"), trip("a", 3, b"v2"), trip("b", 4), deletion("c", 5),
           trip("c", 6), trip("a", 7, b"v2"), trip("d", 8), deletion("d", 9), trip("b", 10, b"bad"),
-          rec(KIND_CRASH, "x", 11), rec(KIND_CRASH, "x", 12, b"v2")]
+          rec(Kind.CRASH, "x", 11), rec(Kind.CRASH, "x", 12, b"v2")]
 
 
 @pytest.mark.parametrize("cuts", [(), (1,), (3,), (6,), (2, 5, 9), tuple(range(1, len(PUSHES)))])

@@ -9,7 +9,7 @@ import pytest
 
 import queries
 from ingest.log import LogWriter
-from ingest.record import KIND_CRASH, KIND_DIAGNOSIS, KIND_EVENT, KIND_TRIP
+from ingest.record import Kind
 from lake.compactor import Compactor
 from lake.rebuild import RebuildRefused, rebuild
 from lake.schema import SCHEMAS
@@ -25,7 +25,7 @@ def append(data, items):
 
 
 def trip_item(n: int, team: str = "acme", ts: int = 0, **kw):
-    return (KIND_TRIP, T0 + ts, team, itin_id(n), orjson.dumps(trip(itin_id(n), **kw)))
+    return (Kind.TRIP, T0 + ts, team, itin_id(n), orjson.dumps(trip(itin_id(n), **kw)))
 
 
 def test_reader_keeps_a_consistent_view_while_compaction_runs(data):
@@ -149,15 +149,15 @@ def _history(data):
         items.append(trip_item(i, team="acme" if i % 2 else "globex", ts=ts, user="again"))
     for i in (3, 5, 99):  # deletions: after the trip, and before (99 comes later)
         ts += 1
-        items.append((KIND_EVENT, T0 + ts, "acme", f"{itin_id(i)}:TRIP_DELETION", orjson.dumps(deletion(itin_id(i)))))
+        items.append((Kind.EVENT, T0 + ts, "acme", f"{itin_id(i)}:TRIP_DELETION", orjson.dumps(deletion(itin_id(i)))))
     ts += 1
     items.append(trip_item(99, team="acme", ts=ts))
     ts += 1
-    items.append((KIND_TRIP, T0 + ts, "acme", "0c83a8ad9bb98ef71a0bd659", fixture_bytes("trip_odd_shape.json")))
+    items.append((Kind.TRIP, T0 + ts, "acme", "0c83a8ad9bb98ef71a0bd659", fixture_bytes("trip_odd_shape.json")))
     ts += 1
-    items.append((KIND_CRASH, T0 + ts, "acme", "c7e7aaf7905721dc7d90b503", fixture_bytes("crash.json")))
+    items.append((Kind.CRASH, T0 + ts, "acme", "c7e7aaf7905721dc7d90b503", fixture_bytes("crash.json")))
     ts += 1
-    items.append((KIND_DIAGNOSIS, T0 + ts, "globex", "driver-062814:x", fixture_bytes("diagnosis.json")))
+    items.append((Kind.DIAGNOSIS, T0 + ts, "globex", "driver-062814:x", fixture_bytes("diagnosis.json")))
     return items
 
 

@@ -120,11 +120,11 @@ async def _stalled_get(client, path: str, headers: dict) -> tuple:
 
 async def test_unread_exports_free_their_slots(lake, data):  # noqa: F811
     from ingest.log import LogWriter
-    from ingest.record import KIND_TRIP
+    from ingest.record import Kind
     from tests.conftest import compact
     from tests.helpers import itin_id, trip
     w = LogWriter(data, 0)
-    w.append([(KIND_TRIP, 1_760_000_000_000_000 + i, "acme", itin_id(1000 + i),
+    w.append([(Kind.TRIP, 1_760_000_000_000_000 + i, "acme", itin_id(1000 + i),
                orjson.dumps(trip(itin_id(1000 + i)))) for i in range(800)])
     w.close()
     compact(data)

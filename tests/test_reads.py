@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ingest.log import LogWriter
-from ingest.record import KIND_TRIP
+from ingest.record import Kind
 from pushlake.api import make_app
 from pushlake.hyperadmins import HyperAdmins
 from pushlake.teams import Teams
@@ -32,7 +32,7 @@ async def lake(aiohttp_client, data):
     admins.create("root@example.com", "Root", "Admin", ADMIN_PW)
     admins.close()
     w = LogWriter(data, 0)
-    w.append([(KIND_TRIP, 1_750_000_000_000_000 + i, "acme" if i < 6 else "globex", itin_id(i),
+    w.append([(Kind.TRIP, 1_750_000_000_000_000 + i, "acme" if i < 6 else "globex", itin_id(i),
                orjson.dumps(trip(itin_id(i), start=f"2025-03-0{1 + i % 3}T10:00:00.000+0000"))) for i in range(9)])
     w.close()
     compact(data)
@@ -213,7 +213,7 @@ async def test_abandoned_exports_do_not_exhaust_the_query_workers(lake, data):
     """Clients that hang up mid-download must not leave workers blocked on a full queue."""
     import aiohttp
     w = LogWriter(data, 0)
-    w.append([(KIND_TRIP, 1_760_000_000_000_000 + i, "acme", itin_id(1000 + i),
+    w.append([(Kind.TRIP, 1_760_000_000_000_000 + i, "acme", itin_id(1000 + i),
                orjson.dumps(trip(itin_id(1000 + i)))) for i in range(300)])
     w.close()
     compact(data)

@@ -13,7 +13,7 @@ import pytest
 
 import queries
 from ingest.log import LogWriter
-from ingest.record import KIND_TRIP
+from ingest.record import Kind
 from lake.schema import SCHEMAS
 from queries import sandbox
 from tests.conftest import compact
@@ -145,7 +145,7 @@ HARMLESS = [  # accepted, and still write nothing
 
 def _two_teams(data):
     w = LogWriter(data, 0)
-    w.append([(KIND_TRIP, 1_750_000_000_000_000 + i, "acme" if i < 2 else "globex", itin_id(i),
+    w.append([(Kind.TRIP, 1_750_000_000_000_000 + i, "acme" if i < 2 else "globex", itin_id(i),
                orjson.dumps(trip(itin_id(i), start="2025-03-01T10:00:00.000+0000"))) for i in range(4)])
     w.close()
     compact(data)
