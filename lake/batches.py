@@ -43,10 +43,12 @@ class Batch:
         pre = self.trips[k]
         if isinstance(pre, ProjectionError):
             raise pre
-        p = project_trip(r, part, pre.doc, self.routes.count(k) if pre.has_route else 0)
+        if pre.has_route:
+            p = project_trip(r, part, pre.doc, self.routes.count(k), route=k)
+        else:
+            p = project_trip(r, part, pre.doc, 0)
         if pre.route_problem:
             raise ProjectionError(pre.route_problem)
-        p.route = k if pre.has_route else None
         return p
 
     def sha256(self, r: Record, k: int) -> str:

@@ -25,7 +25,7 @@ from ingest.record import Kind, Record
 
 from .catalog import (STAT_FIELDS, Commit, FailedRow, Key, LogRef, Order, ResolvedRow, StatKey, TombstoneRow,
                       TripRef, Version, VersionRow)
-from .project import TABLES_OF_KIND, Projected, ProjectionError, received_date
+from .project import TABLES_OF_KIND, Projected, ProjectionError, SampleRows, received_date
 from .schema import TRIP_TABLES
 
 
@@ -59,17 +59,6 @@ class Partition(NamedTuple):
     date: str
 
 
-class SampleRows(NamedTuple):
-    """A trip's samples, still in its batch's routes (``route``), with their common columns."""
-    route: int
-    itin_id: str
-    team_id: str
-    date: object
-    received_at: object
-    log_part: str
-    log_offset: int
-
-
 @dataclass
 class Known:
     """What the catalog knows of a batch's keys."""
@@ -86,7 +75,7 @@ class Lookups(Protocol):
 class Plan:
     commit: Commit
     stats: StepStats
-    buffers: dict[Buffer, list] = field(default_factory=lambda: defaultdict(list))         # rows, or SampleRows
+    buffers: dict[Buffer, list[list[dict]] | list[SampleRows]] = field(default_factory=lambda: defaultdict(list))
     remove_keys: dict[Partition, set[str]] = field(default_factory=lambda: defaultdict(set))
 
 
@@ -206,8 +195,5 @@ def _buffer(p: Plan, team: str, projected: Projected) -> None:
     for tbl, rows in projected.rows.items():
         if rows:
             p.buffers[Buffer(tbl, team, d)].append(rows)
-    if projected.route is not None:
-        trip = projected.rows["trips"][0]
-        p.buffers[Buffer("trip_samples", team, d)].append(
-            SampleRows(projected.route, trip["itin_id"], trip["team_id"], trip["date"], trip["received_at"],
-                       trip["log_part"], trip["log_offset"]))
+    if projected.samples is not None:
+        p.buffers[Buffer("trip_samples", team, d)].append(projected.samples)

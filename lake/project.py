@@ -30,11 +30,25 @@ class ProjectionError(ValueError):
     pass
 
 
+class SampleRows(NamedTuple):
+    """A trip's samples: its route, still in its batch's ``lake.routes.Routes`` (by id), and the
+    values of the other ``trip_samples`` columns, the same for every sample of the trip."""
+    route: int
+    itin_id: str
+    team_id: str
+    date: dt.date
+    received_at: dt.datetime
+    log_part: str
+    log_offset: int
+
+    COMMON = ("itin_id", "team_id", "date", "received_at", "log_part", "log_offset")
+
+
 @dataclass
 class Projected:
     date: dt.date
     rows: dict[str, list[dict]]               # table -> row dicts
-    route: int | None = None                  # a trip's route, by its id in the batch's lake.routes
+    samples: SampleRows | None = None         # a trip's samples, if its route has any
 
 
 def _num(v: Any, path: str) -> float | None:
@@ -283,8 +297,9 @@ def split_trips(items: list[tuple[int, bytes]]) -> tuple[list[tuple[int, SplitTr
     return out, routes.Routes.chunk(decoded)
 
 
-def project_trip(r: Record, part: str, body: dict, n_samples: int) -> Projected:
-    """The trips row and trip_events rows; samples come from ``lake.routes`` (``n_samples`` of them)."""
+def project_trip(r: Record, part: str, body: dict, n_samples: int, route: int | None = None) -> Projected:
+    """The trips row, the trip_events rows and, for a trip with a ``route`` (its id in the batch's
+    ``lake.routes.Routes``, holding ``n_samples`` samples), its ``SampleRows``."""
     body = dict(body)
     itin = body.pop("itinId", None)
     events_src = {name: body.pop(name, None) for name in EVENT_ARRAYS}
@@ -303,7 +318,8 @@ def project_trip(r: Record, part: str, body: dict, n_samples: int) -> Projected:
     events = _events(itin, events_src, common)
     row["extra"] = _extra(body)
     row.update(common)
-    return Projected(date, {"trips": [row], "trip_events": events})
+    samples = None if route is None else SampleRows(route, itin, r.team, date, common["received_at"], part, r.offset)
+    return Projected(date, {"trips": [row], "trip_events": events}, samples)
 
 
 def _events(itin: str, src: dict, common: dict) -> list[dict]:

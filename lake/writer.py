@@ -22,7 +22,8 @@ from pushlake import failpoints
 
 from . import files as lf
 from .catalog import Catalog, FileRow, NewFile
-from .plan import Buffer, Plan, SampleRows
+from .plan import Buffer, Plan
+from .project import SampleRows
 from .routes import Routes
 from .schema import SCHEMAS
 
@@ -99,10 +100,7 @@ class Writer:
         failpoints.hit("compactor.after_write")
 
 
-_COMMON = ("itin_id", "team_id", "date", "received_at", "log_part", "log_offset")
-
-
 def _samples(routes: Routes, parts: list[SampleRows]) -> pa.Table:
-    cols = list(zip(*parts))
-    common = {name: pa.array(cols[i + 1], SCHEMAS["trip_samples"].field(name).type) for i, name in enumerate(_COMMON)}
-    return routes.samples(list(cols[0]), common)
+    cols = dict(zip(SampleRows._fields, zip(*parts)))
+    common = {name: pa.array(cols[name], SCHEMAS["trip_samples"].field(name).type) for name in SampleRows.COMMON}
+    return routes.samples(list(cols["route"]), common)
