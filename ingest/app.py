@@ -24,7 +24,7 @@ from pushlake.config import Settings
 
 from .auth import AuthError, PushAuth
 from .groupcommit import GroupCommit, Item, Overloaded, WriteFailed
-from .keys import ROUTES, MissingKey, NotJson, deleted_itin, key_of, parse_keys
+from .keys import MissingKey, NotJson, deleted_itin, key_of, parse_keys
 from .log import LogReader, LogWriter
 from .record import Kind
 
@@ -344,7 +344,6 @@ def build_app(settings: Settings, partition: int = 0) -> web.Application:
     app.on_startup.append(_json_expectations)
     app.on_startup.append(startup)
     app.on_cleanup.append(cleanup)
-    for path, (kind, _) in ROUTES.items():
-        app.router.add_post(f"/push/{path}", make_handler(kind))
-    app.router.add_get("/health", health)
+    from pushlake.api.routes import RECEIVER, register  # the route table, which names this module's handlers
+    register(app, RECEIVER)  # /push/* (one per kind of ingest.keys.ROUTES) and /health
     return app

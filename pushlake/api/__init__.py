@@ -1,5 +1,5 @@
 """The HTTP application: the push receiver plus OAuth2, the enterprise administration API,
-team-scoped reads and the OpenAPI document."""
+team-scoped reads and the OpenAPI document. Every route is in ``routes.ROUTES``."""
 from __future__ import annotations
 
 from aiohttp import web
@@ -7,13 +7,12 @@ from aiohttp import web
 from ingest.app import build_app
 from pushlake.config import Settings
 
-from . import enterprise, oauth, openapi, reads
+from . import enterprise, reads, routes
 
 
 def make_app(settings: Settings, partition: int = 0) -> web.Application:
-    app = build_app(settings, partition)
-    oauth.setup(app)
+    app = build_app(settings, partition)  # the receiver: routes.RECEIVER
     enterprise.setup(app)
     reads.setup(app)
-    openapi.setup(app)
+    routes.register(app, routes.API)
     return app

@@ -22,14 +22,17 @@ from pushlake.config import enterprise_key
 from pushlake.hyperadmins import HyperAdmins
 from pushlake.teams import TeamError, Teams, format_date
 
+from . import bodies as b
+
 log = logging.getLogger("pushlake.enterprise")
 ENTERPRISE_KEY = web.AppKey("enterprise_key", str)
 ADMIN = web.AppKey("admin_stores", dict)
 HEADER = "x-dq-enterprise-api-key"
 
 
-def json(payload, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+def json(body, status: int = 200) -> web.Response:
+    """A body struct (or a list of them) of ``bodies.py``."""
+    return web.Response(body=b.encode(body), status=status, content_type="application/json")
 
 
 def enterprise(handler):
@@ -72,13 +75,13 @@ async def create_team(request: web.Request) -> web.Response:
     doc = await _body(request)
     out = await _run(request, request.app[ADMIN]["teams"].create, doc.get("teamId"), request.app[SETTINGS].max_teams)
     request.app[AUTH].reload()
-    return json(out)
+    return json(b.TeamCreated(**out))
 
 
 @enterprise
 async def list_teams(request: web.Request) -> web.Response:
     rows = await _run(request, request.app[ADMIN]["teams"].all)
-    return json([{"teamId": r.team_id, "status": r.status, "creationDate": r.creation_date()} for r in rows])
+    return json([b.Team(teamId=r.team_id, status=r.status, creationDate=r.creation_date()) for r in rows])
 
 
 @enterprise
@@ -89,7 +92,7 @@ async def team_status(request: web.Request) -> web.Response:
         raise TeamError("status must be ENABLED or DISABLED")
     out = await _run(request, request.app[ADMIN]["teams"].set_status, request.match_info["teamId"], status)
     request.app[AUTH].reload()  # this process refuses the team's keys and tokens from now on
-    return json(out)
+    return json(b.TeamStatusResult(**out))
 
 
 # -- hyper-admins -----------------------------------------------------------------------------------
@@ -98,19 +101,19 @@ async def create_hyperadmin(request: web.Request) -> web.Response:
     doc = await _body(request)
     out = await _run(request, request.app[ADMIN]["admins"].create, doc.get("userId"), doc.get("firstname"),
                      doc.get("lastname"), doc.get("password"))
-    return json(out)
+    return json(b.HyperAdmin(**out))
 
 
 @enterprise
 async def list_hyperadmins(request: web.Request) -> web.Response:
-    return json(await _run(request, request.app[ADMIN]["admins"].list))
+    return json([b.HyperAdmin(**a) for a in await _run(request, request.app[ADMIN]["admins"].list)])
 
 
 @enterprise
 async def delete_hyperadmin(request: web.Request) -> web.Response:
     await _run(request, request.app[ADMIN]["admins"].delete, request.match_info["userId"])
     request.app[AUTH].reload()
-    return json({"userId": request.match_info["userId"], "deleted": True})
+    return json(b.HyperAdminDeleted(userId=request.match_info["userId"], deleted=True))
 
 
 # -- push reports -----------------------------------------------------------------------------------
@@ -134,7 +137,10 @@ def _day(request: web.Request, name: str) -> str:
         raise TeamError(f"{name} must be a date yyyy-MM-dd, got '{v}'") from None
 
 
-def report_handler(kind: int, fields: tuple[str, ...]):
+def report_handler(kind: int, item: type[b.CrashReportItem], body: type[b.TripsReport | b.CrashesReport]):
+    """The report of one kind: the counts ``item`` has, per day and team."""
+    fields = item.__struct_fields__
+
     @enterprise
     async def report(request: web.Request) -> web.Response:
         start, end = _day(request, "startDate"), _day(request, "endDate")
@@ -144,8 +150,7 @@ def report_handler(kind: int, fields: tuple[str, ...]):
         if team is not None and request.app[AUTH].team(team) is None:
             return error(404, "not_found", f"unknown team '{team}'")
         rows = await _run(request, request.app[ADMIN]["catalog"]().report, kind, start, end, team)
-        return json({"startDate": start, "endDate": end,
-                     "items": [{k: r[k] for k in ("date", "teamId", *fields)} for r in rows]})
+        return json(body(startDate=start, endDate=end, items=[item(**{k: r[k] for k in fields}) for r in rows]))
     return report
 
 
@@ -157,7 +162,7 @@ def retry_handler(task_type: str):
             task_id, n = await _run(request, request.app[ADMIN]["catalog"]().create_task, task_type, secrets.token_hex(12))
         except TaskRunning as e:
             return error(409, "conflict", str(e))
-        return json({"taskId": task_id, "nbItems": n})
+        return json(b.RetryTask(taskId=task_id, nbItems=n))
     return retry
 
 
@@ -167,9 +172,9 @@ async def get_task(request: web.Request) -> web.Response:
     if row is None:
         return error(404, "not_found", f"unknown task '{request.match_info['taskId']}'")
     task_id, type_, status, created, completed, n, left = row
-    return json({"taskId": task_id, "createdAt": format_date(created),
-                 "completedAt": format_date(completed) if completed else None, "type": type_, "status": status,
-                 "nbItems": n, "nbRemainingItems": left})
+    return json(b.Task(taskId=task_id, createdAt=format_date(created),
+                       completedAt=format_date(completed) if completed else None, type=type_, status=status,
+                       nbItems=n, nbRemainingItems=left))
 
 
 def setup(app: web.Application) -> None:
@@ -197,17 +202,3 @@ def setup(app: web.Application) -> None:
         if "cat" in stores:
             stores["cat"].close()
     app.on_cleanup.append(close)
-    r = app.router
-    r.add_post("/v1/enterprise/team", create_team)
-    r.add_get("/v1/enterprise/teams", list_teams)
-    r.add_put("/v1/enterprise/teams/{teamId}/status", team_status)
-    r.add_post("/v1/enterprise/hyperadmin", create_hyperadmin)
-    r.add_get("/v1/enterprise/hyperadmins", list_hyperadmins)
-    r.add_delete("/v1/enterprise/hyperadmin/{userId:.+}", delete_hyperadmin)
-    r.add_get("/v1/enterprise/push/trips/report",
-              report_handler(1, ("received", "stored", "duplicates", "failed", "deleted", "discarded")))
-    r.add_get("/v1/enterprise/push/crashes/report",
-              report_handler(3, ("received", "stored", "duplicates", "failed")))
-    r.add_post("/v1/enterprise/push/trips/failed/retry", retry_handler("PUSH_FAILED_TRIPS"))
-    r.add_post("/v1/enterprise/push/crashes/failed/retry", retry_handler("PUSH_FAILED_CRASHES"))
-    r.add_get("/v1/enterprise/task/{taskId}", get_task)

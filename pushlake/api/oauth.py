@@ -8,12 +8,21 @@ from ingest.app import AUTH, SETTINGS
 from ingest.auth import AuthError, _basic
 from pushlake import tokens
 
+from .bodies import OAuthError, TokenResponse, encode
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def _json(body, status: int = 200, headers: dict | None = None) -> web.Response:
+    return web.Response(body=encode(body), status=status, headers=headers, content_type="application/json",
+                        charset="utf-8")
+
 
 def _error(status: int, code: str, description: str, basic: bool = False) -> web.Response:
-    headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+    headers = dict(NO_STORE)
     if status == 401 and basic:
         headers["WWW-Authenticate"] = 'Basic realm="pushlake"'
-    return web.json_response({"error": code, "error_description": description}, status=status, headers=headers)
+    return _json(OAuthError(error=code, error_description=description), status, headers)
 
 
 async def token(request: web.Request) -> web.Response:
@@ -44,9 +53,4 @@ async def token(request: web.Request) -> web.Response:
         return _error(401, "invalid_client", e.message, basic)
     ttl = request.app[SETTINGS].token_ttl_s
     access, expires = tokens.issue(request.app[AUTH].secret, team.team_id, team.keys_issued_at, ttl)
-    return web.json_response({"access_token": access, "token_type": "Bearer", "expires_in": expires},
-                             headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
-
-
-def setup(app: web.Application) -> None:
-    app.router.add_post("/oauth/token", token)
+    return _json(TokenResponse(access_token=access, token_type="Bearer", expires_in=expires), headers=dict(NO_STORE))

@@ -311,5 +311,3 @@ def setup(app: web.Application) -> None:
     async def close(app: web.Application) -> None:
         limits.close()
     app.on_cleanup.append(close)
-    app.router.add_post("/v1/query", query)
-    app.router.add_get("/v1/export/{table}", export)
