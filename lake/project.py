@@ -216,6 +216,16 @@ _ROUTE_SOURCES = set(ROUTE_SOURCES)
 _ROUTE_OF_NUMBERS = msgspec.json.Decoder(dict[str, list[int | float | None] | None])
 
 
+def numeric_route(route: bytes | msgspec.Raw) -> dict[str, list | None] | None:
+    """The usual route, an object whose every member is an array of numbers and nulls (or null),
+    read in one pass, not skipped first; None for any other route, which ``split_trip`` reads
+    member by member to name what is wrong and where."""
+    try:
+        return _ROUTE_OF_NUMBERS.decode(route)
+    except msgspec.ValidationError:
+        return None
+
+
 def split_trip(body: bytes) -> tuple[dict, tuple[int, dict] | None, str | None]:
     """The trip without its route, as Python objects, and its route decoded by ``lake.routes``
     as (number of samples, source -> Arrow array): the route's thousands of numbers never
@@ -232,10 +242,7 @@ def split_trip(body: bytes) -> tuple[dict, tuple[int, dict] | None, str | None]:
     doc = {k: loads(v) for k, v in top.items()}
     if route is None or bytes(route) == b"null":
         return doc, None, None
-    try:  # the usual route, every array numbers or null: read in one pass, not skipped first
-        arrays = _ROUTE_OF_NUMBERS.decode(route)
-    except msgspec.ValidationError:
-        arrays = None  # something else in it: the path below names what and where
+    arrays = numeric_route(route)  # None: something else in it, the path below names what and where
     if arrays is not None:
         extra = {k: v for k, v in arrays.items() if k not in _ROUTE_SOURCES}
         if extra:

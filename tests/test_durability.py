@@ -122,22 +122,28 @@ async def test_torn_tail_is_truncated_and_reported(tmp_path, tail):
     assert_all_once(data, acked + [("trip", itin_id(10**8))])
 
 
-def test_a_failed_write_does_not_advance_the_log(tmp_path):
-    """A write error acknowledges nothing and the next batch takes the same offsets."""
+def test_a_failed_write_does_not_advance_the_log(tmp_path, monkeypatch):
+    """A write error acknowledges nothing, the half-made batch is cut off, and the next batch
+    takes the same offsets."""
     w = LogWriter(tmp_path, 0)
     w.append([(Kind.TRIP, 1, "t", "a", b"{}")])
-    size = w._size
-    real_fd = w._fd
-    w._fd = 10**6  # a descriptor that does not exist: os.write raises EBADF
+    [(_, seg)] = list_segments(tmp_path / "log" / "p0")
+    size = seg.stat().st_size
+    real_fdatasync = os.fdatasync
+
+    def failing_fdatasync(fd):
+        raise OSError(5, "Input/output error")  # the frame was written, but is not durable
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
     with pytest.raises(OSError):
         w.append([(Kind.TRIP, 2, "t", "b", b"{}")])
-    w._fd = real_fd
-    assert w.next_offset == 1
+    monkeypatch.setattr(os, "fdatasync", real_fdatasync)
+    assert w.next_offset == 1 and seg.stat().st_size == size
     w.append([(Kind.TRIP, 3, "t", "c", b"{}")])
     w.close()
     w2 = LogWriter(tmp_path, 0)
     assert w2.recovery is None and w2.next_offset == 2
-    assert size < w2._size
+    assert size < seg.stat().st_size
+    assert [(r.offset, r.key) for r in LogReader(tmp_path, "p0").read(0)] == [(0, "a"), (1, "c")]
     w2.close()
 
 
