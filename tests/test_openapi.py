@@ -1,4 +1,5 @@
-"""The OpenAPI document describes exactly the app's routes, completely, and what the handlers answer."""
+"""The route table is exactly the app's routes, the OpenAPI document describes exactly the table, completely,
+and what the handlers answer; the push body schemas are the lake's field lists."""
 from __future__ import annotations
 
 import base64
@@ -8,37 +9,43 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pushlake.api import make_app
+from ingest.app import build_app
+from ingest.keys import ROUTES as PUSH_KINDS
+from lake.schema import (CRASH_FIELDS, DELETION_FIELDS, DIAGNOSIS_FIELDS, EVENT_ARRAYS, EVENT_FIELDS, ROUTE_SOURCES,
+                         TRIP_FIELDS)
+from pushlake.api import make_app, pushbodies
 from pushlake.api.openapi import document
+from pushlake.api.routes import API, RECEIVER, ROUTES
 from pushlake.config import Settings, enterprise_key
 from tests.helpers import trip
 
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
-# what each handler can answer (read from the handlers); the document may say more, never less
+# what each handler can answer (read from the handlers), by operation id; the table (and so the
+# document) may say more, never less
 PUSH = {200, 400, 401, 403, 413, 415, 503}
-EXPECTED = {
-    ("post", "/push/trip"): PUSH,
-    ("post", "/push/trip/event"): PUSH,
-    ("post", "/push/crash"): PUSH,
-    ("post", "/push/diagnosis"): PUSH,
-    ("get", "/health"): {200, 503},
-    ("post", "/oauth/token"): {200, 400, 401},
-    ("post", "/v1/enterprise/team"): {200, 400, 401, 409, 422, 429},
-    ("get", "/v1/enterprise/teams"): {200, 401},
-    ("put", "/v1/enterprise/teams/{teamId}/status"): {200, 400, 401, 404, 409},
-    ("post", "/v1/enterprise/hyperadmin"): {200, 400, 401, 409, 422, 429},
-    ("get", "/v1/enterprise/hyperadmins"): {200, 401},
-    ("delete", "/v1/enterprise/hyperadmin/{userId}"): {200, 401, 404},
-    ("get", "/v1/enterprise/push/trips/report"): {200, 400, 401, 404},
-    ("get", "/v1/enterprise/push/crashes/report"): {200, 400, 401, 404},
-    ("post", "/v1/enterprise/push/trips/failed/retry"): {200, 401, 409},
-    ("post", "/v1/enterprise/push/crashes/failed/retry"): {200, 401, 409},
-    ("get", "/v1/enterprise/task/{taskId}"): {200, 401, 404},
-    ("post", "/v1/query"): {200, 400, 401, 403, 404, 406},
-    ("get", "/v1/export/{table}"): {200, 400, 401, 403, 404},
-    ("get", "/openapi.json"): {200},
-    ("get", "/docs"): {200},
+ANSWERS = {
+    "pushTrip": PUSH,
+    "pushTripEvent": PUSH,
+    "pushCrash": PUSH,
+    "pushDiagnosis": PUSH,
+    "health": {200, 503},
+    "token": {200, 400, 401},
+    "createTeam": {200, 400, 401, 409, 422, 429},
+    "listTeams": {200, 401},
+    "setTeamStatus": {200, 400, 401, 404, 409},
+    "createHyperAdmin": {200, 400, 401, 409, 422, 429},
+    "listHyperAdmins": {200, 401},
+    "deleteHyperAdmin": {200, 401, 404},
+    "tripsReport": {200, 400, 401, 404},
+    "crashesReport": {200, 400, 401, 404},
+    "retryFailedTrips": {200, 401, 409},
+    "retryFailedCrashes": {200, 401, 409},
+    "getTask": {200, 401, 404},
+    "query": {200, 400, 401, 403, 404, 406},
+    "export": {200, 400, 401, 403, 404},
+    "openapi": {200},
+    "docs": {200},
 }
 
 
@@ -61,6 +68,10 @@ def operations(doc: dict):
 
 def app_routes(app) -> set[tuple[str, str]]:
     return {(r.method.lower(), r.resource.canonical) for r in app.router.routes() if r.method != "HEAD"}
+
+
+def table(routes) -> set[tuple[str, str]]:
+    return {(r.method, r.template) for r in routes}
 
 
 def resolve(doc: dict, pointer: str):
@@ -141,12 +152,38 @@ def basic(user: str, secret: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
 
 
-# -- (a) the document and the app have the same operations ----------------------------------------------
+# -- (a) the app, the route table and the document have the same operations ------------------------------
 async def test_every_route_is_documented_and_every_operation_exists(client, doc):
     routes = app_routes(client.server.app)
     documented = {(m, p) for m, p, _ in operations(doc)}
     assert routes - documented == set(), "routes missing from the OpenAPI document"
     assert documented - routes == set(), "documented operations the app does not serve"
+    assert table(ROUTES) == routes and len(ROUTES) == len(routes), "the app serves other routes than the table's"
+
+
+async def test_the_app_serves_each_route_with_the_table_s_handler(client, tmp_path):
+    handlers = {(r.method, r.template): r.handler for r in ROUTES}
+    served = {(r.method.lower(), r.resource.canonical): r.handler for r in client.server.app.router.routes()
+              if r.method != "HEAD"}
+    assert served == handlers
+    # the receiver alone (build_app) serves the table's receiver routes, and every GET answers HEAD too
+    receiver = build_app(Settings(data_dir=tmp_path / "receiver", min_free_bytes=0))
+    assert app_routes(receiver) == table(RECEIVER) and not table(RECEIVER) & table(API)
+    heads = {r.resource.canonical for r in client.server.app.router.routes() if r.method == "HEAD"}
+    assert heads == {r.template for r in ROUTES if r.method == "get"}
+    assert [p for p, _ in PUSH_KINDS.items()] == [r.path.removeprefix("/push/") for r in RECEIVER
+                                                  if r.tag == "push"]
+
+
+def test_the_table_states_what_each_handler_can_answer():
+    assert set(ANSWERS) == {r.operation_id for r in ROUTES}, "every route's possible answers are stated here"
+    for r in ROUTES:
+        undocumented = ANSWERS[r.operation_id] - set(r.responses)
+        assert not undocumented, f"{r.method.upper()} {r.template}: undocumented {undocumented}"
+        for status, resp in r.responses.items():
+            assert not resp.codes or status >= 400, f"{r.operation_id} {status}: error codes on a success"
+            # /health's 503 is its own document (degraded, with reasons), not an error body
+            assert resp.codes or status < 400 or r.operation_id == "health", f"{r.operation_id} {status}: no codes"
 
 
 # -- (b) every operation is complete --------------------------------------------------------------------
@@ -168,9 +205,8 @@ def test_every_operation_has_a_summary_a_success_and_its_errors(doc):
             assert set(req) <= set(schemes), f"{name}: unknown security scheme in {req}"
         if any(o["security"]):
             assert "401" in codes, f"{name}: authenticated but no 401"
-        expected = EXPECTED.get((method, path))
-        if expected is not None:
-            assert {str(c) for c in expected} <= codes, f"{name}: undocumented {expected - {int(c) for c in codes}}"
+        expected = ANSWERS[o["operationId"]]
+        assert {str(c) for c in expected} <= codes, f"{name}: undocumented {expected - {int(c) for c in codes}}"
 
 
 def test_push_503_says_when_to_retry_and_errors_have_their_schema(doc):
@@ -238,6 +274,52 @@ def test_path_parameters_match_the_templates(doc):
 def test_document_is_valid_openapi_31(doc):
     from openapi_spec_validator import validate
     validate(doc)
+
+
+# -- the push bodies are the lake's field lists ------------------------------------------------------------
+def schema_at(doc: dict, schema: dict, path: tuple[str, ...]) -> dict:
+    for part in path:
+        if "$ref" in schema:
+            schema = resolve(doc, schema["$ref"])
+        assert part in schema.get("properties", {}), f"no '{part}' in {path}"
+        schema = schema["properties"][part]
+    return resolve(doc, schema["$ref"]) if "$ref" in schema else schema
+
+
+def test_push_bodies_have_every_field_of_the_lake_and_the_receiver_s_key_fields(doc):
+    schemas = doc["components"]["schemas"]
+    types = {"str": ["string"], "f64": ["number", "string", "null"], "i64": ["number", "string", "null"],
+             "bool": ["boolean"], "ts": ["string"]}
+    bodies = {"trip": ("Trip", TRIP_FIELDS), "trip/event": ("TripDeletion", DELETION_FIELDS),
+              "crash": ("Crash", CRASH_FIELDS), "diagnosis": ("Diagnosis", DIAGNOSIS_FIELDS)}
+    assert set(bodies) == set(PUSH_KINDS)
+    for segment, (kind, key_fields) in PUSH_KINDS.items():
+        name, fields = bodies[segment]
+        o = doc["paths"][f"/push/{segment}"]["post"]
+        assert o["requestBody"]["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{name}"}
+        body = schemas[name]
+        assert body["required"] == list(key_fields) and body["additionalProperties"] is True
+        for k in key_fields:
+            assert body["properties"][k]["type"] == "string" and body["properties"][k]["minLength"] == 1
+        for column, path, t in fields:
+            leaf = schema_at(doc, body, path)
+            got = leaf.get("type")
+            assert (got if isinstance(got, list) else [got]) == types[t], (name, column, path)
+    trip = schemas["Trip"]
+    assert set(schema_at(doc, trip, ("route",))["properties"]) == set(ROUTE_SOURCES)
+    for array in EVENT_ARRAYS:
+        events = trip["properties"][array]
+        assert events["type"] == "array"
+        for _, path, t in EVENT_FIELDS:
+            schema_at(doc, events["items"], path)
+    # what is documented of a block with columns is its columns (speedingStatistics had drifted)
+    assert set(trip["properties"]["speedingStatistics"]["properties"]) == {
+        p[1] for _, p, _ in TRIP_FIELDS if p[0] == "speedingStatistics"}
+
+
+def test_push_body_prose_must_name_a_field():
+    with pytest.raises(ValueError, match="names no field"):
+        pushbodies.schema(pushbodies.PushBody("X", CRASH_FIELDS, prose={"parameters.nope": "?"}), ("crashId",))
 
 
 # -- the document is true: what the handlers answer is documented ------------------------------------------

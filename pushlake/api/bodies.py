@@ -204,15 +204,16 @@ _Day = Annotated[str, Meta(extra_json_schema={"format": "date"})]
 _ITEMS = "One item per day and team with any activity, sorted by day then team."
 
 
-class TripsReport(Response):
+class _Report(Response):
     startDate: Annotated[_Day, text("First day.")]
     endDate: Annotated[_Day, text("Last day (inclusive).")]
+
+
+class TripsReport(_Report):
     items: Annotated[list[TripReportItem], text(_ITEMS)]
 
 
-class CrashesReport(Response):
-    startDate: Annotated[_Day, text("First day.")]
-    endDate: Annotated[_Day, text("Last day (inclusive).")]
+class CrashesReport(_Report):
     items: Annotated[list[CrashReportItem], text(_ITEMS)]
 
 

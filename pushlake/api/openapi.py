@@ -82,13 +82,15 @@ TAGS = [{"name": "push", "description": "What DriveQuant calls (SPEC §3)."},
 
 # -- schemas from types ---------------------------------------------------------------------------------
 def _tidy(node):
-    """msgspec's schemas, in the document's style: no titles, a type beside each enum (a single value
-    as ``const``), and ``T | None`` as ``type: [T, "null"]``."""
+    """msgspec's schemas, in the document's style: no titles, docstrings on one line, a type beside
+    each enum (a single value as ``const``), and ``T | None`` as ``type: [T, "null"]``."""
     if isinstance(node, list):
         return [_tidy(v) for v in node]
     if not isinstance(node, dict):
         return node
     out = {k: _tidy(v) for k, v in node.items() if k != "title"}
+    if isinstance(out.get("description"), str):  # a docstring's line breaks are only wrapping
+        out["description"] = " ".join(out["description"].split())
     if "enum" in out and "type" not in out:
         kinds = {"string" if isinstance(v, str) else "boolean" if isinstance(v, bool) else "number"
                  for v in out["enum"]}

@@ -56,7 +56,8 @@ def _place(root: dict, path: tuple[str, ...], schema: dict) -> None:
     node = root
     for part in path[:-1]:
         node = node["properties"].setdefault(part, _obj())
-        assert node.get("type") == "object", f"{'.'.join(path)}: {part} is not an object"
+        if node.get("type") != "object":
+            raise ValueError(f"{'.'.join(path)}: {part} is not an object")
     node["properties"][path[-1]] = {**node["properties"].get(path[-1], {}), **schema}
 
 
@@ -64,7 +65,8 @@ def _find(root: dict, dotted: str) -> dict:
     node = root
     for part in dotted.split(".") if dotted else ():
         props = node.get("properties") or node.get("items", {}).get("properties")
-        assert props is not None and part in props, f"prose for '{dotted}', which names no field"
+        if props is None or part not in props:
+            raise ValueError(f"prose for '{dotted}', which names no field")
         node = props[part]
     return node
 

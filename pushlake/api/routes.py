@@ -187,6 +187,12 @@ TEAM_PARAM_SCHEMA = b.TeamId
 DAY = {"type": "string", "format": "date"}
 
 
+def creation_errors(exists: str, invalid: str, quota: str) -> dict[int, Response]:
+    """What creating a team or a hyper-admin can answer besides 200 (``TeamError``'s statuses)."""
+    return {400: err(NOT_AN_OBJECT, "bad_request"), 409: err(exists, "conflict"), 422: err(invalid, "unprocessable"),
+            429: err(quota, "too_many_requests")}
+
+
 def enterprise_route(method: str, path: str, handler, operation_id: str, summary: str, description: str,
                      responses: dict[int, Response], body: Body | None = None,
                      parameters: tuple[Param, ...] = ()) -> Route:
@@ -225,10 +231,8 @@ ENTERPRISE = [
         "Creates an enabled team and returns its keys once (they are stored as hashes). At most `max_teams` teams "
         "(default 100).",
         {200: ok("The team and its keys.", b.TeamCreated),
-         400: err(NOT_AN_OBJECT, "bad_request"),
-         409: err("A team with that teamId exists", "conflict"),
-         422: err("teamId missing or not a valid team identifier", "unprocessable"),
-         429: err("The team quota is reached", "too_many_requests")},
+         **creation_errors("A team with that teamId exists", "teamId missing or not a valid team identifier",
+                           "The team quota is reached")},
         Body(b.TeamCreate, {"teamId": "acme"})),
     enterprise_route(
         "get", "/v1/enterprise/teams", enterprise.list_teams, "listTeams", "List teams",
@@ -249,11 +253,9 @@ ENTERPRISE = [
         "A hyper-admin reads every team through `/v1/query` and `/v1/export` with Basic `userId:password`. At most "
         "`max_hyperadmins` (default 10).",
         {200: ok("The hyper-admin (without the password).", b.HyperAdmin),
-         400: err(NOT_AN_OBJECT, "bad_request"),
-         409: err("A hyper-admin with that userId exists", "conflict"),
-         422: err("A name field is missing or invalid, or the password breaks the policy (the message lists the "
-                  "missing rules)", "unprocessable"),
-         429: err("The hyper-admin quota is reached", "too_many_requests")},
+         **creation_errors("A hyper-admin with that userId exists",
+                           "A name field is missing or invalid, or the password breaks the policy (the message "
+                           "lists the missing rules)", "The hyper-admin quota is reached")},
         Body(b.HyperAdminCreate, {"userId": "jane.doe@example.com", "firstname": "Jane", "lastname": "Doe",
                                   "password": "PnsPYthv4N?zI%CK"})),
     enterprise_route(
