@@ -10,7 +10,7 @@ registered by ``ingest.app.build_app``, the others (``API``) by ``pushlake.api.m
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -183,7 +183,6 @@ OAUTH = Route(
 # -- enterprise -----------------------------------------------------------------------------------------
 ENTERPRISE_401 = err("Missing or wrong `x-dq-enterprise-api-key` header", "unauthorized")
 NOT_AN_OBJECT = "Body is not a JSON object"
-TEAM_PARAM_SCHEMA = b.TeamId
 DAY = {"type": "string", "format": "date"}
 
 
@@ -211,7 +210,7 @@ def report_route(what: str, plural: str, kind: int, item, report, counts: str) -
          404: err("`teamId` names no team", "not_found")},
         parameters=(Param("startDate", "query", "First receive day, `yyyy-MM-dd`.", DAY, required=True),
                     Param("endDate", "query", "Last receive day (inclusive), `yyyy-MM-dd`.", DAY, required=True),
-                    Param("teamId", "query", "Only this team.", TEAM_PARAM_SCHEMA)))
+                    Param("teamId", "query", "Only this team.", b.TeamId)))
 
 
 def retry_route(what: str, task_type: str) -> Route:
@@ -339,7 +338,7 @@ READS = [
                     Param("to", "query", "Last day (inclusive), `yyyy-MM-dd`.", DAY),
                     Param("teamId", "query", "Only this team. A team key may only give its own team (403 otherwise); "
                                              "for a hyper-admin an unknown team is 404. Default: the key's team, or "
-                                             "every team for a hyper-admin.", TEAM_PARAM_SCHEMA))),
+                                             "every team for a hyper-admin.", b.TeamId))),
 ]
 
 
