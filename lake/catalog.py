@@ -353,7 +353,7 @@ class Catalog:
         out = {}
         for chunk in _chunks(itins, 500):
             q = f"SELECT itin_id, received_us, part, offset FROM tombstones WHERE team=? AND itin_id IN ({','.join('?' * len(chunk))})"
-            out.update((r[0], Order(r[1], r[2], r[3])) for r in self.con.execute(q, (team, *chunk)))
+            out.update((itin, Order(ts, part, off)) for itin, ts, part, off in self.con.execute(q, (team, *chunk)))
         return out
 
     def partition_files(self, tables: tuple[str, ...], team: str, date: str) -> list[FileRow]:
