@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= data
 PORT ?= 8080
 
-.PHONY: run test bench profile-tools install clean
+.PHONY: run test bench bench-quick bench-tools profile-tools install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,8 +23,18 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q
 
-bench: install
-	$(BIN)/python bench/run_all.py
+# the benchmarks, one at a time, then the table in bench/README.md (see bench/README.md)
+bench: install bench-tools
+	$(BIN)/python -m bench.run_all
+
+# a smoke run of every benchmark (--quick), results in $(BENCH_RESULTS), not bench/results/
+BENCH_RESULTS ?= build/bench-results
+bench-quick: install bench-tools
+	$(BIN)/python -m bench.run_all --quick --results-dir $(BENCH_RESULTS)
+
+# wrk from Debian, the load generator of bench/ingest_bench.py (without it: a slower Python client)
+bench-tools:
+	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 
 # py-spy into the venv, perf from Debian (the profiles in bench/README.md)
 profile-tools: install

@@ -14,7 +14,8 @@ from typing import Iterator
 
 import orjson
 
-FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+from bench.common import FIXTURES
+
 BASE_DAY = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 
 
@@ -62,13 +63,13 @@ def write_log(data_dir: Path, bodies: Iterator[tuple[str, str, bytes]], batch: i
               received_us: int | None = None) -> int:
     """Append trips straight to log partition p0 (what the receiver would have written)."""
     from ingest.log import LogWriter
-    from ingest.record import KIND_TRIP
+    from ingest.record import Kind
     w = LogWriter(data_dir, 0)
     now = received_us or int(dt.datetime.now(dt.timezone.utc).timestamp() * 1e6)
     n = 0
     items = []
     for team, itin, body in bodies:
-        items.append((KIND_TRIP, now + n, team, itin, body))
+        items.append((Kind.TRIP, now + n, team, itin, body))
         n += 1
         if len(items) >= batch:
             w.append(items)

@@ -1,4 +1,4 @@
-"""A no-op aiohttp server: the baseline for ``bench/ingest.py``.
+"""A no-op aiohttp server: the baseline for ``bench/ingest_bench.py``.
 
 It does the least any aiohttp push receiver must do (accept the connection, read the whole
 body, answer a small JSON 200), so the gap between it and pushlake is the cost of pushlake's own

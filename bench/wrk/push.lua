@@ -1,4 +1,4 @@
--- wrk script for bench/ingest.py: every request carries a unique itinId, and done() prints one
+-- wrk script for bench/ingest_bench.py: every request carries a unique itinId, and done() prints one
 -- machine-readable line ("BENCH_RESULT {json}") instead of making the driver parse wrk's text.
 --
 -- Arguments after `--` on the wrk command line:

@@ -1,8 +1,9 @@
 """Freshness benchmark (issue 4, items 4 and 7): time from a push's 200 to the first query that
 returns it, under a steady load, and the receiver's memory under that load.
 
-Run by hand:  .venv/bin/python bench/freshness.py [--quick] [--rate TRIPS_PER_S] [--duration S]
-              [--poll-interval S] [--workdir DIR]
+Run by hand, from the repository root:
+  .venv/bin/python -m bench.freshness_bench [--quick] [--rate TRIPS_PER_S] [--duration S]
+                                            [--poll-interval S] [--workdir DIR] [--results-dir DIR]
 
 Why it is built this way:
 - A real ``pushlake serve`` with its compactor (the configuration freshness depends on) receives
@@ -28,30 +29,21 @@ Why it is built this way:
 """
 from __future__ import annotations
 
-import sys
+import argparse
+import asyncio
+import multiprocessing as mp
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-# `python bench/freshness.py` puts bench/ first on sys.path, where bench/queries.py and
-# bench/ingest.py would shadow the `queries` and `ingest` packages: resolve from the root.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
+import orjson
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import multiprocessing as mp  # noqa: E402
-import re  # noqa: E402
-import secrets  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-
-import orjson  # noqa: E402
-
-import queries  # noqa: E402
-from bench import common  # noqa: E402
-from bench.benchlib import BenchError, Server, Workdir, loop_runner, median, pct, rel  # noqa: E402
-from bench.gen import FIXTURES  # noqa: E402
+import queries
+from bench import common
+from bench.common import FIXTURES, BenchError, Server, Workdir, loop_runner, median, open_loop, pct, run_main
 
 NAME = "freshness"
 TEAM = "bench"
@@ -128,29 +120,10 @@ async def steady_load(url: str, key: str, rate: float, duration: float, max_conn
                 load.acked[itin] = now
                 load.ack_ms.append((now - scheduled) * 1000)
 
-        tasks = []
         load.started = time.monotonic()
-        i = 0
-        while True:
-            scheduled = load.started + i / rate
-            if scheduled - load.started >= duration:
-                break
-            delay = scheduled - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(one(i, scheduled)))
-            i += 1
-        load.sent = i
-        await asyncio.gather(*tasks)
+        load.sent = await open_loop(rate, duration, one)
         load.finished = time.monotonic()
     return load
-
-
-def cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 class RssSampler(threading.Thread):
@@ -172,16 +145,17 @@ class RssSampler(threading.Thread):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="pushlake freshness benchmark: 200 -> first query that returns the trip")
-    ap.add_argument("--quick", action="store_true", help="smoke mode: 10 s of load")
+    ap.add_argument("--quick", action="store_true", help="smoke mode: 4 s of load")
     ap.add_argument("--rate", type=float, default=50.0, help="170 KB trips per second (default 50, about half "
                                                               "of what one compactor projects)")
-    ap.add_argument("--duration", type=float, help="seconds of load (default 120; 10 with --quick)")
+    ap.add_argument("--duration", type=float, help="seconds of load (default 120; 4 with --quick)")
     ap.add_argument("--poll-interval", type=float, default=0.05, help="seconds between poller queries (default 0.05)")
     ap.add_argument("--max-connections", type=int, default=256, help="client connection cap (default 256)")
     ap.add_argument("--settle", type=float, default=30.0, help="seconds to wait after the load for the last trips")
     ap.add_argument("--workdir", type=Path, help="where the data goes (default: a temporary directory, removed)")
+    common.add_results_arg(ap)
     a = ap.parse_args(argv)
-    a.duration = a.duration or (10.0 if a.quick else 120.0)
+    a.duration = a.duration or (4.0 if a.quick else 120.0)
     if a.rate <= 0 or a.duration <= 0 or a.poll_interval < 0:
         ap.error("--rate and --duration must be positive")
 
@@ -194,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if data.exists():
             raise BenchError(f"{data} already exists: remove it or choose another --workdir")
         srv = Server(data, wd.path, [TEAM], compactor=True)
-        kids = [k for k in srv.child_pids() if b"resource_tracker" not in cmdline(k)]
+        kids = [k for k in srv.child_pids() if "resource_tracker" not in common.cmdline(k)]
         pids = {"receiver": srv.pid} | ({"compactor": kids[0]} if len(kids) == 1 else {})
         ctx = mp.get_context("spawn")
         recv, send = ctx.Pipe(duplex=False)
@@ -229,9 +203,6 @@ def main(argv: list[str] | None = None) -> int:
         seen, query_ms = recv.recv()
         poller.join(10)
         serve_log = srv.log_text()
-    except BenchError as e:
-        print(f"bench/freshness.py: {e}", file=sys.stderr)
-        return 1
     finally:
         stop.set()
         if poller is not None:
@@ -292,10 +263,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"{capacity:.0f} trips per busy second at these batch sizes, so the load used {a.rate / capacity:.0%} "
                      "of it (a lower bound of its ceiling: bigger batches share each step's fixed cost).")
     args = vars(a)
-    out = common.write_result(NAME, rows, args=args, notes=notes)
-    print(f"wrote {rel(out)}")
+    common.write_result(NAME, rows, args=args, notes=notes, results_dir=a.results_dir)
     return 0 if not unseen else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -1,7 +1,8 @@
 """Compaction benchmark: pushlake's compactor against DuckDB doing the same projection itself.
 
-Run by hand:  .venv/bin/python bench/compaction.py [--quick] [--trips N] [--teams T] [--days D]
-                                                  [--backlog-gb G] [--workdir DIR] [--keep]
+Run by hand, from the repository root:
+  .venv/bin/python -m bench.compaction_bench [--quick] [--trips N] [--teams T] [--days D]
+                                             [--backlog-gb G] [--workdir DIR] [--keep] [--results-dir DIR]
 
 Issue 4, item 3 (compaction throughput and peak RSS against DuckDB) and item 7, in part (the
 compactor's peak RSS while draining a backlog far larger than the memory it may use: <= 1 GB).
@@ -27,7 +28,7 @@ Why it is built this way:
 - DuckDB runs with its defaults (threads = cores, memory_limit 80 % of RAM): the peer as users
   would run it. Its peak RSS is reported, not capped. ``TimeZone`` is set to UTC only so that
   ``date`` means the UTC day as in pushlake.
-- Each side runs in its own subprocess (this file with ``--worker``), which times its own work
+- Each side runs in its own subprocess (this module with ``--worker``), which times its own work
   (imports and interpreter start excluded on both sides) and reports its VmHWM from
   /proc/self/status just before exiting; the parent also polls VmRSS to show how the RSS evolves
   over the run (a bounded compactor plateaus; a leaking one climbs). pushlake runs
@@ -65,11 +66,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench.common import PY, descendants, print_rows, proc_kb, row, write_result  # noqa: E402
+from bench.common import (PY, ROOT, add_results_arg, descendants, dir_bytes, print_rows, proc_kb, row, run_main,
+                          write_result)
 
 DEFAULT_TRIPS = 15_000   # ~2.1 GB of 141 KB trips: >= 30 s of pushlake work at the current rate
 QUICK_TRIPS = 300
@@ -361,8 +359,8 @@ def _select(schema: Any, exprs: dict[str, str]) -> str:
 # running and checking
 
 def run_worker(args: list[str], log_file: Path) -> dict[str, Any]:
-    """Run this file as a worker; return its JSON report plus wall time and the RSS it went through."""
-    cmd = [PY, str(Path(__file__).resolve()), "--worker", *args]
+    """Run this module as a worker; return its JSON report plus wall time and the RSS it went through."""
+    cmd = [PY, "-m", "bench.compaction_bench", "--worker", *args]
     t0 = time.perf_counter()
     with open(log_file, "wb") as err, tempfile.TemporaryFile() as out:
         p = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT)
@@ -448,12 +446,6 @@ def compare_partition(data_dir: Path, out_dir: Path) -> dict[str, int]:
         c.close()
 
 
-def du(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def _same(a: dict[str, float], b: dict[str, float]) -> list[str]:
     bad = []
     for k in a:
@@ -484,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="size of the backlog drained for the peak-RSS check (GiB; 0: use the main run's)")
     ap.add_argument("--workdir", type=Path, help="where to put the generated files (default: a new /tmp dir)")
     ap.add_argument("--keep", action="store_true", help="do not delete the generated files")
+    add_results_arg(ap)
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
 
@@ -506,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         n, body_bytes, first = generate(data, ndjson, n, a.teams, a.days, received)
         gen_s = time.perf_counter() - t
         print(f"generated {n} trips ({_mb(body_bytes)} of bodies) in {gen_s:.1f} s: "
-              f"log {_mb(du(data / 'log'))}, NDJSON {_mb(du(ndjson))}", file=sys.stderr)
+              f"log {_mb(dir_bytes(data / 'log'))}, NDJSON {_mb(dir_bytes(ndjson))}", file=sys.stderr)
         sql_file = work / "duckdb.json"
         sql_file.write_text(json.dumps(duckdb_statements(ndjson, duck_out, first), indent=1))
 
@@ -545,10 +538,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row("compaction input MB/s", "MB/s", peer, body_bytes / 1e6 / dk_s, body_bytes / 1e6 / pl_s))
         rows.append(row("compaction peak RSS", "MB", peer, dk["vmhwm_mb"], pl["vmhwm_mb"], higher_is_better=False))
 
-        sizes = {"pushlake": {t: du(data / "lake" / t) for t in ("trips", "trip_samples", "trip_events")},
-                 "duckdb": {t: du(duck_out / t) for t in ("trips", "trip_samples", "trip_events")}}
+        sizes = {"pushlake": {t: dir_bytes(data / "lake" / t) for t in ("trips", "trip_samples", "trip_events")},
+                 "duckdb": {t: dir_bytes(duck_out / t) for t in ("trips", "trip_samples", "trip_events")}}
         notes.append(f"Backlog: {n} trips, {samples} samples, {_mb(body_bytes)} of bodies ({a.teams} teams, "
-                     f"{a.days} days); log {_mb(du(data / 'log'))}, NDJSON {_mb(du(ndjson))}.")
+                     f"{a.days} days); log {_mb(dir_bytes(data / 'log'))}, NDJSON {_mb(dir_bytes(ndjson))}.")
         notes.append(f"pushlake: {pl_s:.2f} s ({pl['wall_s']:.2f} s with interpreter start), "
                      f"{pl['files_written']} files written; peak memory {pl['vmhwm_mb']:.0f} MB = peak PSS of the "
                      f"compactor and its projection processes together (sampled every 0.2 s); their own peak RSS: "
@@ -594,11 +587,10 @@ def main(argv: list[str] | None = None) -> int:
         args = {"trips": n, "teams": a.teams, "days": a.days, "backlog_gb": a.backlog_gb, "quick": a.quick,
                 "body_bytes": body_bytes, "samples": samples, "pushlake": pl, "duckdb": dk,
                 "pushlake_counts": cl, "duckdb_counts": cd, "sizes": sizes}
-        out = write_result("compaction", rows, args, notes)
         print_rows(rows)
         for note in notes:
             print("-", note)
-        print(f"written {out.relative_to(ROOT)}")
+        write_result("compaction", rows, args, notes, results_dir=a.results_dir)
         return 1 if diff else 0
     finally:
         if a.keep:
@@ -608,4 +600,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -1,8 +1,9 @@
 """Deletion benchmark (issue 4, item 5): tombstones invisible at ack, physically applied, and
 what pending tombstones cost a query.
 
-Run by hand:  .venv/bin/python bench/deletions.py [--quick] [--trips N] [--large-every K]
-              [--tombstones 1000,100000] [--concurrency N] [--runs N] [--workdir DIR]
+Run by hand, from the repository root:
+  .venv/bin/python -m bench.deletions_bench [--quick] [--trips N] [--large-every K] [--tombstones 1000,100000]
+                                            [--concurrency N] [--runs N] [--workdir DIR] [--results-dir DIR]
 
 Why it is built this way:
 - The lake (default 1,000,000 10-second trips = 10 M samples; ``--large-every 20`` makes every
@@ -35,34 +36,25 @@ Why it is built this way:
 """
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import random
+import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-# `python bench/deletions.py` puts bench/ first on sys.path, where bench/queries.py and
-# bench/ingest.py would shadow the `queries` and `ingest` packages: resolve from the root.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
+import duckdb
+import orjson
+import pyarrow as pa
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-import shutil  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-
-import duckdb  # noqa: E402
-import orjson  # noqa: E402
-import pyarrow as pa  # noqa: E402
-
-import queries  # noqa: E402
-from bench import common  # noqa: E402
-from bench.benchlib import (BenchError, Server, Workdir, dir_bytes, fmt_ms, interleaved, link_copy,  # noqa: E402
-                            median, pct, push_all, rel)
-from bench.gen import trip_bodies, write_log  # noqa: E402
-from bench.ingest import http  # noqa: E402
-from lake.catalog import Catalog  # noqa: E402
-from lake.compactor import Compactor, StepStats  # noqa: E402
+import queries
+from bench import common
+from bench.common import (BenchError, Server, Workdir, dir_bytes, fmt_ms, http, interleaved, link_copy, median, pct,
+                          push_all, run_main)
+from bench.gen import trip_bodies, write_log
+from lake.catalog import Catalog
+from lake.compactor import Compactor, StepStats
 
 NAME = "deletions"
 EVENT_PATH = "/push/trip/event"
@@ -143,9 +135,9 @@ def build_base(base: Path, a: argparse.Namespace) -> dict:
         files = cat.live_files()
     finally:
         cat.close()
-    info = {"trips": sum(f[5] for f in files if f[1] == "trips"),
-            "samples": sum(f[5] for f in files if f[1] == "trip_samples"),
-            "files": len(files), "lake_bytes": sum(f[6] for f in files),
+    info = {"trips": sum(f.rows for f in files if f.tbl == "trips"),
+            "samples": sum(f.rows for f in files if f.tbl == "trip_samples"),
+            "files": len(files), "lake_bytes": sum(f.bytes for f in files),
             "log_bytes": dir_bytes(base / "log"), "log_s": round(t1 - t0, 1), "compact_s": round(t2 - t1, 1),
             "maintenance_s": round(t3 - t2, 1), "maintenance": maint}
     marker.write_text(json.dumps(info, indent=2) + "\n")
@@ -161,9 +153,9 @@ def live_trip_files(data: Path) -> dict[str, list[str]]:
     cat = Catalog(data, readonly=True)
     try:
         out: dict[str, list[str]] = {}
-        for _, tbl, _, _, path, _, _ in cat.live_files():
-            if tbl in ("trips", "trip_samples", "trip_events"):
-                out.setdefault(tbl, []).append(str(data / path))
+        for f in cat.live_files():
+            if f.tbl in ("trips", "trip_samples", "trip_events"):
+                out.setdefault(f.tbl, []).append(str(data / f.path))
         return out
     finally:
         cat.close()
@@ -344,22 +336,23 @@ def run_level(k: int, ids: list[int], base: Path, info: dict, wd: Path, a: argpa
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="pushlake deletion benchmark: tombstones at ack, applied, query cost")
-    ap.add_argument("--quick", action="store_true", help="smoke mode: 20,000 trips, 100 and 2,000 tombstones")
-    ap.add_argument("--trips", type=int, help="trips in the lake (default 1,000,000; 20,000 with --quick)")
+    ap.add_argument("--quick", action="store_true", help="smoke mode: 1,000 trips, 200 tombstones")
+    ap.add_argument("--trips", type=int, help="trips in the lake (default 1,000,000; 1,000 with --quick)")
     ap.add_argument("--large-every", type=int, default=0, metavar="K",
                     help="make every K-th trip a 33-minute one (~2,000 samples); 0 = all 10-second (10 samples)")
     ap.add_argument("--teams", type=int, default=4)
     ap.add_argument("--days", type=int, default=30, help="days the trips are spread over (default 30)")
-    ap.add_argument("--tombstones", help="tombstone counts, comma-separated (default 1000,100000; 100,2000 with --quick)")
+    ap.add_argument("--tombstones", help="tombstone counts, comma-separated (default 1000,100000; 200 with --quick)")
     ap.add_argument("--concurrency", type=int, default=64, help="deletion requests in flight (default 64)")
     ap.add_argument("--runs", type=int, help="timed rounds per query, median kept (default 7; 3 with --quick)")
     ap.add_argument("--seed", type=int, default=7, help="seed of the choice of deleted trips")
     ap.add_argument("--workdir", type=Path, help="where lakes go (default: a temporary directory, removed); "
                                                  "a lake built there is reused by later runs of the same shape")
+    common.add_results_arg(ap)
     a = ap.parse_args(argv)
-    a.trips = a.trips or (20_000 if a.quick else 1_000_000)
+    a.trips = a.trips or (1_000 if a.quick else 1_000_000)
     a.runs = a.runs or (3 if a.quick else 7)
-    levels = [int(x) for x in (a.tombstones or ("100,2000" if a.quick else "1000,100000")).split(",")]
+    levels = [int(x) for x in (a.tombstones or ("200" if a.quick else "1000,100000")).split(",")]
     if a.trips < 1 or a.teams < 1 or a.days < 1 or a.runs < 1 or a.concurrency < 1 or min(levels) < 1:
         ap.error("sizes must be positive")
     if max(levels) + SPOT_CHECKS > a.trips:
@@ -389,15 +382,11 @@ def main(argv: list[str] | None = None) -> int:
         print()
         common.print_rows(rows)
         args = vars(a) | {"levels": levels}
-        out = common.write_result(NAME, rows, args=args, notes=notes)
-        print(f"wrote {rel(out)}")
+        common.write_result(NAME, rows, args=args, notes=notes, results_dir=a.results_dir)
         return 0
-    except BenchError as e:
-        print(f"bench/deletions.py: {e}", file=sys.stderr)
-        return 1
     finally:
         wd.cleanup()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -1,8 +1,9 @@
 """Query benchmark (issue 4, item 6): analyst query latency, partition pruning, and how the
 latency grows with the days of data stored.
 
-Run by hand:  .venv/bin/python bench/queries.py [--quick] [--teams N] [--per-team-day N]
-              [--days 1,10,100] [--runs N] [--large-trips] [--workdir DIR]
+Run by hand, from the repository root:
+  .venv/bin/python -m bench.queries_bench [--quick] [--teams N] [--per-team-day N] [--days 1,10,100]
+                                          [--runs N] [--large-trips] [--workdir DIR] [--results-dir DIR]
 
 Why it is built this way:
 - One lake grows in steps (by default 1, then 10, then 100 days stored) and every query is timed
@@ -31,32 +32,24 @@ Why it is built this way:
 """
 from __future__ import annotations
 
-import sys
+import argparse
+import datetime as dt
+import random
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-# `python bench/queries.py` puts bench/ first on sys.path, where this file would shadow the
-# `queries` package (and bench/ingest.py the `ingest` package): resolve imports from the root.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
+import duckdb
+import orjson
 
-import argparse  # noqa: E402
-import datetime as dt  # noqa: E402
-import random  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-
-import duckdb  # noqa: E402
-import orjson  # noqa: E402
-
-import queries  # noqa: E402
-from bench import common  # noqa: E402
-from bench.benchlib import BenchError, Workdir, fmt_ms, interleaved, median, rel  # noqa: E402
-from bench.gen import BASE_DAY, FIXTURES, _fmt, trip_bodies  # noqa: E402
-from ingest.log import LogWriter  # noqa: E402
-from ingest.record import KIND_CRASH, KIND_TRIP  # noqa: E402
-from lake.catalog import Catalog  # noqa: E402
-from lake.compactor import Compactor  # noqa: E402
+import queries
+from bench import common
+from bench.common import FIXTURES, BenchError, Workdir, fmt_ms, interleaved, median, run_main
+from bench.gen import BASE_DAY, _fmt, trip_bodies
+from ingest.log import LogWriter
+from ingest.record import Kind
+from lake.catalog import Catalog
+from lake.compactor import Compactor
 
 NAME = "queries"
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%f%z"
@@ -84,7 +77,7 @@ def day_records(day: int, teams: int, per_team_day: int, crashes_per_team_day: i
     """(kind, team, key, body) of one day: ``per_team_day`` trips and crashes for every team."""
     for team, itin, body in trip_bodies(teams * per_team_day, teams=teams, days=1, small=small, seed=day + 1,
                                         start=first_index):
-        yield KIND_TRIP, team, itin, shift_trip(body, day)
+        yield Kind.TRIP, team, itin, shift_trip(body, day)
     crash = orjson.loads((FIXTURES / "crash.json").read_bytes())
     rng = random.Random(day)
     for ti in range(teams):
@@ -95,7 +88,7 @@ def day_records(day: int, teams: int, per_team_day: int, crashes_per_team_day: i
                  "parameters": {**crash["parameters"], "date": _fmt(when),
                                 "tripStartDate": _fmt(when - dt.timedelta(minutes=17))},
                  "probability": rng.randrange(30, 100), "velocity": round(rng.uniform(10, 90), 1)}
-            yield KIND_CRASH, f"team-{ti:03d}", cid, orjson.dumps(c)
+            yield Kind.CRASH, f"team-{ti:03d}", cid, orjson.dumps(c)
 
 
 def append_days(data: Path, days: range, a: argparse.Namespace) -> int:
@@ -126,10 +119,10 @@ def lake_stats(data: Path) -> dict:
         files = cat.live_files()
     finally:
         cat.close()
-    out: dict = {"files": len(files), "bytes": sum(f[6] for f in files)}
+    out: dict = {"files": len(files), "bytes": sum(f.bytes for f in files)}
     for tbl in ("trips", "trip_samples", "crashes"):
-        out[f"{tbl}_rows"] = sum(f[5] for f in files if f[1] == tbl)
-        out[f"{tbl}_files"] = sum(1 for f in files if f[1] == tbl)
+        out[f"{tbl}_rows"] = sum(f.rows for f in files if f.tbl == tbl)
+        out[f"{tbl}_files"] = sum(1 for f in files if f.tbl == tbl)
     return out
 
 
@@ -230,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, help="timed rounds per query, median kept (default 9; 3 with --quick)")
     ap.add_argument("--large-trips", action="store_true", help="33-minute trips (~2,000 samples) instead of 10-second ones")
     ap.add_argument("--workdir", type=Path, help="where the lake is built (default: a temporary directory, removed)")
+    common.add_results_arg(ap)
     a = ap.parse_args(argv)
     a.teams = a.teams or (2 if a.quick else 4)
     a.per_team_day = a.per_team_day or (20 if a.quick else 100)
@@ -322,15 +316,11 @@ def main(argv: list[str] | None = None) -> int:
                     notes.append(f"{q.name} / {v}: " + ", ".join(
                         f"{lv}d {fmt_ms(results[lv][q.name][v])} ms" for lv in levels))
         args = vars(a) | {"levels": levels}
-        out = common.write_result(NAME, rows, args=args, notes=notes)
-        print(f"wrote {rel(out)}")
+        common.write_result(NAME, rows, args=args, notes=notes, results_dir=a.results_dir)
         return 0
-    except BenchError as e:
-        print(f"bench/queries.py: {e}", file=sys.stderr)
-        return 1
     finally:
         wd.cleanup()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -1,8 +1,9 @@
 """Hostile readers benchmark (issue 9, part 3): push latency and server memory while teams run
 the queries that used to hurt everyone.
 
-Run by hand:  .venv/bin/python bench/hostile.py [--quick] [--rate 100] [--baseline 15]
-              [--hostile 50] [--trips 200] [--workdir DIR]
+Run by hand, from the repository root:
+  .venv/bin/python -m bench.hostile_bench [--quick] [--rate 100] [--baseline 15] [--hostile 50]
+                                          [--trips 200] [--workdir DIR] [--results-dir DIR]
 
 How it is built:
 - ``pushlake serve`` runs with its compactor on a fresh data directory holding ``--trips`` 33-minute
@@ -15,7 +16,8 @@ How it is built:
   first ``--baseline`` seconds are the baseline window; then for ``--hostile`` seconds:
   ``team-000`` runs ``SELECT len(range(200000000))``, a 20,000-branch ``UNION ALL`` and
   ``SELECT range(1000) AS l FROM range(100000)`` (a 390 MB JSON result before the byte cap);
-  ``team-003`` starts two exports of trip_samples and reads none of it; 300 wrong Basic passwords
+  ``team-003`` starts two exports of trip_samples and reads none of it for ``--stall`` seconds (45 by
+  default: the server's 30 s write timeout should have cut them off by then); 300 wrong Basic passwords
   of the hyper-admin arrive, 20 at a time; and the bystander runs ``SELECT count(*) FROM trips``
   every second (its latency and status are reported).
 - Every 0.2 s the RSS of the server process (the receiver), of the compactor, and of the query
@@ -24,28 +26,21 @@ Results: bench/results/hostile.json (peer = the baseline window of the same run)
 """
 from __future__ import annotations
 
-import sys
+import argparse
+import asyncio
+import base64
+import socket
+import subprocess
+import threading
+import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
+import aiohttp
+import orjson
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import base64  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-
-import aiohttp  # noqa: E402
-import orjson  # noqa: E402
-
-from bench import common  # noqa: E402
-from bench.benchlib import Workdir, pct  # noqa: E402
-from bench.gen import trip_bodies, write_log  # noqa: E402
-from bench.ingest import Processes, free_port, http, wait_until  # noqa: E402
+from bench import common
+from bench.common import BenchError, Server, Workdir, open_loop, pct, run_main
+from bench.gen import trip_bodies, write_log
 
 NAME = "hostile"
 PW = "PnsPYthv4N?zI%CK"
@@ -53,13 +48,6 @@ PW = "PnsPYthv4N?zI%CK"
 
 def rss_mb(pid: int) -> float:
     return common.proc_kb(pid, "VmRSS") / 1024
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 class Sampler(threading.Thread):
@@ -74,7 +62,7 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.wait(0.2):
             kids = common.descendants(self.pid)
-            queries = [k for k in kids if "queries.worker" in cmdline(k)]  # the zygote and its forks
+            queries = [k for k in kids if "queries.worker" in common.cmdline(k)]  # the zygote and its forks
             compactor = [k for k in kids if k not in queries]
             self.samples.append((time.monotonic(), rss_mb(self.pid), sum(rss_mb(k) for k in compactor),
                                  sum(rss_mb(k) for k in queries), len(queries)))
@@ -85,13 +73,9 @@ class Sampler(threading.Thread):
 
 async def pusher(url: str, key: str, rate: float, stop_at: float, out: list) -> None:
     """Pushes at a fixed schedule; each latency counts from its scheduled time."""
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    headers = Server.headers(key)
     conn = aiohttp.TCPConnector(limit=256)
     async with aiohttp.ClientSession(connector=conn) as s:
-        tasks = []
-        start = time.monotonic()
-        i = 0
-
         async def one(n: int, due: float) -> None:
             body = orjson.dumps({"itinId": f"{n:024x}", "event": "TRIP_DELETION", "date": "2025-02-01T09:12:47.000+0000"})
             try:
@@ -101,16 +85,7 @@ async def pusher(url: str, key: str, rate: float, stop_at: float, out: list) -> 
                     out.append((due, time.monotonic() - due, r.status))
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 out.append((due, time.monotonic() - due, 0))
-        while True:
-            due = start + i / rate
-            if due >= stop_at:
-                break
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(one(i, due)))
-            i += 1
-        await asyncio.gather(*tasks)
+        await open_loop(rate, stop_at - time.monotonic(), one)
 
 
 async def query(s: aiohttp.ClientSession, url: str, headers: dict, sql: str, log: list, label: str,
@@ -127,8 +102,9 @@ async def query(s: aiohttp.ClientSession, url: str, headers: dict, sql: str, log
         log.append({"what": label, "status": 0, "seconds": round(time.monotonic() - t, 3), "error": repr(e)})
 
 
-async def stalled_export(host: str, port: int, key: str, log: list) -> None:
-    """An export whose client reads the status line and nothing more (small receive buffer)."""
+async def stalled_export(host: str, port: int, key: str, stall: float, log: list) -> None:
+    """An export whose client reads the status line and nothing more (small receive buffer) for
+    ``stall`` seconds, then whatever is left."""
     t = time.monotonic()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -140,11 +116,11 @@ async def stalled_export(host: str, port: int, key: str, log: list) -> None:
     await writer.drain()
     status = (await reader.readline()).decode().strip()
     log.append({"what": "unread export (status line)", "status": status, "seconds": round(time.monotonic() - t, 3)})
-    await asyncio.sleep(45)  # never read: the server cuts it off after its write timeout
+    await asyncio.sleep(stall)  # never read: the server cuts it off after its write timeout
     rest, closed = 0, False
     try:
         while True:
-            chunk = await asyncio.wait_for(reader.read(1 << 20), 5)
+            chunk = await asyncio.wait_for(reader.read(1 << 20), min(5.0, stall))
             if not chunk:
                 closed = True
                 break
@@ -154,7 +130,7 @@ async def stalled_export(host: str, port: int, key: str, log: list) -> None:
     except ConnectionError:
         closed = True
     writer.close()
-    log.append({"what": "unread export (drained after 45 s)", "bytes_buffered": rest, "cut_by_server": closed})
+    log.append({"what": f"unread export (drained after {stall:g} s)", "bytes_buffered": rest, "cut_by_server": closed})
 
 
 async def passwords(url: str, n: int, log: list) -> None:
@@ -187,15 +163,15 @@ async def bystander(url: str, key: str, stop_at: float, out: list) -> None:
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - t)))
 
 
-async def hostile(url: str, host: str, port: int, keys: dict, log: list) -> None:
+async def hostile(args, url: str, host: str, port: int, keys: dict, log: list) -> None:
     h0 = {"Authorization": f"Bearer {keys['team-000']['adminApiKey']}"}
-    union = " UNION ALL ".join(f"SELECT {i} AS x" for i in range(20_000))
+    union = " UNION ALL ".join(f"SELECT {i} AS x" for i in range(args.union))
     async with aiohttp.ClientSession() as s:
-        exports = [asyncio.ensure_future(stalled_export(host, port, keys["team-003"]["adminApiKey"], log))
+        exports = [asyncio.ensure_future(stalled_export(host, port, keys["team-003"]["adminApiKey"], args.stall, log))
                    for _ in range(2)]
-        pw = asyncio.ensure_future(passwords(url, 300, log))
+        pw = asyncio.ensure_future(passwords(url, args.passwords, log))
         await asyncio.gather(query(s, url, h0, "SELECT len(range(200000000)) AS n", log, "len(range(200M))"),
-                             query(s, url, h0, union, log, "20,000-branch UNION ALL"))
+                             query(s, url, h0, union, log, f"{args.union:,}-branch UNION ALL"))
         await query(s, url, h0, "SELECT range(1000) AS l FROM range(100000)", log, "390 MB result (JSON)")
         await query(s, url, h0, "SELECT len(range(200000000)) AS n", log, "len(range(200M)) again")
         await pw
@@ -212,7 +188,7 @@ async def run(args, url: str, host: str, port: int, keys: dict, sampler: Sampler
     push_task = asyncio.ensure_future(pusher(url, keys["team-002"]["pushApiKey"], args.rate, t_end, pushes))
     by_task = asyncio.ensure_future(bystander(url, keys["team-001"]["adminApiKey"], t_end, by))
     await asyncio.sleep(max(0.0, t_hostile - time.monotonic()))
-    h_task = asyncio.ensure_future(hostile(url, host, port, keys, log))
+    h_task = asyncio.ensure_future(hostile(args, url, host, port, keys, log))
     await push_task
     await by_task
     await h_task
@@ -225,40 +201,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", type=float, default=15.0, help="seconds without hostile queries (default 15)")
     ap.add_argument("--hostile", type=float, default=50.0, help="seconds with them (default 50)")
     ap.add_argument("--trips", type=int, default=200, help="33-minute trips of team-000 (default 200)")
+    ap.add_argument("--stall", type=float, default=45.0,
+                    help="seconds the two exports are left unread (default 45: past the 30 s write timeout)")
+    ap.add_argument("--union", type=int, default=20_000, help="branches of the UNION ALL (default 20,000)")
+    ap.add_argument("--passwords", type=int, default=300, help="wrong hyper-admin passwords (default 300)")
     ap.add_argument("--workdir", type=Path)
-    ap.add_argument("--quick", action="store_true", help="a smoke run: 20 trips, 30 pushes/s, 3 + 12 s")
+    common.add_results_arg(ap)
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run: 8 trips, 30 pushes/s, 3 + 5 s, exports unread for 3 s (not long enough "
+                         "to be cut off), a 2,000-branch UNION ALL, 60 wrong passwords")
     args = ap.parse_args(argv)
     if args.quick:
-        args.trips, args.rate, args.baseline, args.hostile = 20, 30.0, 3.0, 12.0
+        args.trips, args.rate, args.baseline, args.hostile = 8, 30.0, 3.0, 5.0
+        args.stall, args.union, args.passwords = 3.0, 2_000, 60
     work = Workdir(args.workdir, "pushlake-hostile-")
-    procs = Processes()
     data = work.path / "data"
     data.mkdir(exist_ok=True)
+    srv: Server | None = None
     try:
         from pushlake.hyperadmins import HyperAdmins
-        from pushlake.teams import Teams
-        t = Teams(data)
-        keys = {name: t.create(name) for name in ("team-000", "team-001", "team-002", "team-003")}
-        t.close()
         a = HyperAdmins(data)
         a.create("root@example.com", "Root", "Admin", PW)
         a.close()
         write_log(data, trip_bodies(args.trips, teams=4))  # team-000 .. team-003
-        subprocess.run([common.PUSHLAKE, "compact", "--data", str(data)], check=True, capture_output=True)
-        port = free_port()
-        host = "127.0.0.1"
-        url = f"http://{host}:{port}"
-        cmd = [common.PUSHLAKE, "serve", "--data", str(data), "--port", str(port), "--min-free", "0"]
-        print(f"$ {' '.join(cmd)}", flush=True)
-        p = procs.start("pushlake", cmd, work.path / "pushlake.log")
-        wait_until("pushlake serve", procs, p, lambda: http("GET", url + "/health")[0] in (200, 503))
-        sampler = Sampler(p.pid)
+        out = subprocess.run([common.PUSHLAKE, "compact", "--data", str(data)], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise BenchError(f"pushlake compact failed ({out.returncode}): {out.stderr.strip()}")
+        srv = Server(data, work.path, ["team-000", "team-001", "team-002", "team-003"], compactor=True,
+                     healthy=(200, 503))
+        sampler = Sampler(srv.pid)
         sampler.start()
-        res = asyncio.run(run(args, url, host, port, keys, sampler))
+        res = asyncio.run(run(args, srv.url, srv.host, srv.port, srv.creds, sampler))
         sampler.stop.set()
         sampler.join()
     finally:
-        procs.stop_all()
+        if srv is not None:
+            srv.stop()
         work.cleanup()
 
     def push_stats(t0: float, t1: float) -> tuple[float, float, int, int]:
@@ -293,13 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bystander queries during the hostile window: {len(by_h)} ok, failures {by_fail}")
     for entry in res["log"]:
         print(" ", orjson.dumps(entry).decode()[:300])
-    notes = [f"rate {args.rate:g} pushes/s; baseline {args.baseline:g} s, hostile {args.hostile:g} s",
+    notes = [f"rate {args.rate:g} pushes/s; baseline {args.baseline:g} s, hostile {args.hostile:g} s; exports unread "
+             f"for {args.stall:g} s, {args.union:,}-branch UNION ALL, {args.passwords} wrong passwords",
              f"bystander during the hostile window: {len(by_h)} ok, failures {by_fail}"] + \
         [orjson.dumps(e).decode()[:300] for e in res["log"]]
-    out = common.write_result(NAME, rows, vars(args), notes)
-    print(f"wrote {out}")
+    common.write_result(NAME, rows, vars(args), notes, results_dir=args.results_dir)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
