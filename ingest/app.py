@@ -1,7 +1,8 @@
 """The push receiver: authenticate, check, append to the log, and answer 200 once durable.
 
 Nothing on this path waits for anything but the group commit: no parsing beyond the key
-fields, no catalog access (teams are cached by ``PushAuth``), no projection.
+fields, no catalog access (teams are cached by ``PushAuth``; deletions are published through
+the ``Lake`` the service hands in), no projection.
 """
 from __future__ import annotations
 
@@ -12,20 +13,18 @@ import shutil
 import time
 import zlib
 from http import HTTPStatus
-from pathlib import Path
+from typing import Callable, Protocol
 
 import orjson
 from aiohttp import web
 from aiohttp.web_urldispatcher import _default_expect_handler as _aiohttp_expect
 
-from lake import status as compactor_status
-from lake.catalog import Catalog, TombstoneRow
 from pushlake.config import Settings
 
 from .auth import AuthError, PushAuth
 from .groupcommit import GroupCommit, Item, Overloaded, WriteFailed
-from .keys import MissingKey, NotJson, deleted_itin, key_of, parse_keys
-from .log import LogReader, LogWriter
+from .keys import MissingKey, NotJson, key_of, parse_keys
+from .log import LogWriter
 from .record import Kind
 
 log = logging.getLogger("pushlake.receiver")
@@ -34,6 +33,19 @@ SETTINGS = web.AppKey("settings", Settings)
 COMMIT = web.AppKey("commit", GroupCommit)
 AUTH = web.AppKey("auth", PushAuth)
 STATE = web.AppKey("state", dict)
+
+
+class Lake(Protocol):
+    """What the receiver needs of the lake, handed to ``build_app`` by the layer above (the
+    service gives ``lake.receiver.ReceiverLake``): the receiver never opens the catalog itself."""
+
+    def compacted_up_to(self, part: str) -> int: ...
+    def republish_tombstones(self, part: str) -> int: ...
+    def tombstone_sink(self, part: str) -> Callable[[int, list[Item]], None]: ...
+    def compactor_health(self, part: str, next_offset: int) -> tuple[list[str], dict]: ...
+
+
+LAKE = web.AppKey("lake", Lake)
 ACCEPTED_ENCODINGS = {"identity", "gzip", "x-gzip", "deflate"}
 
 
@@ -230,12 +242,8 @@ async def health(request: web.Request) -> web.Response:
     reasons = ["free disk space is below the safety threshold"] if request.app[STATE]["disk_low"] else []
     compactor = None
     if s.compactor:
-        st = compactor_status.read(s.data_dir)
-        problems, lag = compactor_status.problems(st, {gc.writer.partition: gc.writer.next_offset})
+        problems, compactor = request.app[LAKE].compactor_health(gc.writer.partition, gc.writer.next_offset)
         reasons += problems
-        compactor = {"lagRecords": lag[gc.writer.partition], "failures": st.failures if st else None,
-                     "lastError": st.last_error if st and st.failures else None,
-                     "lastStep": st.last_step if st else None}
     body = {"status": "degraded" if reasons else "ok", "reasons": reasons,
             "partition": gc.writer.partition, "nextOffset": gc.writer.next_offset,
             "pending": gc.pending, "batches": gc.batches, "records": gc.records, "compactor": compactor,
@@ -243,63 +251,6 @@ async def health(request: web.Request) -> web.Response:
                                                   "cutBytes": rec.cut_bytes, "reason": rec.reason,
                                                   "savedAs": rec.saved_as}}
     return web.Response(body=orjson.dumps(body), content_type="application/json", status=503 if reasons else 200)
-
-
-def _tombstone_sink(data_dir: Path, part: str):
-    """Publish deletions in the catalog before they are acknowledged (SPEC §4).
-
-    The commit is made visible to readers but not fsynced (``synchronous=NORMAL``): the log
-    record, fsynced just before, is the durable copy, and ``republish_tombstones`` re-inserts
-    any tombstone an OS crash could have dropped before the receiver accepts traffic again."""
-    holder: dict = {}
-
-    def sink(first: int, items: list[Item]) -> None:
-        rows = []
-        for n, it in enumerate(items):
-            if it.kind == Kind.EVENT:
-                itin = deleted_itin(it.key)
-                if itin is not None:
-                    rows.append(TombstoneRow(it.team, itin, part, first + n, it.received_us))
-        if rows:
-            if "cat" not in holder:
-                holder["cat"] = Catalog(data_dir)
-                holder["cat"].con.execute("PRAGMA synchronous=NORMAL")
-                # checkpoints (which fsync the database) are left to the compactor's connection
-                holder["cat"].con.execute("PRAGMA wal_autocheckpoint=0")
-            holder["cat"].add_tombstones(rows)
-    return sink
-
-
-def _compacted_up_to(data_dir: Path, part: str) -> int:
-    """The compactor's position in this partition: offsets below it are never reused."""
-    cat = Catalog(data_dir)
-    try:
-        return cat.positions().get(part, 0)
-    finally:
-        cat.close()
-
-
-def republish_tombstones(data_dir: Path, part: str) -> int:
-    """Tombstones of the log tail the compactor has not reached yet, inserted again on start."""
-    cat = Catalog(data_dir)
-    try:
-        reader = LogReader(data_dir, part)
-        pos = cat.positions().get(part, 0)
-        rows = []
-        while True:
-            recs = reader.read(pos, max_records=50_000)
-            if not recs:
-                break
-            for r in recs:
-                itin = deleted_itin(r.key) if r.kind == Kind.EVENT else None
-                if itin is not None:
-                    rows.append(TombstoneRow(r.team, itin, part, r.offset, r.received_us))
-            pos = recs[-1].offset + 1
-        if rows:
-            cat.add_tombstones(rows)
-        return len(rows)
-    finally:
-        cat.close()
 
 
 async def _watch_disk(app: web.Application) -> None:
@@ -315,19 +266,22 @@ async def _watch_disk(app: web.Application) -> None:
         await asyncio.sleep(1.0)
 
 
-def build_app(settings: Settings, partition: int = 0) -> web.Application:
+def build_app(settings: Settings, partition: int = 0, *, lake: Lake) -> web.Application:
+    """The receiver of log partition ``p<partition>``; ``lake`` publishes its deletions and
+    tells where the compactor is (see ``Lake``)."""
     # we inflate bodies ourselves: bounded, and unknown encodings get a JSON 415, not a parser error
     app = web.Application(client_max_size=settings.max_body_bytes + 1, handler_args={"auto_decompress": False},
                           middlewares=[json_errors])
     app[SETTINGS] = settings
     app[STATE] = {"disk_low": False}
     app[AUTH] = PushAuth(settings.data_dir)
+    app[LAKE] = lake
 
     async def startup(app: web.Application) -> None:
         writer = LogWriter(settings.data_dir, partition, settings.segment_bytes, settings.segment_age_s,
-                           floor=_compacted_up_to(settings.data_dir, f"p{partition}"))
-        republish_tombstones(settings.data_dir, writer.partition)
-        gc = GroupCommit(writer, _tombstone_sink(settings.data_dir, writer.partition),
+                           floor=lake.compacted_up_to(f"p{partition}"))
+        lake.republish_tombstones(writer.partition)
+        gc = GroupCommit(writer, lake.tombstone_sink(writer.partition),
                          settings.max_pending_requests, settings.max_pending_bytes)
         gc.start()
         app[COMMIT] = gc

@@ -11,7 +11,6 @@ that nothing is destroyed, and reported through ``recovery``.
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import re
@@ -20,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
+
+from pushlake.fsutil import DIR_MODE, FILE_MODE, fsync_dir, try_lock
 
 from . import record as rec
 
@@ -32,10 +33,8 @@ SEGMENT_SUFFIX = ".log"
 DURABLE = ".durable"
 DURABLE_FMT = struct.Struct("<Q")
 IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
-# the log holds every team's pushes: owner only, whatever the process umask (``pushlake`` sets
-# 0o077 at start; these cover code that embeds the writer)
-FILE_MODE = 0o600
-DIR_MODE = 0o700
+# the log holds every team's pushes: owner only (FILE_MODE, DIR_MODE), whatever the process umask
+# (``pushlake`` sets 0o077 at start; the modes cover code that embeds the writer)
 
 
 def durable_limit(pdir: Path) -> int | None:
@@ -79,14 +78,6 @@ def list_partitions(data_dir: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if PARTITION_NAME.fullmatch(p.name) and p.is_dir())
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class ScanResult:
     records: int = 0
@@ -112,17 +103,6 @@ def scan_segment(path: Path, on_record=None) -> ScanResult:
     if res.error is None and res.good_bytes < res.total_bytes:
         res.error = f"incomplete record at byte {res.good_bytes}"
     return res
-
-
-def try_lock(path: Path) -> int | None:
-    """Take an exclusive flock, or return None if another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
 
 
 class PartitionBusy(Exception):

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from ingest.log import list_partitions, list_segments, scan_segment, try_lock
+from ingest.log import list_partitions, list_segments, scan_segment
+from pushlake.fsutil import try_lock
 
 from . import status
 from .catalog import Catalog

@@ -21,7 +21,8 @@ from array import array
 from pathlib import Path
 
 from ingest import record as rec
-from ingest.log import fsync_dir, list_partitions, list_segments, scan_segment, try_lock
+from ingest.log import list_partitions, list_segments, scan_segment
+from pushlake.fsutil import fsync_dir, try_lock
 
 from .catalog import Catalog, TripRef
 

@@ -22,7 +22,8 @@ import threading
 import time
 from pathlib import Path
 
-from ingest.log import recover_idle_partitions, try_lock
+from ingest.log import recover_idle_partitions
+from pushlake.fsutil import try_lock
 from pushlake import failpoints
 
 from . import files as lf

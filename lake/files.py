@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ingest.log import fsync_dir
+from pushlake.fsutil import fsync_dir
 
 from .catalog import NewFile
 from .schema import SCHEMAS, TRIP_TABLES

@@ -6,7 +6,8 @@ import shutil
 import time
 from pathlib import Path
 
-from ingest.log import list_partitions, recover_idle_partitions, try_lock
+from ingest.log import list_partitions, recover_idle_partitions
+from pushlake.fsutil import try_lock
 
 from .compactor import Compactor, CompactorBusy, StepStats
 

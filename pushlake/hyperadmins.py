@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from lake.catalog import connect_sqlite, transaction
+from pushlake.sqlite import connect_sqlite, transaction
 
 from .teams import Conflict, Invalid, NotFound, QuotaExceeded, format_date
 

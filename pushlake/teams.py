@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lake.catalog import connect_sqlite, transaction
+from pushlake.sqlite import connect_sqlite, transaction
 
 # The whole id must match (``fullmatch``: ``$`` would let a final newline through). An id is a
 # directory name in the lake (``team=<id>``): ASCII letters, digits, '_', '.', '-' only (no '/',

@@ -7,6 +7,7 @@ import orjson
 import pytest
 
 from ingest.app import build_app
+from lake.receiver import ReceiverLake
 from lake.compactor import Compactor
 from pushlake.config import Settings
 from pushlake.teams import Teams
@@ -68,7 +69,7 @@ async def make_pusher(aiohttp_client, data: Path):
     async def make(team: dict, **kw) -> Pusher:
         """One server per test (it owns the log partition); each team gets its own Pusher."""
         if not clients:
-            clients.append(await aiohttp_client(build_app(settings(data, **kw))))
+            clients.append(await aiohttp_client(build_app(settings(data, **kw), lake=ReceiverLake(data))))
         return Pusher(clients[0], team["pushApiKey"], team["teamId"])
     return make
 

@@ -133,7 +133,7 @@ async def test_tombstones_of_the_uncompacted_tail_are_republished_on_start(pushe
     """If an OS crash dropped a tombstone the receiver published (not fsynced), the restart
     publishes it again from the log before taking traffic."""
     from lake.catalog import Catalog
-    from ingest.app import republish_tombstones
+    from lake.receiver import ReceiverLake
     await pusher.push("trip", trip(itin_id(1)))
     compact(data)
     await pusher.push("trip/event", deletion(itin_id(1)))
@@ -141,7 +141,7 @@ async def test_tombstones_of_the_uncompacted_tail_are_republished_on_start(pushe
     cat.con.execute("DELETE FROM tombstones")  # what an OS crash could leave behind
     con = queries.connect(data)
     assert visible(con, itin_id(1))["trips"] == 1
-    assert republish_tombstones(data, "p0") == 1
+    assert ReceiverLake(data).republish_tombstones("p0") == 1
     assert visible(con, itin_id(1)) == {"trips": 0, "trip_samples": 0, "trip_events": 0}
     cat.close()
 

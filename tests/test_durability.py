@@ -230,13 +230,14 @@ def tiny_disk(tmp_path):
 
 async def test_full_disk_answers_503_and_keeps_every_acknowledged_push(tiny_disk, aiohttp_client):
     from ingest.app import build_app
+    from lake.receiver import ReceiverLake
     from pushlake.config import Settings
     from pushlake.teams import Teams
     data = tiny_disk / "data"
     key = Teams(data).create("acme")["pushApiKey"]
     ballast = tiny_disk / "ballast"
     ballast.write_bytes(b"\0" * (1 << 20))
-    client = await aiohttp_client(build_app(Settings(data_dir=data, min_free_bytes=0)))
+    client = await aiohttp_client(build_app(Settings(data_dir=data, min_free_bytes=0), lake=ReceiverLake(data)))
     body = (Path(__file__).parent / "fixtures" / "trip_33min.json").read_bytes()
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     acked, refused = [], []

@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from ingest.app import build_app
+from lake.receiver import ReceiverLake
 from pushlake.api import make_app
 from pushlake.config import enterprise_key
 from tests.conftest import settings
@@ -25,7 +26,7 @@ async def json_error(resp, status: int, code: str) -> dict:
 
 @pytest.fixture
 async def receiver(aiohttp_client, data):
-    return await aiohttp_client(build_app(settings(data)))
+    return await aiohttp_client(build_app(settings(data), lake=ReceiverLake(data)))
 
 
 @pytest.fixture
@@ -84,7 +85,7 @@ async def test_bodies_over_the_limit_get_json_413_on_every_route(full, data):
 
 
 async def test_an_exception_in_a_handler_is_a_json_500(aiohttp_client, data, caplog):
-    app = build_app(settings(data))
+    app = build_app(settings(data), lake=ReceiverLake(data))
 
     async def boom(request):
         raise RuntimeError("kaboom")
@@ -146,7 +147,7 @@ async def test_errors_of_our_own_handlers_are_unchanged(full, data):
 
 
 async def test_a_redirect_or_success_exception_passes_through(aiohttp_client, data):
-    app = build_app(settings(data))
+    app = build_app(settings(data), lake=ReceiverLake(data))
 
     async def moved(request):
         raise web.HTTPFound("/health")
@@ -189,7 +190,7 @@ async def test_a_failure_mid_stream_cuts_the_answer_and_writes_no_second_one(aio
     """Once a streamed answer (an export) has begun, an error must not become a JSON response:
     it would be written inside the first one's body, a chunked CSV ending cleanly with the JSON
     in it. The connection is cut instead, so the client sees the transfer fail."""
-    app = build_app(settings(data))
+    app = build_app(settings(data), lake=ReceiverLake(data))
 
     async def half_export(request):
         resp = web.StreamResponse()

@@ -11,6 +11,7 @@ import pytest
 
 from ingest.app import build_app
 from ingest.keys import ROUTES as PUSH_KINDS
+from lake.receiver import ReceiverLake
 from lake.schema import (CRASH_FIELDS, DELETION_FIELDS, DIAGNOSIS_FIELDS, EVENT_ARRAYS, EVENT_FIELDS, ROUTE_SOURCES,
                          TRIP_FIELDS)
 from pushlake.api import make_app, pushbodies
@@ -167,7 +168,7 @@ async def test_the_app_serves_each_route_with_the_table_s_handler(client, tmp_pa
               if r.method != "HEAD"}
     assert served == handlers
     # the receiver alone (build_app) serves the table's receiver routes, and every GET answers HEAD too
-    receiver = build_app(Settings(data_dir=tmp_path / "receiver", min_free_bytes=0))
+    receiver = build_app(Settings(data_dir=tmp_path / "receiver", min_free_bytes=0), lake=ReceiverLake(tmp_path / "receiver"))
     assert app_routes(receiver) == table(RECEIVER) and not table(RECEIVER) & table(API)
     heads = {r.resource.canonical for r in client.server.app.router.routes() if r.method == "HEAD"}
     assert heads == {r.template for r in ROUTES if r.method == "get"}

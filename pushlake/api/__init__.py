@@ -5,13 +5,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from ingest.app import build_app
+from lake.receiver import ReceiverLake
 from pushlake.config import Settings
 
-from . import enterprise, reads, routes
+from . import auth, enterprise, reads, routes
 
 
 def make_app(settings: Settings, partition: int = 0) -> web.Application:
-    app = build_app(settings, partition)  # the receiver: routes.RECEIVER
+    app = build_app(settings, partition, lake=ReceiverLake(settings.data_dir))  # the receiver: routes.RECEIVER
+    auth.setup(app)
     enterprise.setup(app)
     reads.setup(app)
     routes.register(app, routes.API)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ingest.app import AUTH, SETTINGS
-from ingest.auth import AuthError, _basic
+from ingest.auth import AuthError, basic_credentials
 from pushlake import tokens
 
 from .bodies import OAuthError, TokenResponse, encode
@@ -36,7 +36,7 @@ async def token(request: web.Request) -> web.Response:
     basic = bool(header and header.lower().startswith("basic "))
     try:
         if basic:
-            client_id, secret = _basic(header.split(" ", 1)[1].strip())
+            client_id, secret = basic_credentials(header.split(" ", 1)[1].strip())
             if "client_secret" in form:
                 return _error(400, "invalid_request", "use one client authentication method: Basic or the body")
             if "client_id" in form and form["client_id"] != client_id:

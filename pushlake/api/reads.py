@@ -25,9 +25,11 @@ import orjson
 from aiohttp import web
 
 from ingest.app import AUTH, SETTINGS, auth_error, error
-from ingest.auth import AuthError, PasswordCheck, Principal
+from ingest.auth import AuthError
 from queries.export import FORMATS
 from queries.worker import ARROW, PARQUET, WORKERS, job_frame, read_frame
+
+from .auth import READERS, PasswordCheck, Principal
 
 LIMITS = web.AppKey("read_limits", object)
 log = logging.getLogger("pushlake.reads")
@@ -98,7 +100,7 @@ async def _principal(request: web.Request) -> Principal:
     wait on it; at most ``password_checks`` wait for it (503 beyond), and a user with
     ``password_max_failures`` failures in a row is refused (429) without a check, for 1 s, 2 s,
     4 s... (up to 15 min), until a check succeeds."""
-    auth = request.app[AUTH]
+    auth = request.app[READERS]
     try:
         return auth.reader(request.headers.get("Authorization"))
     except PasswordCheck as pc:

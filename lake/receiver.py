@@ -1,0 +1,86 @@
+"""The lake's side of a receiver: what ``ingest.app.build_app`` is handed (``lake=``), so that the
+receiver, a layer below the lake, never opens the catalog itself.
+
+- ``compacted_up_to``: the compactor's position in a partition (offsets below it are never
+  handed out again, even after the cleaner removed the records that carried them);
+- ``republish_tombstones``: tombstones of the log tail the compactor has not reached, inserted
+  again before the receiver takes traffic (an OS crash may have dropped an unsynced insert);
+- ``tombstone_sink``: publishes a batch's deletions in the catalog after its fsync and before
+  its ack (SPEC §4);
+- ``compactor_health``: what ``/health`` says of the compactor over a partition (``lake.status``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ingest.groupcommit import Item
+from ingest.keys import deleted_itin
+from ingest.log import LogReader
+from ingest.record import Kind
+
+from . import status
+from .catalog import Catalog, TombstoneRow
+
+
+class ReceiverLake:
+    def __init__(self, data_dir: Path):
+        self.data_dir = Path(data_dir)
+
+    def compacted_up_to(self, part: str) -> int:
+        cat = Catalog(self.data_dir)
+        try:
+            return cat.positions().get(part, 0)
+        finally:
+            cat.close()
+
+    def republish_tombstones(self, part: str) -> int:
+        cat = Catalog(self.data_dir)
+        try:
+            reader = LogReader(self.data_dir, part)
+            pos = cat.positions().get(part, 0)
+            rows = []
+            while True:
+                recs = reader.read(pos, max_records=50_000)
+                if not recs:
+                    break
+                for r in recs:
+                    itin = deleted_itin(r.key) if r.kind == Kind.EVENT else None
+                    if itin is not None:
+                        rows.append(TombstoneRow(r.team, itin, part, r.offset, r.received_us))
+                pos = recs[-1].offset + 1
+            if rows:
+                cat.add_tombstones(rows)
+            return len(rows)
+        finally:
+            cat.close()
+
+    def tombstone_sink(self, part: str) -> Callable[[int, list[Item]], None]:
+        """The commit is made visible to readers but not fsynced (``synchronous=NORMAL``): the
+        log record, fsynced just before, is the durable copy, and ``republish_tombstones``
+        re-inserts any tombstone an OS crash could have dropped."""
+        holder: dict = {}
+
+        def sink(first: int, items: list[Item]) -> None:
+            rows = []
+            for n, it in enumerate(items):
+                if it.kind == Kind.EVENT:
+                    itin = deleted_itin(it.key)
+                    if itin is not None:
+                        rows.append(TombstoneRow(it.team, itin, part, first + n, it.received_us))
+            if rows:
+                if "cat" not in holder:
+                    holder["cat"] = Catalog(self.data_dir)
+                    holder["cat"].con.execute("PRAGMA synchronous=NORMAL")
+                    # checkpoints (which fsync the database) are left to the compactor's connection
+                    holder["cat"].con.execute("PRAGMA wal_autocheckpoint=0")
+                holder["cat"].add_tombstones(rows)
+        return sink
+
+    def compactor_health(self, part: str, next_offset: int) -> tuple[list[str], dict]:
+        """(what is wrong, in sentences; the compactor's lag and last step) over ``part``."""
+        st = status.read(self.data_dir)
+        problems, lag = status.problems(st, {part: next_offset})
+        return problems, {"lagRecords": lag[part], "failures": st.failures if st else None,
+                          "lastError": st.last_error if st and st.failures else None,
+                          "lastStep": st.last_step if st else None}
