@@ -13,7 +13,7 @@ import shutil
 import time
 import zlib
 from http import HTTPStatus
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import orjson
 from aiohttp import web
@@ -23,7 +23,7 @@ from pushlake.config import Settings
 
 from .auth import AuthError, PushAuth
 from .groupcommit import GroupCommit, Item, Overloaded, WriteFailed
-from .keys import MissingKey, NotJson, key_of, parse_keys
+from .keys import ROUTES, MissingKey, NotJson, key_of, parse_keys
 from .log import LogWriter
 from .record import Kind
 
@@ -266,6 +266,19 @@ async def _watch_disk(app: web.Application) -> None:
         await asyncio.sleep(1.0)
 
 
+class ReceiverRoute(NamedTuple):
+    method: str
+    path: str
+    handler: Callable
+
+
+# what the receiver serves, one push route per kind of ``ingest.keys.ROUTES`` and /health; the
+# API's route table (pushlake/api/routes.py) documents each of these by method and path
+RECEIVER_ROUTES: list[ReceiverRoute] = [
+    *(ReceiverRoute("post", f"/push/{segment}", make_handler(kind)) for segment, (kind, _) in ROUTES.items()),
+    ReceiverRoute("get", "/health", health)]
+
+
 def build_app(settings: Settings, partition: int = 0, *, lake: Lake) -> web.Application:
     """The receiver of log partition ``p<partition>``; ``lake`` publishes its deletions and
     tells where the compactor is (see ``Lake``)."""
@@ -298,6 +311,9 @@ def build_app(settings: Settings, partition: int = 0, *, lake: Lake) -> web.Appl
     app.on_startup.append(_json_expectations)
     app.on_startup.append(startup)
     app.on_cleanup.append(cleanup)
-    from pushlake.api.routes import RECEIVER, register  # the route table, which names this module's handlers
-    register(app, RECEIVER)  # /push/* (one per kind of ingest.keys.ROUTES) and /health
+    for r in RECEIVER_ROUTES:
+        if r.method == "get":
+            app.router.add_get(r.path, r.handler)  # and HEAD
+        else:
+            app.router.add_route(r.method.upper(), r.path, r.handler)
     return app

@@ -5,7 +5,8 @@ the document and what each handler can answer against it.
 A route's responses are ``ok`` (a body struct of ``bodies.py``, a push body schema of
 ``pushbodies.py`` by name, or other media types) and ``err`` (the ``error`` codes answered, in
 the ``{error, message}`` body unless told otherwise). The receiver's routes (``RECEIVER``) are
-registered by ``ingest.app.build_app``, the others (``API``) by ``pushlake.api.make_app``.
+registered by ``ingest.app.build_app`` from its own ``RECEIVER_ROUTES`` (a layer below this one),
+which these entries take their handlers from; the others (``API``) by ``pushlake.api.make_app``.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ingest.app import health, make_handler
+from ingest.app import RECEIVER_ROUTES
 from ingest.keys import ROUTES as PUSH_KINDS
 from ingest.record import Kind
 from lake.schema import TABLES
@@ -142,10 +143,14 @@ CONTENT_ENCODING = Param("Content-Encoding", "header",
                          {"type": "string", "enum": ["identity", "gzip", "x-gzip", "deflate"]})
 
 
+# the receiver registers its own routes (ingest.app.RECEIVER_ROUTES): this table documents them
+SERVED = {(r.method, r.path): r.handler for r in RECEIVER_ROUTES}
+
+
 def push_route(segment: str, kind: int) -> Route:
     p = PUSHES[kind]
     return Route(
-        "post", f"/push/{segment}", make_handler(kind), p.operation_id, "push", p.summary,
+        "post", f"/push/{segment}", SERVED[("post", f"/push/{segment}")], p.operation_id, "push", p.summary,
         p.description + " Body: `application/json` (or any `+json` type), optionally gzip or deflate encoded, at "
         "most `--max-body` bytes (default 32 MiB, inflated size). `200` means the raw body is in the log and "
         "fdatasynced; any other status means nothing was stored, and the push should be retried.",
@@ -153,7 +158,7 @@ def push_route(segment: str, kind: int) -> Route:
 
 
 RECEIVER: list[Route] = [push_route(segment, kind) for segment, (kind, _) in PUSH_KINDS.items()] + [
-    Route("get", "/health", health, "health", "service", "Receiver health",
+    Route("get", "/health", SERVED[("get", "/health")], "health", "service", "Receiver health",
           "State of this receiver process: its log partition, next offset, group-commit counters and the "
           "compactor's lag. `503` with `status: degraded` and the `reasons` while pushes are refused for lack of "
           "disk space, or while the compactor is failing or not advancing (from `compactor.status`).",
