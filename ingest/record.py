@@ -120,11 +120,3 @@ def frames(f: BinaryIO, pos: int = 0, want: Callable[[int], bool] | None = None
         yield pos, end, decode_payload(payload)
         pos = end
 
-
-# Deprecated aliases of ``Kind``, kept only for pushlake/api/* and bench/ until they switch;
-# new code uses ``Kind``. Remove once nothing imports them.
-KIND_TRIP = Kind.TRIP
-KIND_EVENT = Kind.EVENT
-KIND_CRASH = Kind.CRASH
-KIND_DIAGNOSIS = Kind.DIAGNOSIS
-KIND_NAMES = {k: k.label for k in Kind}
