@@ -171,10 +171,9 @@ async def get_task(request: web.Request) -> web.Response:
     row = await _run(request, request.app[ADMIN]["catalog"]().get_task, request.match_info["taskId"])
     if row is None:
         return error(404, "not_found", f"unknown task '{request.match_info['taskId']}'")
-    task_id, type_, status, created, completed, n, left = row
-    return json(b.Task(taskId=task_id, createdAt=format_date(created),
-                       completedAt=format_date(completed) if completed else None, type=type_, status=status,
-                       nbItems=n, nbRemainingItems=left))
+    return json(b.Task(taskId=row.task_id, createdAt=format_date(row.created_at),
+                       completedAt=format_date(row.completed_at) if row.completed_at else None, type=row.type,
+                       status=row.status, nbItems=row.nb_items, nbRemainingItems=row.nb_remaining))
 
 
 def setup(app: web.Application) -> None:
