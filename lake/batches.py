@@ -65,11 +65,18 @@ class BatchReader:
         self.batch_bytes = batch_bytes
         self._readers: dict[str, LogReader] = {}
 
-    def read(self, positions: dict[str, int], limit: int | None = None) -> Batch:
-        """The next records of every partition, up to ``limit`` records (default: a batch)."""
+    def read(self, positions: dict[str, int], limit: int | None = None, parts: set[str] | None = None) -> Batch:
+        """The next records of every partition (or of ``parts``), a batch's worth. With ``limit``
+        (isolating a record that fails its step), at most that many records in all, strictly: the
+        partitions after the one that spends the budget are not read, so a batch of one record
+        is one record, however many partitions have some waiting."""
         b = Batch(start={})
         budget = self.batch_records if limit is None else limit
         for part in list_partitions(self.data_dir):
+            if parts is not None and part not in parts:
+                continue
+            if limit is not None and budget <= 0:
+                break
             reader = self._readers.setdefault(part, LogReader(self.data_dir, part))
             b.start[part] = positions.get(part, 0)
             got = reader.read(b.start[part], max_records=max(budget, 1), max_bytes=self.batch_bytes)

@@ -122,12 +122,15 @@ class Compactor:
     def _step(self) -> StepStats:
         t0 = time.monotonic()
         positions = self.catalog.positions()
+        self.isolation.committed(positions)  # a quarantine commit may have moved past the failed batch
         ahead, self._ahead = self._ahead, None
         if ahead is not None and not self.isolation.active and all(
                 positions.get(p, 0) == o for p, o in ahead.start.items()):
             b = ahead  # read and prepared while the previous step was writing
         else:
-            b = self.batches.prepare(self.batches.read(positions, self.isolation.limit))
+            b = self.batches.read(positions, self.isolation.limit, self.isolation.partitions(positions))
+            self._failing = b  # a batch that fails as it is prepared is isolated too
+            b = self.batches.prepare(b)
         self._failing = b
         if not b.records:
             self._failing = None

@@ -26,8 +26,10 @@ class Isolating(Exception):
 
 
 def transient(e: BaseException) -> bool:
-    """Errors of the machine, after which the same batch is retried as it is."""
-    return isinstance(e, (OSError, sqlite3.Error, MemoryError))
+    """Errors of the machine (the disk, a locked or unreachable catalog), after which the same
+    batch is retried as it is. Not ``MemoryError`` (a batch too big to build is halved like any
+    other failing batch) nor SQLite errors caused by a value (``DataError``, ``IntegrityError``)."""
+    return isinstance(e, (OSError, sqlite3.OperationalError))
 
 
 class Isolation:
@@ -39,6 +41,13 @@ class Isolation:
     @property
     def active(self) -> bool:
         return self.limit is not None
+
+    def partitions(self, positions: dict[str, int]) -> set[str] | None:
+        """The partitions to read while isolating: those not yet past the failed batch (the
+        others wait, so that a busy partition cannot starve the one being searched)."""
+        if not self.active:
+            return None
+        return {p for p, o in self.until.items() if positions.get(p, 0) < o}
 
     def failed(self, records: list[tuple[str, Record]], end: dict[str, int], e: Exception) -> Commit | None:
         """A step of these records (ending at ``end``) failed with ``e``: narrow the next one.
