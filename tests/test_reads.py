@@ -69,6 +69,9 @@ async def test_team_key_reads_its_team_and_hyperadmin_reads_all(lake):
     # a team key cannot ask for another team
     r = await q(client, "SELECT 1", bearer(keys["acme"]["adminApiKey"]), teamId="globex")
     assert r.status == 403
+    for bad in (["globex"], {"a": 1}, 7):  # a teamId that is not a string is a 400, not a 500
+        r = await q(client, "SELECT 1", basic("root@example.com", ADMIN_PW), teamId=bad)
+        assert r.status == 400 and (await r.json())["error"] == "invalid_request", bad
 
 
 @pytest.mark.parametrize("headers,status", [

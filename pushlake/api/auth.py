@@ -37,9 +37,10 @@ class Principal:
 class PasswordCheck(Exception):
     """Hyper-admin credentials that need the (slow, scrypt) password check."""
 
-    def __init__(self, user: str, password: str, digest: str):
+    def __init__(self, user: str, password: str, digest: str, generation: int):
         super().__init__(user)
         self.user, self.password, self.digest = user, password, digest
+        self.generation = generation  # of the team cache when the check began
 
 
 class ReaderAuth:
@@ -73,14 +74,16 @@ class ReaderAuth:
                 self._generation = generation
             hit = self._verified.get(digest)
             if hit is None or hit[1] < time.monotonic():
-                raise PasswordCheck(user, password, digest)
+                raise PasswordCheck(user, password, digest, generation)
             return Principal("hyperadmin", user)
         raise AuthError(401, "invalid_credentials", "unsupported Authorization scheme (use Bearer or Basic)")
 
     def remember(self, check: PasswordCheck, ok: bool) -> Principal:
         if not ok:
             raise AuthError(401, "invalid_credentials", "unknown hyper-admin or wrong password")
-        self._verified[check.digest] = (check.user, time.monotonic() + LOGIN_TTL_S)
+        if check.generation == self.teams.current_generation():
+            # not when hyper-admins changed while scrypt ran: a deleted one must not be remembered
+            self._verified[check.digest] = (check.user, time.monotonic() + LOGIN_TTL_S)
         return Principal("hyperadmin", check.user)
 
 

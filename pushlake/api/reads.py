@@ -122,6 +122,8 @@ async def _principal(request: web.Request) -> Principal:
 
 
 def _scope(request: web.Request, who: Principal, team_param: str | None) -> dict:
+    if team_param is not None and not isinstance(team_param, str):
+        raise AuthError(400, "invalid_request", "teamId must be a string")
     if who.kind == "team":
         if team_param not in (None, who.team):
             raise AuthError(403, "forbidden", "a team key reads its own team only")
