@@ -25,7 +25,6 @@ from .auth import AuthError, PushAuth
 from .groupcommit import GroupCommit, Item, Overloaded, WriteFailed
 from .keys import ROUTES, MissingKey, NotJson, key_of, parse_keys
 from .log import LogWriter
-from .record import Kind
 
 log = logging.getLogger("pushlake.receiver")
 

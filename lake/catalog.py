@@ -7,8 +7,6 @@ methods are the interface a PostgreSQL implementation will provide too.
 """
 from __future__ import annotations
 
-import os
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
