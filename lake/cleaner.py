@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ingest import record as rec
 from ingest.log import list_partitions, list_segments, scan_segment
-from pushlake.fsutil import fsync_dir, try_lock
+from pushlake.fsutil import FILE_MODE, fsync_dir, try_lock
 
 from .catalog import Catalog, TripRef
 
@@ -120,14 +120,15 @@ def _write_index(segment: Path, trips: set[int], stamp: tuple[int, int, int] | N
     segment had when it was scanned (a segment changed since gets a stale index, never a wrong one)."""
     index = segment.with_name(segment.name + INDEX_SUFFIX)
     tmp = index.with_name(index.name + ".tmp")
-    tmp.write_bytes(_INDEX_HEAD.pack(_MAGIC, *(stamp or _stamp(segment))) + array("q", sorted(trips)).tobytes())
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "wb") as f:
+        f.write(_INDEX_HEAD.pack(_MAGIC, *(stamp or _stamp(segment))) + array("q", sorted(trips)).tobytes())
     os.replace(tmp, index)
 
 
 def _rewrite_without(path: Path, spans: list[tuple[int, int]]) -> None:
     data = path.read_bytes()
     tmp = path.with_name(path.name + ".clean")
-    with open(tmp, "wb") as f:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "wb") as f:
         pos = 0
         for start, end in sorted(spans):
             f.write(data[pos:start])

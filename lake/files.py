@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pushlake.fsutil import fsync_dir
+from pushlake.fsutil import DIR_MODE, create_private, fsync_dir
 
 from .catalog import NewFile
 from .schema import SCHEMAS, TRIP_TABLES
@@ -59,8 +59,9 @@ def write_file(data_dir: Path, tbl: str, team: str, date: str, table: pa.Table) 
     while not p.exists():
         created.append(p)
         p = p.parent
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"part-{uuid.uuid4().hex}.parquet"
+    for c in reversed(created):  # owner-only, whatever the umask of the process that embeds this
+        c.mkdir(mode=DIR_MODE, exist_ok=True)
+    path = create_private(d / f"part-{uuid.uuid4().hex}.parquet")
     table = table.cast(SCHEMAS[tbl]) if table.schema != SCHEMAS[tbl] else table
     pq.write_table(table, path, **_OPTIONS[tbl])
     fd = os.open(path, os.O_RDONLY)
@@ -79,7 +80,7 @@ def merge_files(data_dir: Path, tbl: str, team: str, date: str, rels: list[str])
     Memory holds about one row group, however large the inputs: a whole input file decompressed
     can be ten times its size on disk."""
     d = partition_dir(data_dir, tbl, team, date)
-    path = d / f"part-{uuid.uuid4().hex}.parquet"
+    path = create_private(d / f"part-{uuid.uuid4().hex}.parquet")
     group = _OPTIONS[tbl]["row_group_size"]
     schema = SCHEMAS[tbl]
     rows = 0

@@ -21,6 +21,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def create_private(path: Path) -> Path:
+    """Create an empty owner-only file (refusing one that exists): a writer that opens it
+    afterwards with O_TRUNC (pyarrow, ``open(..., "wb")``) keeps the mode, whatever the umask."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    return path
+
+
 def try_lock(path: Path) -> int | None:
     """Take an exclusive flock, or return None if another process holds it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)

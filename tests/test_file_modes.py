@@ -148,3 +148,25 @@ def test_library_writers_use_owner_only_modes_whatever_the_umask(tmp_path):
         os.umask(old)
     assert any("torn" in p for p in found) and any(p.endswith("catalog.db-wal") for p in found)
     assert too_open(found) == {}, json.dumps(too_open(found))
+
+
+def test_lake_files_are_owner_only_whatever_the_umask_of_the_embedding_process(tmp_path):
+    """Code that embeds the compactor (no ``pushlake`` main, so no umask 077) still writes
+    owner-only Parquet files, partition directories and merged files."""
+    import pyarrow as pa
+    from lake import files as lf
+    from lake.schema import SCHEMAS
+    old = os.umask(0o022)
+    try:
+        t = pa.Table.from_pylist([{"crash_id": "c1", "team_id": "acme"}], schema=SCHEMAS["crashes"])
+        a = lf.write_file(tmp_path, "crashes", "acme", "2025-01-20", t)
+        b = lf.write_file(tmp_path, "crashes", "acme", "2025-01-20", t)
+        m = lf.merge_files(tmp_path, "crashes", "acme", "2025-01-20", [a.path, b.path])
+    finally:
+        os.umask(old)
+    for f in (a, b, m):
+        assert stat.S_IMODE((tmp_path / f.path).stat().st_mode) == 0o600, f.path
+    d = tmp_path / a.path
+    while d.parent != tmp_path:
+        d = d.parent
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
