@@ -26,6 +26,7 @@ from lake.catalog import Catalog
 from lake.schema import SCHEMAS, TRIP_TABLES
 
 DELETED = "_pushlake_deleted"
+SPILL_MAX = "4GiB"  # what one export may spill to its own directory
 HIVE = "hive_partitioning = true, hive_types = {'team': VARCHAR, 'date': DATE}"
 _SQL_TYPES = {"string": "VARCHAR", "double": "DOUBLE", "int64": "BIGINT", "int32": "INTEGER", "bool": "BOOLEAN",
               "date32[day]": "DATE", "timestamp[us, tz=UTC]": "TIMESTAMP WITH TIME ZONE"}
@@ -73,6 +74,8 @@ class LakeConnection:
         if self.confined:
             if isinstance(spill, str):  # a directory the caller owns (an export worker's)
                 self.con.execute(f"SET temp_directory = '{_q(spill)}'")
+                # an export's sort may spill, but not fill the disk the log shares
+                self.con.execute(f"SET max_temp_directory_size = '{SPILL_MAX}'")
             elif spill:
                 self._tmp = tempfile.TemporaryDirectory(prefix="pushlake-duckdb-")
                 self.con.execute(f"SET temp_directory = '{_q(self._tmp.name)}'")

@@ -172,8 +172,20 @@ def zygote(fd: int) -> None:
         queries.sandbox.log.warning("Landlock is not available on this kernel: query processes are not "
                                     "write-proof at the kernel level (the statement guard and DuckDB's "
                                     "sandbox remain)")
+    global SPILL_ROOT
+    import tempfile
+    # the export processes' spill directories live in one owner-only directory of the zygote's,
+    # not under a name anyone could create first in the shared temp directory
+    SPILL_ROOT = tempfile.mkdtemp(prefix="pushlake-spill-")
     children: set[int] = set()
     watch = [ctl] + ([parent] if parent is not None else [])
+    try:
+        _serve(ctl, parent, watch, children)
+    finally:
+        shutil.rmtree(SPILL_ROOT, ignore_errors=True)
+
+
+def _serve(ctl: socket.socket, parent, watch: list, children: set[int]) -> None:
     while True:
         ready, _, _ = select.select(watch, [], [], 0.5 if children else None)
         if parent is not None and parent in ready:
@@ -215,10 +227,12 @@ def zygote(fd: int) -> None:
 # ---------------------------------------------------------------------------------------------
 # a child: one query
 
+SPILL_ROOT = ""  # set by the zygote (mkdtemp, 0700), inherited by its children
+
+
 def spill_dir(pid: int) -> str:
     """The private spill directory of export process ``pid`` (the zygote removes it when it reaps)."""
-    import tempfile
-    return os.path.join(tempfile.gettempdir(), f"pushlake-export-{os.getpid() if pid == 0 else pid}")
+    return os.path.join(SPILL_ROOT, f"export-{os.getpid() if pid == 0 else pid}")
 
 
 def _child(fd: int) -> None:

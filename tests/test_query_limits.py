@@ -273,9 +273,11 @@ async def test_exports_run_in_query_processes_and_leave_no_spill_directory(lake)
     r = await client.get("/v1/export/trip_samples?format=csv", headers=bearer(keys["acme"]["adminApiKey"]))
     assert r.status == 200 and int(r.headers["X-Pushlake-Rows"]) == len((await r.text()).splitlines()) - 1
     await asyncio.sleep(1.2)  # the zygote reaps its children (and removes their directories) every 0.5 s
-    left = [d for d in glob.glob(os.path.join(tempfile.gettempdir(), "pushlake-export-*"))
+    left = [d for d in glob.glob(os.path.join(tempfile.gettempdir(), "pushlake-spill-*", "export-*"))
             if not os.path.exists(f"/proc/{d.rsplit('-', 1)[1]}")]
     assert left == []
+    roots = glob.glob(os.path.join(tempfile.gettempdir(), "pushlake-spill-*"))
+    assert roots and all(os.stat(d).st_mode & 0o077 == 0 for d in roots)  # the zygote's own, owner-only
 
 
 def _oom(pid: int) -> str:
