@@ -278,6 +278,16 @@ RECEIVER_ROUTES: list[ReceiverRoute] = [
     ReceiverRoute("get", "/health", health)]
 
 
+def add_routes(app: web.Application, routes) -> None:
+    """Register routes given as anything with ``method``, ``path`` and ``handler`` (the API's
+    route table uses it too); a GET answers HEAD as well."""
+    for r in routes:
+        if r.method == "get":
+            app.router.add_get(r.path, r.handler)
+        else:
+            app.router.add_route(r.method.upper(), r.path, r.handler)
+
+
 def build_app(settings: Settings, partition: int = 0, *, lake: Lake) -> web.Application:
     """The receiver of log partition ``p<partition>``; ``lake`` publishes its deletions and
     tells where the compactor is (see ``Lake``)."""
@@ -310,9 +320,5 @@ def build_app(settings: Settings, partition: int = 0, *, lake: Lake) -> web.Appl
     app.on_startup.append(_json_expectations)
     app.on_startup.append(startup)
     app.on_cleanup.append(cleanup)
-    for r in RECEIVER_ROUTES:
-        if r.method == "get":
-            app.router.add_get(r.path, r.handler)  # and HEAD
-        else:
-            app.router.add_route(r.method.upper(), r.path, r.handler)
+    add_routes(app, RECEIVER_ROUTES)
     return app

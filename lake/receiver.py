@@ -44,10 +44,7 @@ class ReceiverLake:
                 recs = reader.read(pos, max_records=50_000)
                 if not recs:
                     break
-                for r in recs:
-                    itin = deleted_itin(r.key) if r.kind == Kind.EVENT else None
-                    if itin is not None:
-                        rows.append(TombstoneRow(r.team, itin, part, r.offset, r.received_us))
+                rows += _tombstones(part, ((r.offset, r.kind, r.team, r.key, r.received_us) for r in recs))
                 pos = recs[-1].offset + 1
             if rows:
                 cat.add_tombstones(rows)
@@ -62,12 +59,8 @@ class ReceiverLake:
         holder: dict = {}
 
         def sink(first: int, items: list[Item]) -> None:
-            rows = []
-            for n, it in enumerate(items):
-                if it.kind == Kind.EVENT:
-                    itin = deleted_itin(it.key)
-                    if itin is not None:
-                        rows.append(TombstoneRow(it.team, itin, part, first + n, it.received_us))
+            rows = _tombstones(part, ((first + n, it.kind, it.team, it.key, it.received_us)
+                                      for n, it in enumerate(items)))
             if rows:
                 if "cat" not in holder:
                     holder["cat"] = Catalog(self.data_dir)
@@ -84,3 +77,13 @@ class ReceiverLake:
         return problems, {"lagRecords": lag[part], "failures": st.failures if st else None,
                           "lastError": st.last_error if st and st.failures else None,
                           "lastStep": st.last_step if st else None}
+
+
+def _tombstones(part: str, pushes) -> list[TombstoneRow]:
+    """The tombstones of the deletions among (offset, kind, team, key, received_us) pushes."""
+    rows = []
+    for offset, kind, team, key, received_us in pushes:
+        itin = deleted_itin(key) if kind == Kind.EVENT else None
+        if itin is not None:
+            rows.append(TombstoneRow(team, itin, part, offset, received_us))
+    return rows

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import orjson
 
+from pushlake.fsutil import FILE_MODE
+
 FILE = "compactor.status"
 STALL_S = 60.0      # records waiting this long without progress: not advancing
 FAILING_S = 15.0    # failing this long (or FAILING_N times in a row): failing
@@ -56,7 +58,7 @@ def write(data_dir: Path, st: Status) -> None:
     st.updated_at = time.time()
     path = Path(data_dir) / FILE
     tmp = path.with_name(f".{FILE}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         os.write(fd, orjson.dumps(asdict(st)))
     finally:

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ingest.app import RECEIVER_ROUTES
+from ingest.app import RECEIVER_ROUTES, add_routes
 from ingest.keys import ROUTES as PUSH_KINDS
 from ingest.record import Kind
 from lake.schema import TABLES
@@ -83,11 +83,7 @@ class Route:
 
 
 def register(app: web.Application, routes: list[Route]) -> None:
-    for r in routes:
-        if r.method == "get":
-            app.router.add_get(r.path, r.handler)  # and HEAD
-        else:
-            app.router.add_route(r.method.upper(), r.path, r.handler)
+    add_routes(app, routes)
 
 
 # -- security requirements (openapi.SECURITY_SCHEMES describes each scheme) --------------------------
