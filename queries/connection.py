@@ -156,13 +156,25 @@ class LakeConnection:
     # statements go through refresh() first; everything else is DuckDB's own connection
     def execute(self, query: str, parameters: Any = None):
         self._guard(query)
-        self.refresh()
-        return self.con.execute(query, parameters)
+        return self._on_latest(lambda: self.con.execute(query, parameters))
 
     def sql(self, query: str, *args, **kw):
         self._guard(query)
+        return self._on_latest(lambda: self.con.sql(query, *args, **kw))
+
+    def _on_latest(self, run):
+        """Run a statement on the latest snapshot. A file of that snapshot can be gone by the
+        time DuckDB opens it (vacuum after a short retention, between our check and the read):
+        the statement then runs again on the snapshot that replaced it, instead of failing."""
         self.refresh()
-        return self.con.sql(query, *args, **kw)
+        for attempt in range(3):
+            try:
+                return run()
+            except duckdb.IOException as e:
+                if attempt == 2 or not _file_gone(e):
+                    raise
+                self._version = None  # whatever the catalog says, read the file lists again
+                self.refresh()
 
     query = sql
 
@@ -222,6 +234,11 @@ def check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> None:
     inner = con.extract_statements(text[toks[1]:])
     if len(inner) != 1 or inner[0].type != duckdb.StatementType.SELECT:
         raise PermissionError(READ_ONLY_MESSAGE)
+
+
+def _file_gone(e: duckdb.IOException) -> bool:
+    m = str(e)
+    return "No files found that match the pattern" in m or ("Cannot open file" in m and "No such file" in m)
 
 
 def _q(s: str) -> str:
