@@ -162,6 +162,31 @@ async def _write(request: web.Request, resp: web.StreamResponse, data: bytes, ti
         return False
 
 
+def _job(s, scope: dict, **kw) -> dict:
+    """A job for a query process: what every job carries (where, whose, how much memory), and ``kw``."""
+    return {"data_dir": str(s.data_dir), "scope": scope, "memory_limit": s.query_memory_limit,
+            "memory_bytes": _memory_bytes(s.query_memory_limit), **kw}
+
+
+async def _start(job: dict):
+    """(reader, writer) of a new query process running ``job``, or the response saying why not.
+    On the loop's thread: quick (a datagram to the zygote, which the first call starts), and the
+    zygote is tied to this long-lived thread (PR_SET_PDEATHSIG follows the thread that started it)."""
+    try:
+        sock = WORKERS.submit()
+    except OSError as e:
+        return _no_workers(e)
+    reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 20)
+    writer.write(job_frame(job))
+    return reader, writer
+
+
+def _failed(payload: bytes) -> web.Response:
+    """The error a query process reported (an X frame) as the answer."""
+    e = orjson.loads(payload)
+    return error(e["status"], e["error"], e["message"])
+
+
 def _no_workers(e: OSError) -> web.Response:
     log.error("cannot start a query process: %s", e)
     return error(503, "overloaded", "no query process could be started; retry shortly", {"Retry-After": "1"})
@@ -191,20 +216,15 @@ async def query(request: web.Request) -> web.StreamResponse:
         slot = lim.take(who)
     except TooMany as e:
         return e.response()
-    job = {"data_dir": str(s.data_dir), "scope": scope, "sql": doc["sql"], "mime": mime,
-           "max_rows": s.query_max_rows, "max_bytes": s.query_max_bytes, "timeout": s.query_timeout_s,
-           "memory_limit": s.query_memory_limit, "memory_bytes": _memory_bytes(s.query_memory_limit)}
+    job = _job(s, scope, sql=doc["sql"], mime=mime, max_rows=s.query_max_rows, max_bytes=s.query_max_bytes,
+               timeout=s.query_timeout_s)
     writer = None
     t0 = time.monotonic()
     try:
-        # on the loop's thread: quick (a datagram to the zygote, which the first call starts), and the
-        # zygote is tied to this long-lived thread (PR_SET_PDEATHSIG follows the thread that started it)
-        try:
-            sock = WORKERS.submit()
-        except OSError as e:
-            return _no_workers(e)
-        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 20)
-        writer.write(job_frame(job))
+        started = await _start(job)
+        if isinstance(started, web.Response):
+            return started
+        reader, writer = started
         try:
             kind, payload = await asyncio.wait_for(read_frame(reader), s.query_timeout_s + 5)
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
@@ -213,8 +233,7 @@ async def query(request: web.Request) -> web.StreamResponse:
             return error(400, "out_of_memory", f"the query's process died: it ran over its memory limit "
                                                f"({s.query_memory_limit}) or crashed")
         if kind == b"X":
-            e = orjson.loads(payload)
-            return error(e["status"], e["error"], e["message"])
+            return _failed(payload)
         head = orjson.loads(payload)
         resp = web.StreamResponse(headers={"X-Pushlake-Truncated": "true" if head["truncated"] else "false",
                                            "X-Pushlake-Rows": str(head["rows"])})
@@ -267,24 +286,20 @@ async def _export(request: web.Request, scope: dict, table: str, fmt: str) -> we
     """The export runs in a query process too (fixed SQL, but DuckDB's memory and the encoding stay
     out of this process); it streams chunks as they are encoded, paced by the client."""
     s = request.app[SETTINGS]
-    job = {"kind": "export", "data_dir": str(s.data_dir), "scope": scope, "table": table, "fmt": fmt,
-           "from": request.query.get("from"), "to": request.query.get("to"),
-           "memory_limit": s.query_memory_limit, "memory_bytes": _memory_bytes(s.query_memory_limit)}
+    job = _job(s, scope, kind="export", table=table, fmt=fmt, **{"from": request.query.get("from"),
+                                                                 "to": request.query.get("to")})
     writer = None
     try:
-        try:
-            sock = WORKERS.submit()
-        except OSError as e:
-            return _no_workers(e)
-        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 20)
-        writer.write(job_frame(job))
+        started = await _start(job)
+        if isinstance(started, web.Response):
+            return started
+        reader, writer = started
         try:
             kind, payload = await read_frame(reader)
         except (asyncio.IncompleteReadError, ConnectionError):
             return error(500, "export_failed", "the export's process died (memory limit?)")
         if kind == b"X":
-            e = orjson.loads(payload)
-            return error(e["status"], e["error"], e["message"])
+            return _failed(payload)
         total = orjson.loads(payload)["rows"]
         resp = web.StreamResponse(headers={"Content-Type": FORMATS[fmt], "X-Pushlake-Rows": str(total),
                                            "Content-Disposition": f'attachment; filename="{table}.{fmt}"'})
