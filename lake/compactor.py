@@ -97,7 +97,7 @@ class Compactor:
         raises ``Isolating`` and the next steps narrow down to the record (``lake.isolation``);
         a transient error is raised as it is, and the same batch is read again."""
         try:
-            stats = self._step()
+            stats, positions = self._step()
         except CatalogConflict:
             self._failing = None
             raise
@@ -114,12 +114,12 @@ class Compactor:
             finally:
                 self._report(error=e)
             raise Isolating(f"{type(e).__name__}: {e}") from e
-        positions = self.catalog.positions()
         self.isolation.committed(positions)
         self._report(stats, positions)
         return stats
 
-    def _step(self) -> StepStats:
+    def _step(self) -> tuple[StepStats, dict[str, int]]:
+        """The step, and the log positions once it committed (its batch's end over the catalog's)."""
         t0 = time.monotonic()
         positions = self.catalog.positions()
         self.isolation.committed(positions)  # a quarantine commit may have moved past the failed batch
@@ -134,7 +134,7 @@ class Compactor:
         self._failing = b
         if not b.records:
             self._failing = None
-            return StepStats()
+            return StepStats(), positions
         # a backlog is pipelined: the next batch (read during the previous step) is split by the
         # projection processes while this one is planned on this thread, and the batch after it
         # is read while the pool writes this one. What is read ahead is used only if this step
@@ -169,7 +169,7 @@ class Compactor:
         self._failing = None
         failpoints.hit("compactor.after_commit")
         st.seconds = time.monotonic() - t0
-        return st
+        return st, {**positions, **b.positions}
 
     def _report(self, stats: StepStats | None = None, positions: dict[str, int] | None = None,
                 error: BaseException | None = None) -> None:
