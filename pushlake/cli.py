@@ -260,14 +260,10 @@ def _team_connection(data: Path, team: str):
     """A team's connection in a process that can no longer write any file (Landlock, where the
     kernel has it): the catalog is opened first, then the process gives up writing, then DuckDB
     starts (without a temp directory). Output goes to the already open stdout."""
-    from lake.catalog import Catalog
     from queries import sandbox
-    from queries.connection import LakeConnection
+    from queries.connection import LakeConnection, open_catalog
     data = Path(data).resolve()
-    if not (data / "catalog.db").exists():
-        Catalog(data).close()
-    cat = Catalog(data, readonly=True)
-    cat.data_version()
+    cat = open_catalog(data)
     sandbox.restrict()
     return LakeConnection(data, team=team, catalog=cat, spill=False)
 

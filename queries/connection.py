@@ -53,14 +53,10 @@ class LakeConnection:
         with False a confined connection has no temp directory (nothing is ever written; a query
         that needs more than its memory limit fails); a path: that directory."""
         self.data_dir = Path(data_dir).resolve()
-        if catalog is None and not (self.data_dir / "catalog.db").exists():
-            if not self.data_dir.is_dir():
-                raise FileNotFoundError(f"no pushlake data directory at {self.data_dir}")
-            Catalog(self.data_dir).close()
         self.team = team
         self.confined = team is not None or sandbox
         self.relative = relative
-        self._catalog = catalog if catalog is not None else Catalog(self.data_dir, readonly=True)
+        self._catalog = catalog if catalog is not None else open_catalog(self.data_dir)
         self._version: int | None = None
         self._tombs: list[tuple[str, str]] = []
         self._shapes: dict[str, tuple[bool, ...]] = {}
@@ -196,6 +192,19 @@ class LakeConnection:
 
     def __exit__(self, *a):
         self.close()
+
+
+def open_catalog(data_dir: Path) -> Catalog:
+    """The lake's catalog, read-only (created first for a new lake), already open down to its WAL
+    index: a process may give up opening files for writing right after (``queries.sandbox``)."""
+    data_dir = Path(data_dir)
+    if not (data_dir / "catalog.db").exists():
+        if not data_dir.is_dir():
+            raise FileNotFoundError(f"no pushlake data directory at {data_dir}")
+        Catalog(data_dir).close()
+    cat = Catalog(data_dir, readonly=True)
+    cat.data_version()
+    return cat
 
 
 def connect(data_dir: Path | str, team: str | None = None, sandbox: bool = False,

@@ -333,15 +333,11 @@ def _describe(e: BaseException) -> dict:
 def _open(job: dict, spill: str | None = None):
     """This process, confined (Landlock, rlimit), and its connection. ``spill``: a directory to
     create, the only one left writable, for DuckDB to spill to."""
-    from lake.catalog import Catalog
     from queries import sandbox
-    from queries.connection import LakeConnection
+    from queries.connection import LakeConnection, open_catalog
     data = Path(job["data_dir"]).resolve()
     os.chdir(data)
-    if not (data / "catalog.db").exists():
-        Catalog(data).close()
-    cat = Catalog(data, readonly=True)
-    cat.data_version()  # opens the database and its WAL index while opening files is still allowed
+    cat = open_catalog(data)  # while opening files is still allowed
     if spill is not None:
         os.mkdir(spill, 0o700)
     try:  # if the machine runs out of memory all the same, the kernel kills a query, not the server
