@@ -248,6 +248,7 @@ class Commit:
     stats: dict[StatKey, list[int]] = field(default_factory=dict)        # -> counts, in STAT_FIELDS order
     task: TaskDone | None = None                                         # retry task, items done
     summary: str = ""
+    removed_paths: list[str] = field(default_factory=list)  # filled by the commit: paths of remove_files
 
 
 class Catalog:
@@ -361,6 +362,7 @@ class Catalog:
         c.drop_versions.sort()
         c.tombstones.sort(key=lambda t: (t.team, t.itin_id))
         c.applied.sort()
+        c.removed_paths = []
         with self._tx():
             snap = con.execute("INSERT INTO snapshots(created_at, operation, summary) VALUES (?,?,?)",
                                (now, c.operation, c.summary)).lastrowid
@@ -368,9 +370,10 @@ class Catalog:
                 ids = list(c.remove_files)
                 for chunk in _chunks(ids, 500):
                     ph = ",".join("?" * len(chunk))
-                    n = con.execute(f"UPDATE files SET removed_snapshot=?, removed_at=? WHERE {LIVE} AND id IN ({ph})",
-                                    (snap, now, *chunk)).rowcount
-                    if n != len(chunk):
+                    gone = con.execute(f"UPDATE files SET removed_snapshot=?, removed_at=? WHERE {LIVE} AND id IN ({ph}) "
+                                       "RETURNING path", (snap, now, *chunk)).fetchall()
+                    c.removed_paths += [r[0] for r in gone]
+                    if len(gone) != len(chunk):
                         raise CatalogConflict("a file to replace was already replaced (by a merge or a rewrite)")
             con.executemany("INSERT INTO files(tbl, team, date, path, rows, bytes, added_snapshot) VALUES (?,?,?,?,?,?,?)",
                             ((f.tbl, f.team, f.date, f.path, f.rows, f.bytes, snap) for f in c.add_files))

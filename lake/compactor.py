@@ -27,7 +27,7 @@ from pushlake.fsutil import try_lock
 from pushlake import failpoints
 
 from . import files as lf
-from . import maintenance, status, tasks
+from . import hive, maintenance, status, tasks, upgrade
 from .batches import Batch, BatchReader
 from .catalog import Catalog, CatalogConflict, Commit
 from .isolation import Isolating, Isolation, transient
@@ -72,7 +72,9 @@ class Compactor:
         self._next: Batch | None = None   # the one after it, read
         self._failing: Batch | None = None
         lf.ensure_empty_files(self.out_dir)  # removes the stand-ins of earlier versions
+        upgrade.upgrade(self.out_dir, self.catalog)
         self.orphans_removed = maintenance.remove_orphans(self.out_dir, self.catalog)
+        self.relinked = hive.reconcile(self.out_dir, self.catalog)  # a crash between a commit and its links
 
     def release_idle_workers(self, after: float = 60.0) -> bool:
         return self.splitter.release_idle(after)
@@ -121,6 +123,7 @@ class Compactor:
     def _step(self) -> tuple[StepStats, dict[str, int]]:
         """The step, and the log positions once it committed (its batch's end over the catalog's)."""
         t0 = time.monotonic()
+        hive.reconcile_if_needed(self.out_dir, self.catalog)
         positions = self.catalog.positions()
         self.isolation.committed(positions)  # a quarantine commit may have moved past the failed batch
         ahead, self._ahead = self._ahead, None

@@ -38,7 +38,7 @@ def verify_erased(data_dir: Path, itin: str, team: str | None = None) -> tuple[l
             res = scan_segment(p, visit)
             if res.good_bytes < res.total_bytes and needle in p.read_bytes()[res.good_bytes:]:
                 findings.append(f"{rel}: unreadable tail bytes hold the trip id")
-        elif p.suffix == ".parquet" and parts[0] == "lake":
+        elif p.suffix == ".parquet" and parts[0] in ("lake", "files"):
             tbl = parts[1]
             if tbl == "trip_deletions":
                 continue

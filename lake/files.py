@@ -1,4 +1,5 @@
-"""Writing and rewriting Parquet files of the lake."""
+"""Writing and rewriting Parquet files of the lake, in their home under ``files/`` (``lake.hive``
+links the live ones into the public tree)."""
 from __future__ import annotations
 
 import os
@@ -12,7 +13,8 @@ import pyarrow.parquet as pq
 from pushlake.fsutil import DIR_MODE, create_private, fsync_dir
 
 from .catalog import NewFile
-from .schema import SCHEMAS, TRIP_TABLES
+from .hive import STORE
+from .schema import FILE_SCHEMAS, SCHEMAS, TRIP_TABLES
 
 
 KEY_COLUMNS = {**{t: ["itin_id"] for t in TRIP_TABLES}, "crashes": ["crash_id"],
@@ -31,7 +33,8 @@ def key_array(tbl_name: str, t: pa.Table) -> pa.ChunkedArray:
 
 
 def partition_dir(data_dir: Path, tbl: str, team: str, date: str) -> Path:
-    return Path(data_dir) / "lake" / tbl / f"team={team}" / f"date={date}"
+    """Where a partition's files live (named like the hive tree, so readers prune by path)."""
+    return Path(data_dir) / STORE / tbl / f"team={team}" / f"date={date}"
 
 
 def _parquet_options(tbl: str) -> dict:
@@ -62,7 +65,7 @@ def write_file(data_dir: Path, tbl: str, team: str, date: str, table: pa.Table) 
     for c in reversed(created):  # owner-only, whatever the umask of the process that embeds this
         c.mkdir(mode=DIR_MODE, exist_ok=True)
     path = create_private(d / f"part-{uuid.uuid4().hex}.parquet")
-    table = table.cast(SCHEMAS[tbl]) if table.schema != SCHEMAS[tbl] else table
+    table = table.cast(FILE_SCHEMAS[tbl]) if table.schema != FILE_SCHEMAS[tbl] else table
     pq.write_table(table, path, **_OPTIONS[tbl])
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -82,7 +85,7 @@ def merge_files(data_dir: Path, tbl: str, team: str, date: str, rels: list[str])
     d = partition_dir(data_dir, tbl, team, date)
     path = create_private(d / f"part-{uuid.uuid4().hex}.parquet")
     group = _OPTIONS[tbl]["row_group_size"]
-    schema = SCHEMAS[tbl]
+    schema = FILE_SCHEMAS[tbl]
     rows = 0
     pending: list[pa.Table] = []
     held = 0

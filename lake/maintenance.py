@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from . import files as lf
+from . import hive
 from .catalog import Catalog, CatalogConflict, Commit, FileRow
 from .schema import SCHEMAS
 
@@ -23,12 +24,10 @@ def remove_orphans(out_dir: Path, catalog: Catalog) -> int:
     """Files left by a compaction that crashed before its commit (run under the compactor lock)."""
     known = catalog.all_paths()
     n = 0
-    root = Path(out_dir) / "lake"
-    for tbl in SCHEMAS:
-        for p in (root / tbl).rglob("*.parquet") if (root / tbl).exists() else ():
-            if str(p.relative_to(out_dir)) not in known:
-                p.unlink()
-                n += 1
+    for rel in hive.store_files(out_dir):
+        if rel not in known:
+            (Path(out_dir) / rel).unlink()
+            n += 1
     if n:
         log.warning("removed %d orphan file(s) of an interrupted compaction", n)
     return n
@@ -61,11 +60,7 @@ def merge_small_files(out_dir: Path, catalog: Catalog, min_files: int = 8, max_g
         c = Commit("merge", remove_files={f.id for f in chosen})
         c.add_files.append(lf.merge_files(out_dir, tbl, team, date, [f.path for f in chosen]))
         c.summary = f"merged {len(chosen)} files of {tbl}/{team}/{date}"
-        try:
-            catalog.commit(c)
-        except BaseException:
-            (Path(out_dir) / c.add_files[0].path).unlink(missing_ok=True)
-            raise
+        hive.commit_and_publish(out_dir, catalog, c)
         merged += len(chosen)
         done += 1
         if max_groups is not None and done >= max_groups:
@@ -77,11 +72,11 @@ def vacuum(out_dir: Path, catalog: Catalog, retention_s: float, now: float | Non
     """Delete files replaced longer than the retention ago; readers keep older snapshots until then."""
     now = time.time() if now is None else now
     expired = catalog.expired_files(now - retention_s)
-    for f in expired:
-        try:
-            (Path(out_dir) / f.path).unlink()
-        except FileNotFoundError:
-            pass
+    with hive.publishing(out_dir):
+        for f in expired:
+            if f.path.startswith(hive.STORE + "/"):
+                hive.publish(out_dir, (), [f.path])  # unlinked at its replacement; after a crash, maybe not
+            (Path(out_dir) / f.path).unlink(missing_ok=True)
     if expired:
         catalog.forget_files([f.id for f in expired])
     return len(expired)

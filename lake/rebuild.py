@@ -23,7 +23,7 @@ def rebuild(data_dir: Path, into: Path | None = None, progress=None) -> StepStat
     recover_idle_partitions(data_dir)  # torn tails cut and durable marks exact before reading
     if into is not None:
         into = Path(into)
-        if (into / "catalog.db").exists() or (into / "lake").exists():
+        if any((into / name).exists() for name in ("catalog.db", "lake", "files")):
             raise RebuildRefused(f"{into} already holds a lake; give an empty directory")
         with Compactor(data_dir, out_dir=into) as c:
             return c.drain(progress)
@@ -47,11 +47,13 @@ def rebuild(data_dir: Path, into: Path | None = None, progress=None) -> StepStat
             raise RebuildRefused(str(e)) from None
         old = data_dir / f".rebuild-old-{int(time.time())}"
         old.mkdir()
-        for name in ("lake", "catalog.db", "catalog.db-wal", "catalog.db-shm"):
+        # the Iceberg mirror's metadata names the old files: it is rebuilt from the new catalog
+        for name in ("lake", "files", "iceberg", "catalog.db", "catalog.db-wal", "catalog.db-shm"):
             if (data_dir / name).exists():
                 os.replace(data_dir / name, old / name)
-        for name in ("lake", "catalog.db"):
-            os.replace(tmp / name, data_dir / name)
+        for name in ("lake", "files", "catalog.db"):
+            if (tmp / name).exists():
+                os.replace(tmp / name, data_dir / name)
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
         return stats

@@ -2,8 +2,9 @@
 table, team and date, then the catalog commit.
 
 Files are written and fsynced first, then one catalog transaction commits them with everything
-else the plan decided (log positions included): a crash leaves only orphan files, removed on the
-next start. If the commit fails, the files just written are removed at once, so that a step
+else the plan decided (log positions included), then the hive tree links the new files and drops
+the replaced ones (``lake.hive``): a crash leaves only orphan files, removed on the next start,
+or a tree behind its catalog, reconciled on the next start. If the commit fails, the files just written are removed at once, so that a step
 retried every few seconds does not fill the disk with orphans. Arrow and Parquet release the
 GIL: files are rewritten, built and written on a thread pool.
 """
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 from pushlake import failpoints
 
 from . import files as lf
+from . import hive
 from .catalog import Catalog, FileRow, NewFile
 from .plan import Buffer, Plan
 from .project import SampleRows
@@ -44,11 +46,11 @@ class Writer:
         try:
             self._write(p, routes, meanwhile)
             failpoints.hit(failpoint)
-            self.catalog.commit(p.commit)
         except BaseException:
             for f in p.commit.add_files:
                 (self.out_dir / f.path).unlink(missing_ok=True)
             raise
+        hive.commit_and_publish(self.out_dir, self.catalog, p.commit)
 
     def _rewrite(self, f: FileRow, keys: pa.Array) -> tuple[int, NewFile | None, bool]:
         """Copy-on-write: the file without the rows of these keys (a file that holds none of

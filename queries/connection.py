@@ -23,6 +23,7 @@ import duckdb
 import pyarrow as pa
 
 from lake.catalog import Catalog
+from lake.hive import PUBLIC, STORE
 from lake.schema import SCHEMAS, TRIP_TABLES
 
 DELETED = "_pushlake_deleted"
@@ -64,7 +65,9 @@ class LakeConnection:
         self.snapshot = 0
         self.con = duckdb.connect(config={"threads": int(settings["threads"])} if settings and "threads" in settings else {})
         self._root = Path() if relative else self.data_dir
-        lake = self._root / "lake"
+        # the views read the files' homes (a reader of an older snapshot finds them until vacuum);
+        # a confined query may also read the public tree's links to the same live files
+        roots = [self._root / STORE, self._root / PUBLIC]
         for k, v in (settings or {}).items():
             self.con.execute(f"SET {k} = ?", [v])
         if self.confined:
@@ -79,9 +82,9 @@ class LakeConnection:
                 self.con.execute("SET temp_directory = ''")
                 self.con.execute("SET max_temp_directory_size = '0B'")
             if team is not None:
-                dirs = [f"{lake / t / f'team={team}'}/" for t in SCHEMAS]
+                dirs = [f"{r / t / f'team={team}'}/" for r in roots for t in SCHEMAS]
             else:
-                dirs = [f"{lake / t}/" for t in SCHEMAS]
+                dirs = [f"{r / t}/" for r in roots for t in SCHEMAS]
             self.con.execute("SET allowed_directories = ?", [dirs])
             for k in ("autoinstall_known_extensions", "autoload_known_extensions", "allow_community_extensions"):
                 self.con.execute(f"SET {k} = false")  # nothing installed (written) or loaded behind a query

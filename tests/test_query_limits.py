@@ -194,7 +194,7 @@ async def test_team_sql_does_not_see_server_paths(lake, data):  # noqa: F811
                 text = orjson.dumps([x for x in rows if x.get("name") != "allowed_directories"]).decode()
             assert str(data) not in text and str(data.resolve()) not in text, sql
     r = await q(client, "SELECT getvariable('pl_trips') AS v", bearer(keys["acme"]["adminApiKey"]))
-    assert (await r.json())["rows"][0]["v"][0].startswith("lake/trips/team=acme/")
+    assert (await r.json())["rows"][0]["v"][0].startswith("files/trips/team=acme/")
 
 
 async def test_worker_processes_stay_few_and_die_with_the_zygote(lake):  # noqa: F811
