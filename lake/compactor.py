@@ -265,8 +265,8 @@ class Compactor:
             try:
                 s = self.step()
                 if s.records:
-                    log.debug("compacted %d records (%d stored, %d failed) in %.2fs",
-                              s.records, s.stored, s.failed, s.seconds)
+                    log.debug("compacted %d records (%d stored, %d failed) in %.2fs (links %.2f ms)",
+                              s.records, s.stored, s.failed, s.seconds, s.links_seconds * 1000)
                 elif self.run_tasks_safely():
                     continue
                 self.release_idle_workers()

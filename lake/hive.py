@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -50,8 +51,8 @@ def publishing(out_dir: Path) -> threading.Lock:
         return _locks.setdefault(key, threading.Lock())
 
 
-def commit_and_publish(out_dir: Path, catalog: Catalog, c: Commit) -> int:
-    """Commit, then bring the hive tree in step with it; returns the snapshot id. The files
+def commit_and_publish(out_dir: Path, catalog: Catalog, c: Commit) -> float:
+    """Commit, then bring the hive tree in step with it; returns the seconds the links took. The files
     the commit adds are removed if it fails (a step retried every few seconds must not fill the
     disk with orphans). Once committed, nothing is undone: a link that fails is logged and the
     tree is reconciled at the next step (``reconcile_if_needed``)."""
@@ -64,12 +65,13 @@ def commit_and_publish(out_dir: Path, catalog: Catalog, c: Commit) -> int:
                 (out_dir / f.path).unlink(missing_ok=True)
             raise
         failpoints.hit("compactor.before_links")
+        t0 = time.perf_counter()
         try:
             publish(out_dir, [f.path for f in c.add_files], c.removed_paths)
         except OSError:
             log.exception("could not update the hive tree after snapshot %d; reconciling at the next step", snap)
             _stale.add(str(out_dir.resolve()))
-    return snap
+    return time.perf_counter() - t0
 
 
 def reconcile_if_needed(out_dir: Path, catalog: Catalog) -> None:

@@ -39,6 +39,7 @@ class StepStats:
     files_written: int = 0
     files_rewritten: int = 0
     seconds: float = 0.0
+    links_seconds: float = 0.0   # of which: the hive tree's links after the commit
 
     def add(self, o: "StepStats") -> None:
         for k in self.__dataclass_fields__:

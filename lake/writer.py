@@ -50,7 +50,7 @@ class Writer:
             for f in p.commit.add_files:
                 (self.out_dir / f.path).unlink(missing_ok=True)
             raise
-        hive.commit_and_publish(self.out_dir, self.catalog, p.commit)
+        p.stats.links_seconds = hive.commit_and_publish(self.out_dir, self.catalog, p.commit)
 
     def _rewrite(self, f: FileRow, keys: pa.Array) -> tuple[int, NewFile | None, bool]:
         """Copy-on-write: the file without the rows of these keys (a file that holds none of
