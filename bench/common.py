@@ -236,7 +236,7 @@ def link_copy(src: Path, dst: Path) -> None:
 
     def copy(s: str, d: str) -> None:
         p = Path(s)
-        if (p.suffix == ".parquet" and "lake" in p.parts) or (p.suffix == ".log" and p not in newest):
+        if (p.suffix == ".parquet" and ("lake" in p.parts or "files" in p.parts)) or (p.suffix == ".log" and p not in newest):
             try:
                 os.link(s, d)
                 return
@@ -248,10 +248,17 @@ def link_copy(src: Path, dst: Path) -> None:
 
 
 def dir_bytes(path: Path) -> int:
+    """Bytes on disk under ``path``, each file counted once however many hard links it has
+    (the hive tree links the live files of ``files/``)."""
     path = Path(path)
     if path.is_file():
         return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    seen: dict[tuple[int, int], int] = {}
+    for p in path.rglob("*"):
+        if p.is_file():
+            s = p.stat()
+            seen[(s.st_dev, s.st_ino)] = s.st_size
+    return sum(seen.values())
 
 
 # ---------------------------------------------------------------- processes and servers
