@@ -167,9 +167,11 @@ def _file_schema(s: pa.Schema) -> pa.Schema:
 
 
 # What the Parquet files hold: the same columns, with ``date`` as its partition directory's text
-# (``date=2025-03-30``). Hive readers that type path keys as strings (pyarrow datasets, pandas)
-# refuse a file column of the same name with another type; DuckDB, Polars and Spark give the
-# path's value as a DATE, as the views do (docs/reading.md).
+# (``date=2025-03-30``). pyarrow datasets type path keys as strings and refuse a file column of the
+# same name with another type (pandas' default, dictionary-typed keys, still needs a partitioning
+# argument); DuckDB and Spark give the path's value as a DATE, as the views do; Polars keeps the
+# file's text unless given a hive schema (docs/reading.md). Iceberg's identity partitions need the
+# column inside the files.
 FILE_SCHEMAS = {name: _file_schema(s) for name, s in SCHEMAS.items()}
 TRIP_TABLES = ("trips", "trip_samples", "trip_events")
 
