@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= data
 PORT ?= 8080
 
-.PHONY: run test bench bench-quick bench-tools profile-tools install clean
+.PHONY: run test test-services bench bench-quick bench-tools profile-tools install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,8 +20,23 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/pushlake serve --data $(DATA) --port $(PORT)
 
-test: install
+test: install test-services
 	$(BIN)/python -m pytest -q
+
+# the PostgreSQL server of tests/services.py, from Debian, only when no server binary is found
+# (PATH or /usr/lib/postgresql/*/bin). Without root/apt: a message, no failure; the fixtures then
+# fail under CI=true and skip otherwise. moto_server (S3) comes with the test extra.
+test-services:
+	@if command -v initdb >/dev/null && (command -v pg_ctl >/dev/null || command -v postgres >/dev/null); then :; \
+	elif ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "test-services: installing Debian's postgresql"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) \
+	    || echo "test-services: apt-get install postgresql failed; PostgreSQL tests will fail under CI=true, skip otherwise"; \
+	else \
+	  echo "test-services: no PostgreSQL server found and apt-get needs root; install Debian's postgresql" \
+	       "(apt-get install postgresql). PostgreSQL tests will fail under CI=true, skip otherwise"; \
+	fi
 
 # the benchmarks, one at a time, then the table in bench/README.md (see bench/README.md)
 bench: install bench-tools
