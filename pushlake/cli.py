@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="erase now: compact, then vacuum and clean the log with retention 0, then verify")
     _json_flag(p)
 
+    p = sub.add_parser("iceberg", help="the Iceberg mirror of the lake: its catalog, its state, a rebuild")
+    _data(p)
+    p.add_argument("--json", action="store_true",
+                   help="print only the pyiceberg catalog properties, as JSON: load_catalog('pushlake', **props)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="drop the Iceberg tables and their metadata, and mirror the catalog's live files afresh")
+
     p = sub.add_parser("teams", help="create, list, enable and disable teams")
     _data(p)
     tsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -333,6 +340,42 @@ def cmd_erase(a) -> int:
     return 1 if findings else 0
 
 
+def cmd_iceberg(a) -> int:
+    """The Iceberg mirror (lake/iceberg.py): the properties for scripts, a summary per table, or
+    a rebuild (safe beside a running compactor: the mirror's writers take turns)."""
+    from lake.catalog import Catalog
+    from lake.iceberg import Mirror
+    if not a.data.is_dir():
+        raise CliError(f"no data directory at {a.data}")
+    if not (a.data / "catalog.db").exists():
+        raise CliError(f"no catalog in {a.data} (nothing was ever compacted)")
+    with Mirror(a.data) as m:
+        if a.json and not a.rebuild:
+            _print_json(m.properties())
+            return 0
+        cat = Catalog(a.data, readonly=True)
+        try:
+            if a.rebuild:
+                m.rebuild(cat)
+            if a.json:
+                _print_json(m.properties())
+                return 0
+            head, tables = m.status(cat)
+        finally:
+            cat.close()
+    if not tables:
+        print(f"no Iceberg tables yet in {a.data} (the compactor of pushlake serve mirrors the lake)")
+        return 0
+    # a table's mark moves only when a lake commit changes it: in step says whether it holds the
+    # live files of the latest lake snapshot
+    _print_table(["table", "iceberg snapshot", "files", "rows", "snapshots kept", "lake snapshot"],
+                 [(t.table, t.snapshot_id, t.files, t.rows, t.snapshots,
+                   f"in step with {head}" if t.in_step else f"behind {head} (mirrors {t.mirrored})")
+                  for t in tables])
+    print("read it with pyiceberg.catalog.load_catalog('pushlake', **props), props from `pushlake iceberg --json`")
+    return 0
+
+
 def cmd_teams(a) -> int:
     from .teams import TeamError, Teams
     t = Teams(a.data)
@@ -423,7 +466,7 @@ def cmd_failed(a) -> int:
 
 COMMANDS = {"serve": cmd_serve, "compact": cmd_compact, "sql": cmd_sql, "export": cmd_export,
             "rebuild": cmd_rebuild, "erase": cmd_erase, "teams": cmd_teams, "check": cmd_check,
-            "failed": cmd_failed}
+            "failed": cmd_failed, "iceberg": cmd_iceberg}
 
 if __name__ == "__main__":
     sys.exit(main())
