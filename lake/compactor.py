@@ -234,7 +234,13 @@ class Compactor:
         return n
 
     def maintain(self) -> dict:
-        return {"merged": self.merge_small_files(), "vacuumed": self.vacuum(), "log_records_erased": self.clean_log()}
+        """What ``pushlake compact`` runs after projecting: merges, vacuum, the log cleaner, and
+        a sync of the Iceberg mirror (``serve`` syncs it in its own process)."""
+        from .iceberg import Mirror
+        out = {"merged": self.merge_small_files(), "vacuumed": self.vacuum(), "log_records_erased": self.clean_log()}
+        with Mirror(self.out_dir) as m:
+            out["iceberg_commits"] = m.sync(self.catalog)
+        return out
 
     def _maintain_safely(self) -> None:
         """Vacuum and the log cleaner each on their own: one failing does not stop the other,
@@ -250,17 +256,19 @@ class Compactor:
                 log.info("maintenance: %s=%d", what, n)
 
     def run_forever(self, stop, interval: float = 0.2, maintain_every: float = 30.0,
-                    merge_every: float = 2.0) -> None:
+                    merge_every: float = 2.0, mirror_every: float | None = 5.0) -> None:  # lake.iceberg.EVERY_S
         """Project as records arrive. Small files are merged by a thread beside the projection
         (every ``merge_every`` seconds); vacuum and the log cleaner run every ``maintain_every``
         seconds, busy or not. A step that drained the log is followed by a pause of ``interval``
         (records gather into bigger, cheaper steps: fewer files and commits for at most
-        ``interval`` more latency); a full step is not."""
+        ``interval`` more latency); a full step is not. The Iceberg mirror syncs every
+        ``mirror_every`` seconds in its own process (None: no mirror)."""
         last_maint = time.monotonic()
         merger = threading.Thread(target=maintenance.merge_loop,
                                   args=(self.out_dir, stop, merge_every, self.merge_min_files),
                                   name="merger", daemon=True)
         merger.start()
+        mirror = self._start_mirror(mirror_every) if mirror_every else None
         while not stop.is_set():
             try:
                 s = self.step()
@@ -285,3 +293,24 @@ class Compactor:
                 stop.wait(5)
             stop.wait(interval)
         merger.join()
+        if mirror is not None:
+            proc, mstop = mirror
+            mstop.set()
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+
+    def _start_mirror(self, every: float):
+        """The Iceberg mirror's process (``lake.iceberg.mirror_process``), and its stop event.
+        Its history is at most the retention: an older Iceberg snapshot could name files that
+        vacuum deleted."""
+        import multiprocessing as mp
+        from . import iceberg
+        ctx = mp.get_context("spawn")
+        mstop = ctx.Event()
+        history = min(iceberg.HISTORY_S, self.retention)
+        proc = ctx.Process(target=iceberg.mirror_process, name="iceberg-mirror", daemon=True,
+                           args=(str(self.out_dir), mstop, every, history,
+                                 logging.getLogger().getEffectiveLevel()))
+        proc.start()
+        return proc, mstop

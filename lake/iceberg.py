@@ -76,6 +76,8 @@ TABLE_PROPERTIES = {
     # small manifests: removing a file rewrites the manifest that lists it
     TableProperties.MANIFEST_TARGET_SIZE_BYTES: str(256 << 10),
 }
+EVERY_S = 5.0      # the mirror's sync interval under ``serve``
+HISTORY_S = 300.0  # Iceberg history kept: each commit rewrites metadata.json with every snapshot kept
 MANIFEST_FILES = 200  # files per manifest a commit writes (100-300 KiB with counts only)
 
 
@@ -301,7 +303,7 @@ class Mirror:
         return head, out
 
 
-def mirror_loop(data_dir: Path, stop: threading.Event, every: float = 5.0, history_s: float = 600.0) -> None:
+def mirror_loop(data_dir: Path, stop: threading.Event, every: float = EVERY_S, history_s: float = HISTORY_S) -> None:
     """The compactor's mirror thread: sync every ``every`` seconds, and expire the Iceberg
     snapshots older than ``history_s`` (history to keep: every commit rewrites metadata.json with
     all the snapshots kept, so a long history makes each sync slower). Errors are logged and
@@ -328,6 +330,17 @@ def mirror_loop(data_dir: Path, stop: threading.Event, every: float = 5.0, histo
         mirror.close()
         if catalog is not None:
             catalog.close()
+
+
+def mirror_process(data_dir: str, stop, every: float, history_s: float, log_level: int) -> None:
+    """``mirror_loop`` in a process of its own, child of the compactor (spawned): a sync is
+    mostly pure-Python metadata copying that holds the GIL, which would slow projection if it
+    shared the compactor's process. It dies with the compactor."""
+    from pushlake.procs import die_with_parent, exit_with
+    die_with_parent()
+    exit_with(os.getppid())
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    mirror_loop(Path(data_dir), stop, every, history_s)
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -72,6 +72,13 @@ def vacuum(out_dir: Path, catalog: Catalog, retention_s: float, now: float | Non
     """Delete files replaced longer than the retention ago; readers keep older snapshots until then."""
     now = time.time() if now is None else now
     expired = catalog.expired_files(now - retention_s)
+    if expired:
+        # the Iceberg mirror first: its current snapshot must not name a file about to go, and
+        # no snapshot older than the retention may stay readable (an erased trip's rows)
+        from .iceberg import Mirror
+        with Mirror(out_dir) as m:
+            m.sync(catalog)
+            m.expire(now - retention_s)
     with hive.publishing(out_dir):
         for f in expired:
             if f.path.startswith(hive.STORE + "/"):

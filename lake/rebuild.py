@@ -26,7 +26,9 @@ def rebuild(data_dir: Path, into: Path | None = None, progress=None) -> StepStat
         if any((into / name).exists() for name in ("catalog.db", "lake", "files")):
             raise RebuildRefused(f"{into} already holds a lake; give an empty directory")
         with Compactor(data_dir, out_dir=into) as c:
-            return c.drain(progress)
+            stats = c.drain(progress)
+        _mirror(into)
+        return stats
     locks = []
     try:
         for part in list_partitions(data_dir):
@@ -56,7 +58,15 @@ def rebuild(data_dir: Path, into: Path | None = None, progress=None) -> StepStat
                 os.replace(tmp / name, data_dir / name)
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+        _mirror(data_dir)
         return stats
     finally:
         for fd in locks:
             os.close(fd)
+
+
+def _mirror(data_dir: Path) -> None:
+    """The Iceberg mirror of the rebuilt lake, registered afresh (the old one named old files)."""
+    from .iceberg import Mirror
+    with Mirror(data_dir) as m:
+        m.rebuild()

@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment-bytes", type=int, default=128 << 20, help="seal a log segment at this size")
     p.add_argument("--segment-age", type=float, default=600.0, metavar="SECONDS", help="seal a log segment at this age")
     p.add_argument("--no-compactor", action="store_true", help="receive only (run `pushlake compact` yourself)")
+    p.add_argument("--iceberg-interval", type=float, default=5.0, metavar="SECONDS",
+                   help="sync the Iceberg mirror this often (default 5; 0: no mirror)")
 
     p = sub.add_parser("compact", help="project the log into the lake now, then merge, vacuum and clean")
     _data(p)
@@ -149,6 +151,8 @@ def cmd_serve(a) -> int:
         raise CliError("--workers must be at least 1")
     if a.retention < 0:
         raise CliError("--retention must be >= 0")
+    if a.iceberg_interval < 0:
+        raise CliError("--iceberg-interval must be >= 0")
     setup_logging()
     private_data_dir(a.data)
     key, created = enterprise_key(a.data)
@@ -164,7 +168,8 @@ def cmd_serve(a) -> int:
     print(f"API reference:  {base}/docs", file=sys.stderr)
     serve(Settings(data_dir=a.data, host=a.host, port=a.port, workers=a.workers, retention_days=a.retention,
                    max_body_bytes=a.max_body, min_free_bytes=a.min_free, segment_bytes=a.segment_bytes,
-                   segment_age_s=a.segment_age, compactor=not a.no_compactor))
+                   segment_age_s=a.segment_age, compactor=not a.no_compactor,
+                   iceberg_interval_s=a.iceberg_interval))
     return 0
 
 

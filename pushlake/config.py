@@ -21,6 +21,7 @@ class Settings:
     segment_bytes: int = 128 << 20
     segment_age_s: float = 600.0
     compact_interval_s: float = 0.2
+    iceberg_interval_s: float = 5.0        # the Iceberg mirror's sync interval (0: no mirror)
     compactor: bool = True
     max_teams: int = 100
     max_hyperadmins: int = 10

@@ -69,7 +69,8 @@ def _compactor_child(settings: Settings) -> None:
             stop.wait(2)
             continue
         with c:
-            c.run_forever(stop, interval=settings.compact_interval_s)
+            c.run_forever(stop, interval=settings.compact_interval_s,
+                          mirror_every=settings.iceberg_interval_s or None)
 
 
 class Supervisor:

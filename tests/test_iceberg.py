@@ -235,3 +235,40 @@ async def test_mirror_loop_follows_the_lake(pusher, data):
         th.join(10)
     assert not th.is_alive()
     assert [r[2] for r in iceberg_rows(data, "trips")] == [itin_id(1), itin_id(2)]
+
+
+def test_serve_keeps_the_mirror_in_step_within_seconds(tmp_path):
+    """As users run it: ``pushlake serve`` with its compactor, the mirror in its own process."""
+    import urllib.request
+
+    from tests.helpers import ServerProcess, create_team
+    data = tmp_path / "data"
+    key = create_team(data, "acme")
+    srv = ServerProcess(data, "--iceberg-interval", "0.5")
+    try:
+        def push(path: str, body: dict) -> None:
+            req = urllib.request.Request(srv.url + path, data=json.dumps(body).encode(), method="POST",
+                                         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+            assert urllib.request.urlopen(req, timeout=10).status == 200
+
+        def iceberg_trips() -> set[str]:
+            try:
+                return {r[2] for r in iceberg_rows(data, "trips")}
+            except Exception:  # noqa: BLE001 - the table is created at the mirror's first sync
+                return {"<none>"}
+
+        def until(want: set[str]) -> float:
+            t0 = time.monotonic()
+            while iceberg_trips() != want:
+                assert time.monotonic() - t0 < 30, (iceberg_trips(), want, srv.output()[-3000:])
+                time.sleep(0.1)
+            return time.monotonic() - t0
+        for i in range(3):
+            push("/push/trip", trip(itin_id(i)))
+        until({itin_id(0), itin_id(1), itin_id(2)})
+        push("/push/trip/event", deletion(itin_id(1)))
+        until({itin_id(0), itin_id(2)})
+        assert view_rows(data, "trips") == iceberg_rows(data, "trips")
+        assert "Traceback" not in srv.output()  # the mirror process logs to the service's output
+    finally:
+        srv.stop()
