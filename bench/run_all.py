@@ -26,6 +26,7 @@ SUITE = [
     ("queries", ["bench.queries_bench"]),
     ("deletions", ["bench.deletions_bench"]),
     ("hostile", ["bench.hostile_bench"]),
+    ("openlake", ["bench.openlake_bench"]),
 ]
 README = ROOT / "bench" / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
