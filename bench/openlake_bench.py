@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import secrets
 import sqlite3
 import threading
@@ -101,6 +102,22 @@ def delete_each(srv: Server, itins: list[str], todo: mp.Queue, every: float, sto
         n += 1
         stop.wait(every)
     return n
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def named(srv: Server, comm: str) -> int | None:
+    for pid in common.descendants(srv.pid):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
+                return pid
+        except OSError:
+            pass
+    return None
 
 
 def mirror_lag(data: Path) -> list[float]:
@@ -200,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
                 delete_each(srv, victims, todo, 1.0, threading.Event())
                 load = None
             else:
+                from lake.iceberg import PROCESS_NAME
+                mpid = named(srv, PROCESS_NAME)
+                kids = [k for k in srv.child_pids() if "resource_tracker" not in common.cmdline(k)]
+                cpids = {"mirror": mpid, "compactor": kids[0] if len(kids) == 1 else None}
+                cpu0 = {k: cpu_seconds(p) for k, p in cpids.items() if p}
+                t_load = time.monotonic()
                 halt = threading.Event()
                 every = a.duration / (len(victims) + 1)
                 deleter = threading.Thread(target=delete_each, args=(srv, victims, todo, every, halt), daemon=True)
@@ -208,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
                     load = r.run(steady_load(srv.url, srv.keys[TEAM], a.rate, a.duration, 256))
                 halt.set()
                 deleter.join(30)
+                elapsed = time.monotonic() - t_load
+                cpu = {k: (cpu_seconds(cpids[k]) - v) / elapsed for k, v in cpu0.items()}
+                print("  CPU under load (cores): " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()), flush=True)
+                results["cpu"] = cpu
             stop.set()
             if not recv.poll(90):
                 raise BenchError("the plain-reader poller did not report")
@@ -248,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         common.row("hive-tree links per compactor step (median)", "ms", "step", median(steps), median(links),
                    higher_is_better=False),
     ]
+    cpu = results.get("cpu", {})
+    if "mirror" in cpu:
+        rows.append(common.row("Iceberg mirror process CPU under load", "cores", "compactor process",
+                               cpu.get("compactor"), cpu["mirror"], higher_is_better=False))
     print()
     common.print_rows(rows)
     ld = load["load"]
@@ -262,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         f"max {max(lags, default=float('nan')):.0f} ms (lake snapshots' created_at vs Iceberg snapshots' timestamp).",
         f"Links: {len(links)} in-process compactor steps of 20 small trips (3 new files each, nothing rewritten): "
         f"links median {median(links):.2f} ms, p99 {pct(links, 99):.2f} ms; step median {median(steps):.1f} ms.",
+        "CPU under load (cores, from /proc utime+stime over the load phase): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+        + ". The mirror runs in its own process (pl-iceberg): it costs the compactor no step time, only a "
+        "share of the 2 cores.",
     ]
     common.write_result(NAME, rows, args=vars(a), notes=notes, results_dir=a.results_dir)
     return 0 if not (idle["missing"] or load["missing"]) else 1

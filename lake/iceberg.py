@@ -76,6 +76,7 @@ TABLE_PROPERTIES = {
     # small manifests: removing a file rewrites the manifest that lists it
     TableProperties.MANIFEST_TARGET_SIZE_BYTES: str(256 << 10),
 }
+PROCESS_NAME = "pl-iceberg"  # what ps and top show for the mirror's process
 EVERY_S = 5.0      # the mirror's sync interval under ``serve``
 HISTORY_S = 300.0  # Iceberg history kept: each commit rewrites metadata.json with every snapshot kept
 MANIFEST_FILES = 200  # files per manifest a commit writes (100-300 KiB with counts only)
@@ -336,8 +337,9 @@ def mirror_process(data_dir: str, stop, every: float, history_s: float, log_leve
     """``mirror_loop`` in a process of its own, child of the compactor (spawned): a sync is
     mostly pure-Python metadata copying that holds the GIL, which would slow projection if it
     shared the compactor's process. It dies with the compactor."""
-    from pushlake.procs import die_with_parent, exit_with
+    from pushlake.procs import die_with_parent, exit_with, set_name
     die_with_parent()
+    set_name(PROCESS_NAME)
     exit_with(os.getppid())
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     mirror_loop(Path(data_dir), stop, every, history_s)
