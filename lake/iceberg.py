@@ -360,18 +360,14 @@ class _Change:
 
 
 def _head(catalog: Catalog) -> int:
-    return catalog.con.execute("SELECT coalesce(max(id), 0) FROM snapshots").fetchone()[0]
+    return catalog.db.execute("SELECT coalesce(max(id), 0) FROM snapshots").fetchone()[0]
 
 
 @contextmanager
 def _read(catalog: Catalog) -> Iterator:
     """One read transaction: the head and the files it reads are of the same snapshot."""
-    c = catalog.con
-    c.execute("BEGIN")
-    try:
+    with catalog.db.read() as c:
         yield c
-    finally:
-        c.execute("COMMIT")
 
 
 def _changes(catalog: Catalog, marks: dict[str, int]) -> tuple[int, dict[str, list[_Change]], dict[str, tuple[int, int]]]:

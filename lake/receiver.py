@@ -64,9 +64,10 @@ class ReceiverLake:
             if rows:
                 if "cat" not in holder:
                     holder["cat"] = Catalog(self.data_dir)
-                    holder["cat"].con.execute("PRAGMA synchronous=NORMAL")
-                    # checkpoints (which fsync the database) are left to the compactor's connection
-                    holder["cat"].con.execute("PRAGMA wal_autocheckpoint=0")
+                    if holder["cat"].dialect == "sqlite":
+                        holder["cat"].con.execute("PRAGMA synchronous=NORMAL")
+                        # checkpoints (which fsync the database) are left to the compactor's connection
+                        holder["cat"].con.execute("PRAGMA wal_autocheckpoint=0")
                 holder["cat"].add_tombstones(rows)
         return sink
 

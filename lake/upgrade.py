@@ -6,7 +6,8 @@ Layout 2 (``lake.hive``) keeps every file in ``files/`` and links the live ones 
 with ``date`` as text in the files. Upgrading moves the files (renames), then rewrites the live
 files whose ``date`` is a DATE (each rewrite is a commit of its own, as a merge is; replaced
 files wait out the retention as usual). Every stage is idempotent: an upgrade interrupted by a
-crash resumes at the next start. The catalog's ``PRAGMA user_version`` records the layout.
+crash resumes at the next start. The catalog records the layout (``Catalog.layout``: ``PRAGMA
+user_version`` on SQLite, a ``meta`` row on PostgreSQL).
 """
 from __future__ import annotations
 
@@ -16,8 +17,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from pushlake.sqlite import transaction
 
 from . import files as lf
 from . import hive
@@ -30,7 +29,7 @@ _LEGACY = "lake/"
 
 
 def layout(catalog: Catalog) -> int:
-    return catalog.con.execute("PRAGMA user_version").fetchone()[0]
+    return catalog.layout()
 
 
 def upgrade(out_dir: Path, catalog: Catalog, chunk: int = 64) -> int:
@@ -41,7 +40,7 @@ def upgrade(out_dir: Path, catalog: Catalog, chunk: int = 64) -> int:
     moved = _move_to_store(out_dir, catalog)
     hive.reconcile(out_dir, catalog)
     rewritten = _text_dates(out_dir, catalog, chunk)
-    catalog.con.execute(f"PRAGMA user_version = {LAYOUT}")
+    catalog.set_layout(LAYOUT)
     if moved or rewritten:
         log.warning("lake upgraded to layout %d: %d file(s) moved to %s/, %d rewritten with text dates",
                     LAYOUT, moved, hive.STORE, rewritten)
@@ -49,15 +48,15 @@ def upgrade(out_dir: Path, catalog: Catalog, chunk: int = 64) -> int:
 
 
 def _move_to_store(out_dir: Path, catalog: Catalog) -> int:
-    rows = catalog.con.execute("SELECT id, path FROM files WHERE path LIKE 'lake/%'").fetchall()
+    rows = catalog.db.execute("SELECT id, path FROM files WHERE substr(path, 1, 5) = 'lake/'").fetchall()
     for _, rel in rows:
         src, dst = out_dir / rel, out_dir / (hive.STORE + "/" + rel[len(_LEGACY):])
         if src.exists() and not dst.exists():
             dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.replace(src, dst)
-    with transaction(catalog.con):
-        catalog.con.executemany("UPDATE files SET path = ? WHERE id = ?",
-                                ((hive.STORE + "/" + rel[len(_LEGACY):], fid) for fid, rel in rows))
+    with catalog.db.tx():
+        catalog.db.executemany("UPDATE files SET path = ? WHERE id = ?",
+                               ((hive.STORE + "/" + rel[len(_LEGACY):], fid) for fid, rel in rows))
     return len(rows)
 
 
