@@ -1,14 +1,12 @@
 """The catalog: snapshots, live files, key index, tombstones, FAILED items and log positions.
 
 SQLite in WAL mode for the embedded default (``<data>/catalog.db``), or PostgreSQL when given a
-URL (``Catalog(data_dir, url="postgresql://...")``, else the ``PUSHLAKE_CATALOG`` variable), through
-``pushlake.db``: the same SQL on both, DDL per dialect. Everything a compaction changes is
+URL (``Catalog(data_dir, url="postgresql://...")``), through ``pushlake.db``: the same SQL on both, DDL per dialect. Everything a compaction changes is
 committed in one transaction (files swapped, positions advanced, tombstones marked applied), so a
 reader sees either the old lake or the new one, and a crash never loses or doubles a record.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,8 +305,9 @@ class Catalog:
     def __init__(self, data_dir: Path, readonly: bool = False, url: str | None = None):
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / "catalog.db"
-        # url="" is the SQLite file whatever PUSHLAKE_CATALOG says
-        self.url = (url if url is not None else os.environ.get("PUSHLAKE_CATALOG")) or None
+        # Only when given: the service's commands do not take --catalog / PUSHLAKE_CATALOG yet
+        # (teams, key hashes and the other readers still live in SQLite files; issue 12)
+        self.url = url or None
         if self.url is not None and not is_postgresql(self.url):
             open_db(self.url)  # raises: not a catalog URL pushlake knows
         if not readonly:
