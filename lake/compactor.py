@@ -238,7 +238,7 @@ class Compactor:
         a sync of the Iceberg mirror (``serve`` syncs it in its own process)."""
         from .iceberg import Mirror
         out = {"merged": self.merge_small_files(), "vacuumed": self.vacuum(), "log_records_erased": self.clean_log()}
-        with Mirror(self.out_dir) as m:
+        with Mirror(self.out_dir, self.catalog.url) as m:
             out["iceberg_commits"] = m.sync(self.catalog)
         return out
 

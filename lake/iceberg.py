@@ -82,10 +82,19 @@ HISTORY_S = 300.0  # Iceberg history kept: each commit rewrites metadata.json wi
 MANIFEST_FILES = 200  # files per manifest a commit writes (100-300 KiB with counts only)
 
 
-def properties(data_dir: Path) -> dict[str, str]:
-    """The kwargs of ``pyiceberg.catalog.load_catalog("pushlake", **props)`` for this lake."""
+def properties(data_dir: Path, catalog_url: str | None = None) -> dict[str, str]:
+    """The kwargs of ``pyiceberg.catalog.load_catalog("pushlake", **props)`` for this lake: its SQL
+    catalog in the lake catalog's database (``catalog.db``, or the PostgreSQL one, reached through
+    SQLAlchemy's psycopg 3 dialect; Java engines use the same tables as the Iceberg JDBC catalog)."""
     d = Path(data_dir).resolve()
-    return {"type": "sql", "uri": f"sqlite:///{d}/catalog.db", "warehouse": f"file://{d}/{WAREHOUSE}"}
+    if catalog_url:
+        scheme, sep, rest = catalog_url.partition("://")
+        if scheme not in ("postgresql", "postgres") or not sep:
+            raise ValueError(f"not a PostgreSQL catalog URL: {scheme}://…")
+        uri = f"postgresql+psycopg://{rest}"
+    else:
+        uri = f"sqlite:///{d}/catalog.db"
+    return {"type": "sql", "uri": uri, "warehouse": f"file://{d}/{WAREHOUSE}"}
 
 
 def iceberg_schema(tbl: str) -> Schema:
@@ -119,8 +128,9 @@ class Mirror:
     warehouse): the compactor's thread, ``pushlake iceberg --rebuild`` and erase never commit or
     clean at the same time."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, catalog_url: str | None = None):
         self.data_dir = Path(data_dir).resolve()
+        self.catalog_url = catalog_url or None
         self.warehouse = self.data_dir / WAREHOUSE
         self._iceberg: SqlCatalog | None = None
         self._mutex = threading.Lock()
@@ -128,14 +138,15 @@ class Mirror:
 
     # -- the catalog ------------------------------------------------------------------------
     def properties(self) -> dict[str, str]:
-        return properties(self.data_dir)
+        return properties(self.data_dir, self.catalog_url)
 
     @property
     def iceberg(self) -> SqlCatalog:
         if self._iceberg is None:
             props = self.properties()
             # waits for the lake's writers as long as they wait for each other (busy_timeout 30 s)
-            self._iceberg = SqlCatalog(NAME, **{**props, "uri": props["uri"] + "?timeout=30"})
+            uri = props["uri"] + ("" if self.catalog_url else "?timeout=30")
+            self._iceberg = SqlCatalog(NAME, **{**props, "uri": uri})
             self._iceberg.create_namespace_if_not_exists(NAME)
         return self._iceberg
 
@@ -241,7 +252,7 @@ class Mirror:
         """Drop every table, delete everything under the warehouse, and mirror the catalog's live
         files afresh (one snapshot per table). For a rebuilt lake, or a mirror in doubt."""
         own = catalog is None
-        catalog = catalog or Catalog(self.data_dir, readonly=True)
+        catalog = catalog or Catalog(self.data_dir, readonly=True, url=self.catalog_url)
         try:
             with self._writing():
                 for t in TABLES:
@@ -383,7 +394,8 @@ def _changes(catalog: Catalog, marks: dict[str, int]) -> tuple[int, dict[str, li
                            "WHERE f.added_snapshot > m.mark OR f.removed_snapshot > m.mark", args):
             changes.setdefault(r[0], []).append(_Change(*r))
         live = {t: (n, rows) for t, n, rows in c.execute(
-            "SELECT tbl, count(*), coalesce(sum(rows), 0) FROM files WHERE removed_snapshot IS NULL GROUP BY tbl")}
+            "SELECT tbl, count(*), CAST(coalesce(sum(rows), 0) AS BIGINT) FROM files WHERE removed_snapshot IS NULL "
+            "GROUP BY tbl")}
     return head, changes, live
 
 

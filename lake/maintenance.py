@@ -76,7 +76,7 @@ def vacuum(out_dir: Path, catalog: Catalog, retention_s: float, now: float | Non
         # the Iceberg mirror first: its current snapshot must not name a file about to go, and
         # no snapshot older than the retention may stay readable (an erased trip's rows)
         from .iceberg import Mirror
-        with Mirror(out_dir) as m:
+        with Mirror(out_dir, catalog.url) as m:
             m.sync(catalog)
             m.expire(now - retention_s)
     with hive.publishing(out_dir):

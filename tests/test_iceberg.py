@@ -22,6 +22,7 @@ from lake.iceberg import MIRRORED, NAME, Mirror, _current_files, mirror_loop, pr
 from lake.schema import TABLES
 from tests.conftest import compact
 from tests.helpers import deletion, fixture, fixture_bytes, itin_id, run_cli, trip
+from tests.services import postgres  # noqa: F401  (the session's PostgreSQL server)
 
 KEYS = {"trips": ("itin_id",), "trip_samples": ("itin_id", "seq"), "trip_events": ("itin_id", "event_type", "seq"),
         "crashes": ("crash_id",), "diagnoses": ("body_sha256",), "trip_deletions": ("itin_id",)}
@@ -272,3 +273,45 @@ def test_serve_keeps_the_mirror_in_step_within_seconds(tmp_path):
         assert "Traceback" not in srv.output()  # the mirror process logs to the service's output
     finally:
         srv.stop()
+
+
+def test_the_mirror_follows_a_postgresql_catalog(tmp_path, postgres):
+    """With the lake catalog in PostgreSQL, the Iceberg catalog's tables are in the same database
+    (``pushlake iceberg --json`` gives a ``postgresql+psycopg://`` URI) and follow its commits."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from lake import files as lf
+    from lake.catalog import Commit
+    from lake.schema import SCHEMAS
+    url = postgres.fresh_database("iceberg_pg")
+    data = tmp_path / "data"
+
+    def trips(*itins: str) -> pa.Table:
+        rows = [dict.fromkeys(SCHEMAS["trips"].names) | {"team_id": "acme", "itin_id": i, "log_part": "p0",
+                                                           "log_offset": n, "date": dt.date(2025, 1, 20)}
+                for n, i in enumerate(itins)]
+        return pa.Table.from_pylist(rows, schema=SCHEMAS["trips"])
+    cat = Catalog(data, url=url)
+    try:
+        first = lf.write_file(data, "trips", "acme", "2025-01-20", trips("a", "b"))
+        cat.commit(Commit("append", add_files=[first]))
+        with Mirror(data, url) as m:
+            assert m.sync(cat) >= 1
+            props = m.properties()
+        assert props["uri"].startswith("postgresql+psycopg://")
+        ice = load_catalog(NAME, **props).load_table((NAME, "trips"))
+        assert sorted(ice.scan().to_arrow()["itin_id"].to_pylist()) == ["a", "b"]
+        # a copy-on-write: the file replaced by one without "a"
+        fid = cat.live_files("trips")[0].id
+        cat.commit(Commit("append", remove_files={fid},
+                          add_files=[lf.write_file(data, "trips", "acme", "2025-01-20", trips("b"))]))
+        with Mirror(data, url) as m:
+            assert m.sync(cat) == 1
+            assert m.sync(cat) == 0  # nothing new
+        ice = load_catalog(NAME, **props).load_table((NAME, "trips"))
+        assert ice.scan().to_arrow()["itin_id"].to_pylist() == ["b"]
+        assert int(ice.properties[MIRRORED]) == cat.db.execute("SELECT max(id) FROM snapshots").fetchone()[0]
+    finally:
+        cat.close()
