@@ -1,10 +1,12 @@
 """Which team is pushing: push key, OAuth2 access token, or Basic teamId:pushKey.
 
-Teams are held in memory and reloaded when ``admin.db`` changes (``PRAGMA data_version``, checked
-at most every 10 ms), so a team disabled by any process is refused by every receiver within 10 ms,
-and at once by the process that disabled it, with no per-request query on the hot path. The same cache answers the admin plane's lookups of
-a team (``team``, ``by_admin_key``); who may *read* (admin keys, hyper-admins) is decided above
-the receiver, in ``pushlake.api.auth``.
+Teams are held in memory and reloaded when the admin stores change (``Teams.changes()``: ``PRAGMA
+data_version`` of ``admin.db``, or on PostgreSQL the admin stores' change counter; checked at most
+every 10 ms), so a team disabled by any process (on any node sharing the PostgreSQL database) is
+refused by every receiver within 10 ms, and at once by the process that disabled it, with no
+per-request query on the hot path. The same cache answers the admin plane's lookups of a team
+(``team``, ``by_admin_key``); who may *read* (admin keys, hyper-admins) is decided above the
+receiver, in ``pushlake.api.auth``.
 """
 from __future__ import annotations
 
@@ -35,9 +37,9 @@ class CachedTeam:
 
 
 class PushAuth:
-    def __init__(self, data_dir: Path):
-        self.teams = Teams(data_dir)
-        self.secret = tokens.load_secret(data_dir)
+    def __init__(self, data_dir: Path, url: str | None = None):
+        self.teams = Teams(data_dir, url=url)
+        self.secret = tokens.load_secret(data_dir, self.teams.db)
         self._by_id: dict[str, CachedTeam] = {}
         self._by_push: dict[str, CachedTeam] = {}
         self._by_admin: dict[str, CachedTeam] = {}
@@ -51,7 +53,7 @@ class PushAuth:
 
     def reload(self) -> None:
         # the version is read first: a change committed while we read counts as unseen
-        version = self.teams.data_version()
+        version = self.teams.changes()
         by_id, by_push, by_admin = {}, {}, {}
         for r in self.teams.all():
             t = CachedTeam(r.team_id, r.enabled, r.push_key_hash, r.admin_key_hash, r.keys_issued_at)
@@ -65,11 +67,11 @@ class PushAuth:
         if now < self._next_check:
             return
         self._next_check = now + self.check_every
-        if self.teams.data_version() != self._version:
+        if self.teams.changes() != self._version:
             self.reload()
 
     def current_generation(self) -> int:
-        """The generation of the cache, reloaded first if ``admin.db`` changed."""
+        """The generation of the cache, reloaded first if the admin stores changed."""
         self._fresh()
         return self.generation
 

@@ -13,6 +13,8 @@ to psycopg's ``%s``. What differs (DDL, a few expressions) is chosen by ``Db.dia
 - ``read()``: a read transaction: several statements see one snapshot (PostgreSQL: REPEATABLE READ).
 - ``changes() -> int``: cheap, per statement, "did anything change since I last looked".
   SQLite: ``PRAGMA data_version``; PostgreSQL: the one-row counter every ``tx()`` bumps.
+- ``IntegrityError``: the exceptions a violated constraint raises (``except db.IntegrityError:``):
+  sqlite3's, or psycopg's (``UniqueViolation`` among them).
 
 The lowest layer (see docs/architecture.md): it imports nothing of pushlake's but ``pushlake.sqlite``.
 """
@@ -62,6 +64,7 @@ def redact(url: str) -> str:
 class Db:
     dialect: str
     readonly: bool
+    IntegrityError: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> Any:
         raise NotImplementedError
@@ -137,6 +140,7 @@ class PostgresDb(Db):
 
         self.url, self.readonly = url, readonly
         self._psycopg = psycopg
+        self.IntegrityError = (psycopg.IntegrityError,)
         self.con = psycopg.connect(url, autocommit=True, application_name=_app_name(),
                                    **({} if "connect_timeout" in url else {"connect_timeout": 10}))
         if readonly:

@@ -1,20 +1,21 @@
 """Hyper-admins: accounts that may read every team. Passwords are stored with scrypt (salted,
-deliberately slow) and checked against DriveQuant's documented policy."""
+deliberately slow) and checked against DriveQuant's documented policy. They live beside the teams:
+``data/admin.db``, or the PostgreSQL database every node shares (``HyperAdmins(data_dir,
+url="postgresql://...")``, see ``pushlake.teams``)."""
 from __future__ import annotations
 
 import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Callable
 
-from pushlake.sqlite import connect_sqlite, transaction
+from pushlake.db import POSTGRESQL
 
-from .teams import Conflict, Invalid, NotFound, QuotaExceeded, format_date
+from .teams import Conflict, Invalid, NotFound, QuotaExceeded, format_date, open_admin_db, write_tx
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hyperadmins(
@@ -45,15 +46,14 @@ def _hash(password: str, salt: bytes) -> bytes:
 
 
 class HyperAdmins:
-    def __init__(self, data_dir: Path, quota: int = 10):
-        Path(data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.con = connect_sqlite(Path(data_dir) / "admin.db")
-        self.con.executescript(SCHEMA)
+    def __init__(self, data_dir: Path, quota: int = 10, url: str | None = None):
+        self.db = open_admin_db(data_dir, url, SCHEMA)
+        self.con = self.db if self.db.dialect == POSTGRESQL else self.db.con
         self.quota = quota
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        self.con.close()
+        self.db.close()
 
     def create(self, user_id, firstname, lastname, password) -> dict:
         for field, v in (("userId", user_id), ("firstname", firstname), ("lastname", lastname)):
@@ -69,29 +69,30 @@ class HyperAdmins:
         salt = secrets.token_bytes(16)
         pw = _hash(password, salt)
         now = time.time()
-        with transaction(self.con):
-            if self.con.execute("SELECT count(*) FROM hyperadmins").fetchone()[0] >= self.quota:
+        with write_tx(self.db):
+            if self.db.execute("SELECT count(*) FROM hyperadmins").fetchone()[0] >= self.quota:
                 raise QuotaExceeded(f"at most {self.quota} hyper-admins")
             try:
-                self.con.execute("INSERT INTO hyperadmins VALUES (?,?,?,?,?,?)",
-                                 (user_id, firstname, lastname, salt, pw, now))
-            except sqlite3.IntegrityError:
+                self.db.execute("INSERT INTO hyperadmins VALUES (?,?,?,?,?,?)",
+                                (user_id, firstname, lastname, salt, pw, now))
+            except self.db.IntegrityError:
                 raise Conflict(f"hyper-admin '{user_id}' already exists") from None
         return {"userId": user_id, "firstname": firstname, "lastname": lastname}
 
     def list(self) -> list[dict]:
         return [{"userId": u, "firstname": f, "lastname": l, "creationDate": format_date(c)}
-                for u, f, l, c in self.con.execute(
+                for u, f, l, c in self.db.execute(
                     "SELECT user_id, firstname, lastname, created_at FROM hyperadmins ORDER BY created_at, user_id")]
 
     def delete(self, user_id: str) -> None:
-        if self.con.execute("DELETE FROM hyperadmins WHERE user_id = ?", (user_id,)).rowcount == 0:
-            raise NotFound(f"unknown hyper-admin '{user_id}'")
+        with write_tx(self.db):
+            if self.db.execute("DELETE FROM hyperadmins WHERE user_id = ?", (user_id,)).rowcount == 0:
+                raise NotFound(f"unknown hyper-admin '{user_id}'")
 
     def verify(self, user_id: str, password: str) -> bool:
         with self._lock:  # called from worker threads; the connection is not shared concurrently
-            row = self.con.execute("SELECT salt, pw_hash FROM hyperadmins WHERE user_id = ?", (user_id,)).fetchone()
+            row = self.db.execute("SELECT salt, pw_hash FROM hyperadmins WHERE user_id = ?", (user_id,)).fetchone()
         if row is None:
             _hash(password, b"0" * 16)  # same cost whether or not the user exists
             return False
-        return hmac.compare_digest(_hash(password, row[0]), row[1])
+        return hmac.compare_digest(_hash(password, bytes(row[0])), bytes(row[1]))

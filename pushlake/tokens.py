@@ -1,9 +1,11 @@
 """OAuth2 client-credentials access tokens (RFC 6749 §4.4), self-contained and HMAC-signed.
 
 A token carries the team, the time its keys were issued and its expiry, signed with a secret kept
-in ``data/oauth.secret``. Checking one needs no database read, so every receiver process can do
-it on the hot path; disabling a team refuses its tokens through the team's status, and enabling it
-again issues new keys (a new ``keys_issued_at``), which voids every older token.
+in ``data/oauth.secret`` or, when the teams live in PostgreSQL, in its table ``oauth_secret`` (one
+secret for every node: a token issued by one is accepted by all). Checking one needs no database
+read, so every receiver process can do it on the hot path; disabling a team refuses its tokens
+through the team's status, and enabling it again issues new keys (a new ``keys_issued_at``), which
+voids every older token.
 """
 from __future__ import annotations
 
@@ -17,10 +19,23 @@ from pathlib import Path
 
 import orjson
 
+from pushlake.db import POSTGRESQL, Db
+
 PREFIX = "at_"
 
+PG_SECRET = """
+CREATE TABLE IF NOT EXISTS oauth_secret(one INTEGER PRIMARY KEY CHECK (one = 1), secret TEXT NOT NULL)
+"""
 
-def load_secret(data_dir: Path) -> bytes:
+
+def load_secret(data_dir: Path, db: Db | None = None) -> bytes:
+    """The signing secret, made at the first call. ``db``: the admin stores' database (a
+    PostgreSQL one holds the secret; with SQLite, or none, it is the file ``data/oauth.secret``)."""
+    if db is not None and db.dialect == POSTGRESQL:
+        with db.schema_tx():  # first writer wins, every node reads back the same secret
+            db.executescript(PG_SECRET)
+            db.execute("INSERT INTO oauth_secret VALUES (1, ?) ON CONFLICT DO NOTHING", (secrets.token_hex(32),))
+            return bytes.fromhex(db.execute("SELECT secret FROM oauth_secret").fetchone()[0])
     path = Path(data_dir) / "oauth.secret"
     try:
         return bytes.fromhex(path.read_text().strip())
