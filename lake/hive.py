@@ -161,21 +161,18 @@ def reconcile(out_dir: Path, catalog: Catalog) -> tuple[int, int]:
 def public_files(out_dir: Path) -> list[str]:
     """Every Parquet file under the hive tree of the tables, relative to the data directory
     (anything else found there is left alone)."""
-    out_dir = Path(out_dir)
-    out = []
-    for tbl in SCHEMAS:
-        root = out_dir / PUBLIC / tbl
-        if root.is_dir():
-            out += [str(p.relative_to(out_dir)) for p in root.rglob("*.parquet")]
-    return out
+    return _parquet_files(Path(out_dir), PUBLIC)
 
 
 def store_files(out_dir: Path) -> list[str]:
     """Every Parquet file of the store, relative to the data directory."""
-    out_dir = Path(out_dir)
+    return _parquet_files(Path(out_dir), STORE)
+
+
+def _parquet_files(out_dir: Path, tree: str) -> list[str]:
     out = []
     for tbl in SCHEMAS:
-        root = out_dir / STORE / tbl
+        root = out_dir / tree / tbl
         if root.is_dir():
             out += [str(p.relative_to(out_dir)) for p in root.rglob("*.parquet")]
     return out

@@ -479,3 +479,12 @@ def s3():
         yield info
     finally:
         server.stop()
+
+
+def backend_url(request, prefix: str) -> str | None:
+    """For a fixture parametrized ``["sqlite", "postgresql"]``: ``None`` (the SQLite file in the
+    data directory) or the URL of a fresh PostgreSQL database named after the test."""
+    if request.param == "sqlite":
+        return None
+    server = request.getfixturevalue("postgres")
+    return server.fresh_database(prefix + re.sub(r"\W", "_", request.node.name.lower())[:50])

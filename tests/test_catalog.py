@@ -3,7 +3,6 @@ is read back is typed. Every test runs on both backends: SQLite (the default) an
 real server, tests/services.py; a database of its own per test)."""
 from __future__ import annotations
 
-import re
 import threading
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from ingest.record import Kind
 from lake.catalog import (Catalog, CatalogConflict, Commit, FailedRow, NewFile, Order, ResolvedRow, StatKey,
                           TombstoneRow, Version, VersionRow)
-from tests.services import postgres  # noqa: F401  (the session's PostgreSQL server)
+from tests.services import backend_url, postgres  # noqa: F401  (the session's PostgreSQL server)
 
 
 def new_file(n: int) -> NewFile:
@@ -28,10 +27,7 @@ def state(cat: Catalog) -> tuple:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def catalog_url(request):
     """``None`` (the SQLite file in the data directory) or the URL of a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return None
-    server = request.getfixturevalue("postgres")
-    return server.fresh_database("cat_" + re.sub(r"\W", "_", request.node.name.lower())[:50])
+    return backend_url(request, "cat_")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ secret), on both backends: SQLite (``data/admin.db``, the default) and PostgreSQ
 tests/services.py; a database of its own per test). Two instances on one store stand for two nodes."""
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
 
@@ -13,7 +12,7 @@ from ingest.auth import AuthError, PushAuth
 from pushlake import tokens
 from pushlake.hyperadmins import HyperAdmins
 from pushlake.teams import SCHEMA, Conflict, Invalid, NotFound, QuotaExceeded, TeamError, Teams, hash_key
-from tests.services import postgres  # noqa: F401  (the session's PostgreSQL server)
+from tests.services import backend_url, postgres  # noqa: F401  (the session's PostgreSQL server)
 
 PASSWORD = "Very-secret-12"
 
@@ -21,10 +20,7 @@ PASSWORD = "Very-secret-12"
 @pytest.fixture(params=["sqlite", "postgresql"])
 def admin_url(request):
     """``None`` (admin.db in the data directory) or the URL of a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return None
-    server = request.getfixturevalue("postgres")
-    return server.fresh_database("adm_" + re.sub(r"\W", "_", request.node.name.lower())[:50])
+    return backend_url(request, "adm_")
 
 
 @pytest.fixture
