@@ -42,13 +42,14 @@ def exit_with(pid: int) -> None:
         except ProcessLookupError:
             pass
         except (AttributeError, OSError):  # no pidfd here: poll
-            while _running(pid):
+            while running(pid):
                 time.sleep(0.5)
         os._exit(0)
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists (it may belong to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -48,6 +48,8 @@ from pathlib import Path
 
 import pytest
 
+from pushlake.procs import running
+
 START_TIMEOUT = 30.0  # seconds for a server to accept connections
 STOP_TIMEOUT = 10.0  # seconds between the polite signal and SIGKILL
 PG_USER = "postgres"  # the database superuser initdb creates
@@ -118,16 +120,6 @@ def _tail(path: Path, n: int = 2000) -> str:
         return ""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _base_dir() -> Path:
     """The temp dir; under root one that the unprivileged server user can traverse."""
     base = Path(tempfile.gettempdir())
@@ -149,7 +141,7 @@ def _clean_leftovers(base: Path) -> None:
             owner = int((d / "owner.pid").read_text())
         except (OSError, ValueError):
             continue
-        if owner == os.getpid() or _pid_alive(owner):
+        if owner == os.getpid() or running(owner):
             continue
         pidfile = d / "pgdata" / "postmaster.pid"
         try:
@@ -339,18 +331,7 @@ class _Postgres:
 @pytest.fixture(scope="session")
 def postgres():
     """A PostgreSQL server on 127.0.0.1 with an empty database `pushlake`, for the whole session."""
-    server = _Postgres()
-    t0 = time.monotonic()
-    try:
-        info = server.start()
-    except (ServiceUnavailable, OSError, subprocess.SubprocessError) as e:
-        server.stop()
-        unavailable(f"PostgreSQL test server unavailable: {e}")
-    info.start_seconds = time.monotonic() - t0
-    try:
-        yield info
-    finally:
-        server.stop()
+    yield from _serve(_Postgres(), "PostgreSQL test server")
 
 
 # --- S3 (moto_server) ----------------------------------------------------------------------------
@@ -467,13 +448,17 @@ class _Moto:
 @pytest.fixture(scope="session")
 def s3():
     """An S3-compatible server (moto_server) on 127.0.0.1, for the whole session."""
-    server = _Moto()
+    yield from _serve(_Moto(), "S3 test server (moto_server)")
+
+
+def _serve(server, what: str):
+    """Start a test server, yield what it gives, stop it: ``unavailable`` when it cannot start."""
     t0 = time.monotonic()
     try:
         info = server.start()
     except (ServiceUnavailable, OSError, subprocess.SubprocessError) as e:
         server.stop()
-        unavailable(f"S3 test server (moto_server) unavailable: {e}")
+        unavailable(f"{what} unavailable: {e}")
     info.start_seconds = time.monotonic() - t0
     try:
         yield info
