@@ -125,21 +125,22 @@ ESCAPES = [
 ]
 
 
+@pytest.mark.parametrize("tree", ["lake", "files"])  # the public tree and the store: both hold every team
 @pytest.mark.parametrize("sql", ESCAPES)
-def test_a_team_connection_cannot_reach_other_teams_or_the_host(data, sql, tmp_path):
+def test_a_team_connection_cannot_reach_other_teams_or_the_host(data, sql, tree, tmp_path):
     append(data, [trip_item(1, team="acme"), trip_item(2, team="globex")])
     with Compactor(data) as c:
         c.drain()
     link = tmp_path / "link"
-    link.symlink_to(data / "lake" / "trips" / "team=globex")
+    link.symlink_to(data / tree / "trips" / "team=globex")
     con = queries.connect(data, team="acme")
     assert con.execute("SELECT itin_id FROM trips").fetchall() == [(itin_id(1),)]
-    q = sql.format(lake=data / "lake", data=data, link=link)
+    q = sql.format(lake=data / tree, data=data, link=link)
     with pytest.raises((duckdb.Error, PermissionError)):
         rows = con.execute(q).fetchall()
         raise AssertionError(f"escape succeeded: {rows}")
     assert con.execute("SELECT itin_id FROM trips").fetchall() == [(itin_id(1),)]
-    assert not (data / "lake" / "trips" / "team=acme" / "x.csv").exists()
+    assert not (data / tree / "trips" / "team=acme" / "x.csv").exists()
 
 
 def test_an_unrestricted_connection_sees_all_teams(data):
