@@ -1,6 +1,8 @@
 """Append-only segmented log: the source of truth.
 
-Layout: ``<data>/log/p<N>/<base offset, 20 digits>.log``. One writer process owns a partition
+Layout: ``<data>/log/p<N>/<base offset, 20 digits>.log``, or ``<data>/log/<node>.p<N>/…`` on a node
+of a cluster (``--node``): partition names are unique across nodes because the catalog they meet
+in records positions, versions and FAILED items by partition. One writer process owns a partition
 (flock on ``.lock``) and publishes, after each fdatasync, the next offset in ``.durable``: readers
 never go past it while a writer holds the partition, so nothing is projected that an OS crash
 could still take back (which would let new records reuse offsets the compactor already passed). Only the last segment of a partition is ever appended to; a segment is
@@ -58,7 +60,44 @@ def segment_name(base: int) -> str:
 # names this module writes, matched whole: str.isdigit() also takes non-ASCII digits ('p١' was
 # partition 1), and 'p01' or '5.log' are not names a writer makes
 SEGMENT_NAME = re.compile(r"([0-9]{20})" + re.escape(SEGMENT_SUFFIX))
-PARTITION_NAME = re.compile(r"p(?:0|[1-9][0-9]{0,5})")
+PARTITION_NAME = re.compile(r"(?:(?P<node>[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?)\.)?p(?P<n>0|[1-9][0-9]{0,5})")
+
+
+def partition_name(index: int, node: str | None = None) -> str:
+    """``p<index>``, or ``<node>.p<index>`` on a named node (``pushlake.location.node_name``)."""
+    if node is None:
+        from pushlake.location import node_name
+        node = node_name()
+    return f"{node}.p{index}" if node else f"p{index}"
+
+
+def partition_index(name: str) -> int:
+    m = PARTITION_NAME.fullmatch(name)
+    if m is None:
+        raise ValueError(f"not a log partition name: {name!r}")
+    return int(m["n"])
+
+
+class WrongNode(Exception):
+    """The data directory holds the log of another node: its records would be committed under
+    names that are not this node's (or left behind, unprojected)."""
+
+
+def check_node(data_dir: Path, node: str | None = None) -> None:
+    """Refuse a data directory whose partitions belong to another node name."""
+    if node is None:
+        from pushlake.location import node_name
+        node = node_name()
+    root = Path(data_dir) / "log"
+    if not root.is_dir():
+        return
+    for p in root.iterdir():
+        m = PARTITION_NAME.fullmatch(p.name)
+        if m is not None and p.is_dir() and (m["node"] or "") != node:
+            owner = f"node {m['node']!r}" if m["node"] else "a single machine (no --node)"
+            here = f"--node {node}" if node else "no node name"
+            raise WrongNode(f"{root} holds the log of {owner} ({p.name}), not of {here}: start it with "
+                            f"{'--node ' + m['node'] if m['node'] else 'no --node'} (or give this node its own --data)")
 
 
 def list_segments(pdir: Path) -> list[tuple[int, Path]]:
@@ -122,12 +161,17 @@ class LogWriter:
     """Owner of one partition: appends batches and makes them durable with one fdatasync."""
 
     def __init__(self, data_dir: Path, partition: int = 0, segment_bytes: int = 128 << 20,
-                 segment_age: float = 600.0, floor: int = 0, wait: float = 10.0):
+                 segment_age: float = 600.0, floor: int = 0, wait: float = 10.0, node: str | None = None):
         """``floor``: offsets below it are never handed out again (the catalog's position), even
         if the cleaner removed the records that carried them. ``wait``: how long to wait for
-        the partition lock, which a cleaner or ``check`` may hold for a moment."""
-        self.dir = Path(data_dir) / "log" / f"p{partition}"
-        self.partition = f"p{partition}"
+        the partition lock, which a cleaner or ``check`` may hold for a moment. ``node``: the
+        node's name (default ``pushlake.location.node_name()``), the prefix of the partition's."""
+        if node is None:
+            from pushlake.location import node_name
+            node = node_name()
+        check_node(data_dir, node)
+        self.partition = partition_name(partition, node)
+        self.dir = Path(data_dir) / "log" / self.partition
         self.segment_bytes = segment_bytes
         self.segment_age = segment_age
         self.dir.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
@@ -261,8 +305,9 @@ def recover_idle_partitions(data_dir: Path) -> list[Recovery]:
     holds, so that ``compact`` and ``rebuild`` after a crash see the whole durable log."""
     found = []
     for part in list_partitions(data_dir):
+        m = PARTITION_NAME.fullmatch(part)
         try:
-            w = LogWriter(data_dir, int(part[1:]), wait=0)
+            w = LogWriter(data_dir, int(m["n"]), wait=0, node=m["node"] or "")
         except PartitionBusy:
             continue
         if w.recovery:
