@@ -58,3 +58,10 @@ profile-tools: install
 
 clean:
 	rm -rf $(VENV) *.egg-info
+
+# a three-node cluster on this machine (PostgreSQL, moto_server, `pushlake serve --node n1..n3`),
+# printing the commands to push to each node and to query from a fourth place; Ctrl-C stops it.
+# CLUSTER_DIR=path keeps its files (each node's data and log) there. See docs/scale-out.md.
+.PHONY: cluster
+cluster: install test-services
+	$(BIN)/python examples/cluster.py

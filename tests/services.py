@@ -31,6 +31,7 @@ killed at the end (SIGKILL after a grace period), they get SIGKILL if the pytest
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import pwd
@@ -449,6 +450,26 @@ class _Moto:
 def s3():
     """An S3-compatible server (moto_server) on 127.0.0.1, for the whole session."""
     yield from _serve(_Moto(), "S3 test server (moto_server)")
+
+
+SERVERS = {"postgres": _Postgres, "s3": _Moto}
+
+
+@contextlib.contextmanager
+def started(kind: str):
+    """A server outside pytest (examples/cluster.py, `make cluster`): ``kind`` "postgres" or
+    "s3"; yields its PostgresServer / S3Server and stops it (and removes its files) on exit.
+    Raises ServiceUnavailable with the reason when it cannot start."""
+    server = SERVERS[kind]()
+    try:
+        info = server.start()
+    except BaseException:
+        server.stop()
+        raise
+    try:
+        yield info
+    finally:
+        server.stop()
 
 
 def _serve(server, what: str):

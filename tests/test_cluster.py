@@ -1,0 +1,413 @@
+"""Several nodes on one catalog and one lake (SPEC §8), as real processes: ``pushlake serve
+--node nK`` on its own data directory, PostgreSQL (the catalog) and moto_server (S3, the lake)
+behind proxies a test can take down, and readers on an empty data directory (tests/cluster.py).
+
+One cluster serves the tests that do not need their own settings; each test uses itinIds of its
+own, and whatever a test breaks (a node killed, a service down) is mended before the next one.
+Waits are for a state, with a deadline (``wait_for``), never for a duration.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import Cluster, cmdline, wait_for
+from tests.helpers import PUSHLAKE, ROOT, deletion, trip
+from tests.services import postgres, s3  # noqa: F401  (the session's servers)
+
+NODES = ["n1", "n2", "n3"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, postgres, s3):  # noqa: F811
+    c = Cluster(tmp_path_factory.mktemp("cluster"), postgres, s3, nodes=3)
+    yield c
+    c.stop()
+
+
+@pytest.fixture(autouse=True)
+def mend(request):
+    """After each test on the shared cluster: services up, every node running again."""
+    yield
+    if "cluster" not in request.fixturenames:
+        return
+    c = request.getfixturevalue("cluster")
+    c.catalog_proxy.up()
+    c.lake_proxy.up()
+    for name, n in c.nodes.items():
+        if not n.running():
+            c.restart(name)
+
+
+def rows_of(c: Cluster, itins: list[str]) -> list[tuple]:
+    return c.query("SELECT itin_id, user_id, count(*) OVER (PARTITION BY itin_id) FROM trips "
+                   "WHERE itin_id IN (SELECT unnest(?)) ORDER BY itin_id", [itins])
+
+
+def assert_once(c: Cluster, itins: list[str]) -> None:
+    """Every one of ``itins`` is in the trips view exactly once, with its 10 samples."""
+    doubled = c.query("SELECT itin_id, count(*) FROM trips WHERE itin_id IN (SELECT unnest(?)) "
+                      "GROUP BY 1 HAVING count(*) > 1", [itins])
+    assert doubled == []
+    missing = set(itins) - c.visible(itins)
+    assert not missing, f"{len(missing)} acknowledged trips are missing"
+    samples = c.query("SELECT itin_id, count(*) FROM trip_samples WHERE itin_id IN (SELECT unnest(?)) "
+                      "GROUP BY 1 HAVING count(*) != 10", [itins])
+    assert samples == []
+
+
+# --- latest push wins, deletions across nodes ------------------------------------------------------
+
+
+def test_the_later_push_wins_across_nodes(cluster):
+    """The same itinId pushed to two nodes: the later push (by received_us) wins whichever node's
+    partition sorts first, and the trip is one row with one set of samples."""
+    a, b = cluster.new_ids(2)
+    assert cluster.push("n1", "trip", trip(a, user="first")) == 200
+    assert cluster.push("n2", "trip", trip(a, user="second")) == 200
+    assert cluster.push("n3", "trip", trip(b, user="first")) == 200
+    assert cluster.push("n1", "trip", trip(b, user="second")) == 200
+
+    def settled():
+        rows = rows_of(cluster, [a, b])
+        assert all(n == 1 for *_, n in rows), f"a trip has two rows: {rows}"
+        return rows == sorted([(a, "second", 1), (b, "second", 1)])
+    wait_for(settled, 90, "the later pushes to win")
+    assert_once(cluster, [a, b])
+    assert sorted((r["itin_id"], r["user_id"]) for r in cluster.sql(
+        f"SELECT itin_id, user_id FROM trips WHERE itin_id IN ('{a}', '{b}')")) == [(a, "second"), (b, "second")]
+
+
+def test_a_deletion_acked_by_one_node_hides_a_trip_another_stored(cluster):
+    """From the 200 of a deletion on n1, a reader on an empty data directory sees nothing of a
+    trip that n2 stored and compacted: asked right after the ack, before any compactor ran."""
+    [a] = cluster.new_ids(1)
+    assert cluster.push("n2", "trip", trip(a)) == 200
+    cluster.wait_visible([a])
+    assert cluster.count("trip_samples", "itin_id = ?", [a]) == 10
+    before_events = cluster.count("trip_events", "itin_id = ?", [a])
+    assert before_events > 0
+    assert cluster.push("n1", "trip/event", deletion(a)) == 200
+    [row] = cluster.sql(f"SELECT (SELECT count(*) FROM trips WHERE itin_id = '{a}') AS t, "
+                        f"(SELECT count(*) FROM trip_samples WHERE itin_id = '{a}') AS s, "
+                        f"(SELECT count(*) FROM trip_events WHERE itin_id = '{a}') AS e")
+    assert row == {"t": 0, "s": 0, "e": 0}
+    # the reader that had the trip in view (a long-lived process) does not show it either
+    assert [cluster.count(t, "itin_id = ?", [a]) for t in ("trips", "trip_samples", "trip_events")] == [0, 0, 0]
+
+
+def test_a_deletion_before_its_trip_on_another_node_wins(cluster):
+    """Deletion on n1, then the trip on n2: the trip never appears, not even for a moment."""
+    a, after = cluster.new_ids(2)
+    assert cluster.push("n1", "trip/event", deletion(a)) == 200
+    assert cluster.push("n2", "trip", trip(a)) == 200
+    assert cluster.push("n2", "trip", trip(after)) == 200  # behind it in n2's partition
+
+    def after_is_compacted():
+        assert cluster.count("trips", "itin_id = ?", [a]) == 0, "the deleted trip appeared"
+        return cluster.visible([after]) == {after}
+    wait_for(after_is_compacted, 90, "n2's compactor to pass the deleted trip")
+    assert cluster.sql(f"SELECT count(*) AS n FROM trip_samples WHERE itin_id = '{a}'") == [{"n": 0}]
+    assert cluster.raw_counts("trips").get(a) is None  # not stored at all, not merely hidden
+    wait_for(lambda: cluster.count("trip_deletions", "itin_id = ?", [a]) == 1, 60,
+             "the deletion's audit row")
+
+
+# --- crashes and outages -------------------------------------------------------------------------
+
+
+async def test_sigkill_of_a_node_under_load_loses_and_doubles_nothing(cluster):
+    """Clients push to every node; n2 is SIGKILLed meanwhile, then restarted: every push any
+    node answered 200 is in the lake exactly once."""
+    killed = []
+
+    def during(elapsed: float) -> None:
+        if elapsed > 1.0 and not killed:
+            cluster.kill("n2")
+            killed.append(elapsed)
+    acked = await cluster.load(NODES, seconds=2.5, clients=12, during=during)
+    assert killed
+    by_node = {n: sum(1 for node, _ in acked if node == n) for n in NODES}
+    assert all(v > 10 for v in by_node.values()), by_node
+    cluster.restart("n2")
+    itins = [i for _, i in acked]
+    cluster.wait_visible(itins, timeout=150)
+    assert_once(cluster, itins)
+
+
+def test_catalog_down_trips_200_deletions_503_then_everything_lands(cluster):
+    """PostgreSQL unreachable: trips, crashes and diagnoses are still acknowledged (the log is
+    enough), a deletion is refused with 503 + Retry-After (its tombstone could not be published);
+    the compactors wait. Back: every acknowledged push lands, the deletion is taken."""
+    [old] = cluster.new_ids(1)
+    assert cluster.push("n3", "trip", trip(old)) == 200
+    cluster.wait_visible([old])
+    ids = cluster.new_ids(6)
+    cluster.catalog_proxy.down()
+    try:
+        statuses = [cluster.push(NODES[i % 3], "trip", trip(x)) for i, x in enumerate(ids)]
+        assert statuses == [200] * 6
+        assert cluster.push("n1", "crash", {"crashId": f"crash-{ids[0]}", "probability": 1}) == 200
+        r = cluster.post("n2", "trip/event", deletion(old))
+        assert r.status == 503, r
+        assert int(r.headers.get("Retry-After", "0")) > 0
+    finally:
+        cluster.catalog_proxy.up()
+    cluster.wait_visible(ids + [old], timeout=120)  # the refused deletion changed nothing
+    assert all(n.running() for n in cluster.nodes.values())
+    wait_for(lambda: cluster.count("crashes", "crash_id = ?", [f"crash-{ids[0]}"]) == 1, 60, "the crash")
+    assert cluster.push("n2", "trip/event", deletion(old)) == 200  # the retry of the deletion
+    assert cluster.sql(f"SELECT count(*) AS n FROM trips WHERE itin_id = '{old}'") == [{"n": 0}]
+    assert_once(cluster, ids)
+
+
+def test_object_store_down_receivers_unaffected_then_data_lands(cluster):
+    """S3 unreachable: every push is acknowledged, deletions too (they need the catalog only);
+    the compactors fail and retry. Back: everything lands."""
+    [old] = cluster.new_ids(1)
+    assert cluster.push("n1", "trip", trip(old)) == 200
+    cluster.wait_visible([old])
+    ids = cluster.new_ids(6)
+    cluster.lake_proxy.down()
+    try:
+        statuses = [cluster.push(NODES[i % 3], "trip", trip(x)) for i, x in enumerate(ids)]
+        assert statuses == [200] * 6
+        assert cluster.push("n2", "trip/event", deletion(old)) == 200
+        time.sleep(2)  # not an assertion: the compactors' steps meet the outage (they run every 0.2 s)
+        assert all(n.running() for n in cluster.nodes.values())
+    finally:
+        cluster.lake_proxy.up()
+    cluster.wait_visible(ids, timeout=120)
+    assert_once(cluster, ids)
+    assert cluster.count("trips", "itin_id = ?", [old]) == 0
+    wait_for(lambda: old not in cluster.raw_counts("trips"), 90, "the deletion to be applied to the files")
+
+
+def test_compactors_racing_on_one_file_lose_no_deletion_and_double_nothing(cluster):
+    """Trips stored by n1 in one file (one team, one date); then n2 and n3 delete and replace
+    trips of that file at once, so both compactors rewrite it: optimistic commits make one of them
+    plan again. No deletion is lost (the files no longer hold the deleted trips), no row doubled."""
+    ids = cluster.new_ids(30)
+    for x in ids:
+        assert cluster.push("n1", "trip", trip(x, user="v1")) == 200
+    cluster.wait_visible(ids)
+    deleted = ids[:12]
+    replaced = ids[12:20]
+    untouched = ids[20:]
+    errors: list = []
+
+    def worker(node: str, mine: list[str], again: list[str]) -> None:
+        try:
+            for x in mine:
+                assert cluster.push(node, "trip/event", deletion(x)) == 200
+            for x in again:
+                assert cluster.push(node, "trip", trip(x, user="v2")) == 200
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+    threads = [threading.Thread(target=worker, args=("n2", deleted[0::2], replaced[0::2])),
+               threading.Thread(target=worker, args=("n3", deleted[1::2], replaced[1::2]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert cluster.visible(deleted) == set()  # at their acks
+
+    def settled():
+        raw = cluster.raw_counts("trips")
+        assert all(raw.get(x, 0) <= 1 for x in ids), "a trip is twice in the live files"
+        users = dict((i, u) for i, u, _ in rows_of(cluster, replaced + untouched))
+        return (not any(x in raw for x in deleted)
+                and all(users.get(x) == "v2" for x in replaced)
+                and all(users.get(x) == "v1" for x in untouched))
+    wait_for(settled, 120, "both compactors' rewrites to be committed")
+    assert_once(cluster, replaced + untouched)
+    raw_samples = cluster.raw_counts("trip_samples")
+    assert not any(x in raw_samples for x in deleted)
+    assert all(raw_samples.get(x) == 10 for x in replaced + untouched)
+
+
+# --- fencing ---------------------------------------------------------------------------------------
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "?"
+
+
+def test_a_fenced_compactor_cannot_commit_after_its_lease_moved(cluster):
+    """A node's compactor stalls right before its commit (SIGSTOP at the failpoint) until its
+    lease expires; a replacement (`pushlake compact --node f1` on a copy of f1's disk, as after a
+    move to another machine) takes the lease and commits the same records. The stalled one is
+    then resumed: its commit is refused (fenced by the lease's epoch), nothing is doubled, and it
+    goes on compacting what comes next."""
+    node = cluster.add_node("f1", env={"PUSHLAKE_FAILPOINT": "compactor.before_commit=stop",
+                                       "PUSHLAKE_LEASE_TTL": "3"})
+    try:
+        ids = cluster.new_ids(20)
+        for x in ids:
+            assert cluster.push("f1", "trip", trip(x)) == 200
+        pid = wait_for(lambda: node.compactor_pid(), 30, "f1's compactor")
+        wait_for(lambda: _state(pid) == "T", 60, "f1's compactor to stop at its commit")
+        assert cluster.visible(ids) == set()
+        copy = cluster.root / "f1-replacement"
+        shutil.copytree(node.data, copy, ignore=shutil.ignore_patterns("*.lock"))
+        # the replacement waits for the stalled lease to expire, then commits the records
+        cluster.cli("compact", "--node", "f1", "--no-maintenance", data=copy, timeout=120,
+                    env={"PUSHLAKE_LEASE_TTL": "3"})
+        cluster.wait_visible(ids, timeout=60)
+        os.kill(pid, signal.SIGCONT)
+        more = cluster.new_ids(5)
+        for x in more:
+            assert cluster.push("f1", "trip", trip(x)) == 200
+        cluster.wait_visible(more, timeout=90)  # the resumed node compacts again, under a new epoch
+        assert_once(cluster, ids + more)
+        assert re.search(r"lease|fenc", node.output(), re.I), node.output()[-3000:]
+    finally:
+        node.stop()
+        del cluster.nodes["f1"]
+
+
+# --- rebuild and erasure ---------------------------------------------------------------------------
+
+
+def test_rebuild_from_every_nodes_log_equals_the_incremental_lake(cluster, tmp_path, postgres, s3):  # noqa: F811
+    """`pushlake rebuild` over the logs of all nodes into a fresh catalog and lake reproduces the
+    lake the nodes built incrementally (re-pushes across nodes, deletions in both orders)."""
+    a, b, c, d = cluster.new_ids(4)
+    assert cluster.push("n1", "trip", trip(a, user="v1")) == 200
+    assert cluster.push("n2", "trip", trip(a, user="v2")) == 200
+    assert cluster.push("n3", "trip/event", deletion(b)) == 200
+    assert cluster.push("n1", "trip", trip(b)) == 200
+    assert cluster.push("n2", "trip", trip(c)) == 200
+    assert cluster.push("n3", "trip/event", deletion(c)) == 200
+    assert cluster.push("n3", "trip", trip(d)) == 200
+    cluster.wait_visible([a, d])
+    for name in NODES:  # every node's compactor has caught up (a marker behind what came before)
+        [m] = cluster.new_ids(1)
+        assert cluster.push(name, "trip", trip(m)) == 200
+        cluster.wait_visible([m])
+    for name in NODES:
+        cluster.nodes[name].stop()  # rebuild reads quiet logs
+    try:
+        db = "rb_" + re.sub(r"\W", "_", tmp_path.name.lower())[:40]
+        catalog = postgres.fresh_database(db)
+        bucket = s3.bucket("rb-" + re.sub(r"[^a-z0-9]+", "-", tmp_path.name.lower())[:40].strip("-"))
+        lake = f"s3://{bucket}/lake"
+        logs = [str(cluster.nodes[n].data) for n in NODES]
+        env = {**cluster.env, "AWS_ENDPOINT_URL": s3.endpoint}
+        p = subprocess.run([*PUSHLAKE, "rebuild", "--json", "--catalog", catalog, "--lake", lake,
+                            *[x for d_ in logs for x in ("--from", d_)], "--data", str(tmp_path / "rb")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        assert p.returncode == 0, p.stderr
+        q = ("SELECT itin_id, user_id, distance_m, log_part, log_offset FROM trips ORDER BY itin_id")
+        built = cluster.sql(q)
+        r = subprocess.run([*PUSHLAKE, "sql", "--json", "--catalog", catalog, "--lake", lake,
+                            "--data", str(tmp_path / "empty"), q],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 0, r.stderr
+        rebuilt = json.loads(r.stdout)
+        assert rebuilt == built and len(built) > 4
+        assert {x["itin_id"] for x in built} & {b, c} == set()
+        assert [x["user_id"] for x in built if x["itin_id"] == a] == ["v2"]
+    finally:
+        for name in NODES:
+            cluster.restart(name)
+
+
+def test_erase_verify_names_the_nodes_that_have_not_cleaned_yet(tmp_path, postgres, s3):  # noqa: F811
+    """With retention 0: a trip stored by n1 and deleted through n2 is reported NOT erased while
+    n1 (whose log holds it) is down, naming n1; once n1 is back and has cleaned its log and the
+    lake is vacuumed, `erase --verify` finds nothing, from a machine with an empty data dir."""
+    with Cluster(tmp_path, postgres, s3, nodes=2,
+                 serve_args=("--retention", "0", "--segment-age", "1")) as c:
+        [a] = c.new_ids(1)
+        assert c.push("n1", "trip", trip(a)) == 200
+        c.wait_visible([a])
+        c.nodes["n1"].stop()
+        assert c.push("n2", "trip/event", deletion(a)) == 200
+
+        def verify() -> dict:
+            p = c.cli("erase", a, "--verify", "--json", data=c.reader_dir, check=False)
+            assert p.returncode in (0, 1), p.stderr
+            return json.loads(p.stdout)
+        first = verify()
+        assert first["erased"] is False
+        assert any("n1" in f for f in first["findings"]), first
+        assert not any("n2" in f for f in first["findings"] if "log" in f), first
+        c.restart("n1")
+
+        def erased():
+            [filler] = c.new_ids(1)
+            c.push("n1", "trip", trip(filler))  # new records roll n1's old segment over (sealed)
+            return verify()["erased"]
+        wait_for(erased, 120, "every node to clean and the lake to be vacuumed", every=1.0)
+        out = c.cli("erase", a, "--verify", data=c.reader_dir, check=False)
+        assert out.returncode == 0 and "erased" in out.stdout
+
+
+# --- the example: make cluster -------------------------------------------------------------------
+
+
+def test_make_cluster_example_prints_commands_that_work(tmp_path):
+    """examples/cluster.py starts PostgreSQL, moto_server and three nodes, and prints the exact
+    commands to push to each node and to query from a fourth place; they work as printed, and
+    Ctrl-C (SIGINT) stops everything."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PUSHLAKE_"))}
+    env["CLUSTER_DIR"] = str(tmp_path / "cl")
+    log = open(tmp_path / "example.out", "w+")
+    p = subprocess.Popen([sys.executable, "examples/cluster.py"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                         env=env, start_new_session=True)
+    try:
+        def ready():
+            log.seek(0)
+            text = log.read()
+            if p.poll() is not None:
+                raise AssertionError(f"examples/cluster.py exited ({p.returncode}): {text[-3000:]}")
+            return text if "Ctrl-C" in text else None
+        text = wait_for(ready, 120, "the example cluster to be up", every=0.5)
+        commands = [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("$ ")]
+        pushes = [c for c in commands if c.startswith("curl ") and c.endswith("/push/trip")]
+        query = [c for c in commands if "pushlake sql" in c]
+        assert len(pushes) == 3 and len(query) == 1, text
+        assert len({re.search(r"127\.0\.0\.1:(\d+)/", c)[1] for c in pushes}) == 3  # one per node
+        r = subprocess.run(pushes[1] + " -s -o /dev/null -w '%{http_code}'", shell=True, cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert r.stdout.strip() == "200", (r.stdout, r.stderr)
+        env_q = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PUSHLAKE_"))}
+
+        def queried():
+            r = subprocess.run(query[0], shell=True, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                               env=env_q)
+            assert r.returncode == 0, r.stderr
+            return "0c83a8ad9bb98ef71a0bd659" in r.stdout  # the itinId of the trip the example pushes
+        wait_for(queried, 90, "the pushed trip in the query's answer", every=1.0)
+        assert shlex.split(query[0])  # one command line, as printed
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGINT)
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+        log.seek(0)
+        out = log.read()
+        log.close()
+    assert p.returncode == 0, out[-3000:]
+    assert "cluster: stopped" in out
+    assert not [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                if str(tmp_path / "cl") in cmdline(pid)], "a node outlived the example"
