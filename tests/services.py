@@ -12,6 +12,10 @@ creates that database: one per test for isolation). ``s3`` yields an ``S3Server`
 (http://127.0.0.1:PORT), ``.host_port`` (for pyarrow's endpoint_override), ``.env`` (AWS_* variables
 for a subprocess), ``.client()`` (boto3) and ``.bucket(name) -> name`` (creates the bucket).
 
+Outside pytest (examples/cluster.py, `make cluster`): ``with started("postgres") as pg,
+started("s3") as s3:`` starts the same servers and stops them on exit (ServiceUnavailable says why
+one cannot start).
+
 Where the servers come from: PostgreSQL's binaries from PATH, else /usr/lib/postgresql/<newest>/bin
 (`make test-services` installs Debian's postgresql when neither has them); moto_server from the
 venv (the `test` extra). initdb refuses to run as root, so under root the cluster belongs to the
