@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster, cmdline, wait_for
+from tests.cluster import Cluster, TcpProxy, cmdline, wait_for
 from tests.helpers import PUSHLAKE, ROOT, deletion, trip
 from tests.services import postgres, s3  # noqa: F401  (the session's servers)
 
@@ -65,6 +65,27 @@ def assert_once(c: Cluster, itins: list[str]) -> None:
     samples = c.query("SELECT itin_id, count(*) FROM trip_samples WHERE itin_id IN (SELECT unnest(?)) "
                       "GROUP BY 1 HAVING count(*) != 10", [itins])
     assert samples == []
+
+
+def test_the_outage_proxy_cuts_open_connections_and_refuses_new_ones(postgres):  # noqa: F811
+    """The harness's outage is real: an open PostgreSQL connection through the proxy breaks at
+    ``down()``, a new one fails, and after ``up()`` connections work again."""
+    import psycopg
+    proxy = TcpProxy(postgres.host, postgres.port)
+    dsn = f"host=127.0.0.1 port={proxy.port} user={postgres.user} dbname={postgres.database} connect_timeout=3"
+    try:
+        con = psycopg.connect(dsn, autocommit=True)
+        assert con.execute("SELECT 1").fetchone() == (1,)
+        proxy.down()
+        with pytest.raises(psycopg.OperationalError):
+            con.execute("SELECT 1")
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(dsn)
+        proxy.up()
+        with psycopg.connect(dsn, autocommit=True) as again:
+            assert again.execute("SELECT 2").fetchone() == (2,)
+    finally:
+        proxy.close()
 
 
 # --- latest push wins, deletions across nodes ------------------------------------------------------
@@ -265,9 +286,13 @@ def test_a_fenced_compactor_cannot_commit_after_its_lease_moved(cluster):
         assert cluster.visible(ids) == set()
         copy = cluster.root / "f1-replacement"
         shutil.copytree(node.data, copy, ignore=shutil.ignore_patterns("*.lock"))
-        # the replacement waits for the stalled lease to expire, then commits the records
-        cluster.cli("compact", "--node", "f1", "--no-maintenance", data=copy, timeout=120,
-                    env={"PUSHLAKE_LEASE_TTL": "3"})
+        # the replacement is refused while the stalled lease lasts, then takes it and commits
+        def replaced():
+            p = cluster.cli("compact", "--node", "f1", "--no-maintenance", data=copy, check=False,
+                            env={"PUSHLAKE_LEASE_TTL": "3"})
+            assert p.returncode == 0 or re.search(r"lease|held", p.stderr, re.I), p.stderr
+            return p.returncode == 0
+        wait_for(replaced, 90, "the replacement compactor to take the lease", every=1.0)
         cluster.wait_visible(ids, timeout=60)
         os.kill(pid, signal.SIGCONT)
         more = cluster.new_ids(5)
