@@ -21,10 +21,11 @@ from aiohttp.web_urldispatcher import _default_expect_handler as _aiohttp_expect
 
 from pushlake.config import Settings
 
-from .auth import AuthError, PushAuth
-from .groupcommit import GroupCommit, Item, Overloaded, WriteFailed
-from .keys import ROUTES, MissingKey, NotJson, key_of, parse_keys
+from .auth import RETRY_S, AuthError, PushAuth
+from .groupcommit import GroupCommit, Item, NotPublished, Overloaded, WriteFailed
+from .keys import ROUTES, MissingKey, NotJson, deleted_itin, key_of, parse_keys
 from .log import LogWriter
+from .record import Kind
 
 log = logging.getLogger("pushlake.receiver")
 
@@ -46,6 +47,12 @@ class Lake(Protocol):
 
 LAKE = web.AppKey("lake", Lake)
 ACCEPTED_ENCODINGS = {"identity", "gzip", "x-gzip", "deflate"}
+NOT_PUBLISHED_RETRY_S = 5  # Retry-After of a deletion refused while the catalog is unreachable
+
+
+def is_deletion(item: Item) -> bool:
+    """A TRIP_DELETION push: the one kind whose ack waits for the catalog (its tombstone)."""
+    return item.kind == Kind.EVENT and deleted_itin(item.key) is not None
 
 
 def error(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
@@ -54,8 +61,11 @@ def error(status: int, code: str, message: str, headers: dict | None = None) -> 
 
 
 def auth_error(e: AuthError) -> web.Response:
-    """401 (with the schemes we accept) or 403 for credentials that do not pass."""
+    """401 (with the schemes we accept) or 403 for credentials that do not pass; 503 with
+    Retry-After for credentials that cannot be checked now (the catalog is unreachable)."""
     headers = {"WWW-Authenticate": 'Bearer realm="pushlake", Basic realm="pushlake"'} if e.status == 401 else None
+    if e.status == 503:
+        headers = {"Retry-After": str(int(RETRY_S))}
     return error(e.status, e.code, e.message, headers)
 
 
@@ -225,6 +235,12 @@ def make_handler(kind: int):
             offset = await request.app[COMMIT].submit(item)
         except Overloaded:
             return _overloaded()
+        except NotPublished:
+            # the record is in the log (fsynced): applied by the compactor anyway, or again by the
+            # client's retry (a deletion is idempotent); what is missing is the tombstone that
+            # hides the trip from readers from the ack on, so there is no ack
+            return error(503, "catalog_unavailable", "the deletion could not be published in the catalog; "
+                         "retry later", {"Retry-After": str(NOT_PUBLISHED_RETRY_S)})
         except WriteFailed as e:
             return error(503, "write_failed", f"could not store the push durably ({e}); retry later",
                          {"Retry-After": "30"})
@@ -304,7 +320,7 @@ def build_app(settings: Settings, partition: int = 0, *, lake: Lake) -> web.Appl
                            floor=lake.compacted_up_to(f"p{partition}"))
         lake.republish_tombstones(writer.partition)
         gc = GroupCommit(writer, lake.tombstone_sink(writer.partition),
-                         settings.max_pending_requests, settings.max_pending_bytes)
+                         settings.max_pending_requests, settings.max_pending_bytes, needs_sink=is_deletion)
         gc.start()
         app[COMMIT] = gc
         app[STATE]["disk_low"] = shutil.disk_usage(settings.data_dir).free < settings.min_free_bytes

@@ -7,12 +7,19 @@ refused by every receiver within 10 ms, and at once by the process that disabled
 per-request query on the hot path. The same cache answers the admin plane's lookups of a team
 (``team``, ``by_admin_key``); who may *read* (admin keys, hyper-admins) is decided above the
 receiver, in ``pushlake.api.auth``.
+
+When the admin stores cannot be reached (PostgreSQL down or cut off: SPEC §8, catalog outage) the
+cache keeps serving what it holds: known keys and tokens are accepted or refused as before, and
+credentials it cannot check (not in the cache) get 503 with Retry-After, not 401: a client must
+retry them, not drop its key. The store is asked again every ``RETRY_S``, and the outage is logged
+once when it begins and once when it ends.
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import hmac
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +27,19 @@ from pathlib import Path
 from pushlake import tokens
 from pushlake.teams import Teams, hash_key
 
+log = logging.getLogger("pushlake.auth")
+RETRY_S = 1.0  # how often an unreachable admin store is asked again (and the client's Retry-After)
+
 
 class AuthError(Exception):
     def __init__(self, status: int, code: str, message: str):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+
+
+def unavailable() -> AuthError:
+    return AuthError(503, "catalog_unavailable", "the catalog holding the teams cannot be reached to check "
+                                                 "these credentials; retry later")
 
 
 @dataclass
@@ -47,6 +62,7 @@ class PushAuth:
         self._version: int | None = None
         self._next_check = 0.0
         self.check_every = 0.01  # a change made by another process is seen within 10 ms
+        self.down_since: float | None = None  # the admin store could not be reached since (time.time())
 
     def close(self) -> None:
         self.teams.close()
@@ -67,8 +83,25 @@ class PushAuth:
         if now < self._next_check:
             return
         self._next_check = now + self.check_every
-        if self.teams.changes() != self._version:
-            self.reload()
+        try:
+            if self.teams.changes() != self._version:
+                self.reload()
+        except self.teams.db.Unavailable as e:
+            self._next_check = now + RETRY_S
+            if self.down_since is None:
+                self.down_since = time.time()
+                log.error("the teams' store cannot be reached (%s): serving the %d cached team(s), "
+                          "unknown credentials get 503", str(e).strip().splitlines()[0] if str(e).strip() else
+                          type(e).__name__, len(self._by_id))
+            return
+        if self.down_since is not None:
+            log.warning("the teams' store is reachable again (after %.1f s)", time.time() - self.down_since)
+            self.down_since = None
+
+    def unknown(self, error: AuthError) -> AuthError:
+        """What to answer for credentials the cache does not know: ``error``, or 503 while the
+        store that might know them cannot be asked."""
+        return unavailable() if self.down_since is not None or self._version is None else error
 
     def current_generation(self) -> int:
         """The generation of the cache, reloaded first if the admin stores changed."""
@@ -97,7 +130,8 @@ class PushAuth:
                 if team is not None and round(team.keys_issued_at, 6) != claims[1]:
                     team = None  # issued under keys that were replaced since
                 if team is None:
-                    raise AuthError(401, "invalid_token", "access token is invalid or expired")
+                    bad = AuthError(401, "invalid_token", "access token is invalid or expired")
+                    raise self.unknown(bad) if claims else bad
             else:
                 team = self._by_push.get(hash_key(value))
         elif scheme == "basic":
@@ -108,7 +142,7 @@ class PushAuth:
         else:
             raise AuthError(401, "invalid_credentials", "unsupported Authorization scheme (use Bearer or Basic)")
         if team is None:
-            raise AuthError(401, "invalid_credentials", "unknown or revoked push key")
+            raise self.unknown(AuthError(401, "invalid_credentials", "unknown or revoked push key"))
         if not team.enabled:
             raise AuthError(403, "team_disabled", f"team '{team.team_id}' is disabled")
         return team.team_id
@@ -118,7 +152,7 @@ class PushAuth:
         self._fresh()
         team = self._by_id.get(team_id)
         if team is None or not hmac.compare_digest(team.push_hash, hash_key(key)):
-            raise AuthError(401, "invalid_client", "unknown client or wrong secret")
+            raise self.unknown(AuthError(401, "invalid_client", "unknown client or wrong secret"))
         if not team.enabled:
             raise AuthError(401, "invalid_client", f"team '{team_id}' is disabled")
         return team

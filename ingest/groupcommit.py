@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, NamedTuple
 
@@ -33,11 +34,22 @@ class WriteFailed(Exception):
     """The batch could not be made durable (disk full, I/O error): nothing was acknowledged."""
 
 
+class NotPublished(Exception):
+    """The push is durable in the log but ``on_durable`` (publishing deletions' tombstones in the
+    catalog) failed for its batch, and this push needs it: no ack (503), the client retries."""
+
+
 class GroupCommit:
     def __init__(self, writer: LogWriter, on_durable: Callable[[int, list[Item]], None] | None = None,
-                 max_pending: int = 20_000, max_pending_bytes: int = 256 << 20):
+                 max_pending: int = 20_000, max_pending_bytes: int = 256 << 20,
+                 needs_sink: Callable[[Item], bool] | None = None):
+        """``needs_sink``: which items' ack waits for ``on_durable`` (default: all). When
+        ``on_durable`` fails, those get ``NotPublished`` and the others of the batch, durable, their
+        offsets: a catalog outage refuses deletions only, not the trips riding the same fsync."""
         self.writer = writer
         self.on_durable = on_durable
+        self.needs_sink = needs_sink or (lambda item: True)
+        self.sink_down_since: float | None = None  # on_durable fails since (time.time()); logged once
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
         self._pending: list[tuple[Item, asyncio.Future]] = []
@@ -72,11 +84,23 @@ class GroupCommit:
         self._wake.set()
         return await fut
 
-    def _durable(self, items: list[Item]) -> int:
+    def _durable(self, items: list[Item]) -> tuple[int, Exception | None]:
+        """Append and fsync (its failure raises), then publish (its failure is returned)."""
         first = self.writer.append(items)
-        if self.on_durable is not None:
+        if self.on_durable is None:
+            return first, None
+        try:
             self.on_durable(first, items)
-        return first
+        except Exception as e:  # noqa: BLE001 - answered per item by _run
+            if self.sink_down_since is None:
+                self.sink_down_since = time.time()
+                log.error("publishing deletions failed (%s: %s): deletions get 503 until it works again",
+                          type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "")
+            return first, e
+        if self.sink_down_since is not None and any(map(self.needs_sink, items)):
+            log.warning("publishing deletions works again (after %.1f s)", time.time() - self.sink_down_since)
+            self.sink_down_since = None
+        return first, None
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -86,7 +110,8 @@ class GroupCommit:
             while self._pending:
                 batch, self._pending, self._pending_bytes = self._pending, [], 0
                 try:
-                    first = await loop.run_in_executor(self._executor, self._durable, [i for i, _ in batch])
+                    first, unpublished = await loop.run_in_executor(self._executor, self._durable,
+                                                                     [i for i, _ in batch])
                 except Exception as e:  # noqa: BLE001 - every waiter must learn of the failure
                     log.error("log append failed, %d request(s) not acknowledged: %s", len(batch), e)
                     for _, f in batch:
@@ -95,8 +120,12 @@ class GroupCommit:
                     continue
                 self.batches += 1
                 self.records += len(batch)
-                for n, (_, f) in enumerate(batch):
-                    if not f.done():
+                for n, (item, f) in enumerate(batch):
+                    if f.done():
+                        continue
+                    if unpublished is not None and self.needs_sink(item):
+                        f.set_exception(NotPublished(str(unpublished)))
+                    else:
                         f.set_result(first + n)
 
     async def _roll_by_age(self) -> None:

@@ -15,6 +15,10 @@ to psycopg's ``%s``. What differs (DDL, a few expressions) is chosen by ``Db.dia
   SQLite: ``PRAGMA data_version``; PostgreSQL: the one-row counter every ``tx()`` bumps.
 - ``IntegrityError``: the exceptions a violated constraint raises (``except db.IntegrityError:``):
   sqlite3's, or psycopg's (``UniqueViolation`` among them).
+- ``Unavailable``: the exceptions of a database that cannot be reached (psycopg's
+  ``OperationalError``; none on SQLite, a local file). A PostgreSQL connection that broke is
+  replaced at the next statement outside a transaction, so a store survives an outage of the
+  server: its calls fail while the server is away and work again when it is back.
 
 The lowest layer (see docs/architecture.md): it imports nothing of pushlake's but ``pushlake.sqlite``.
 """
@@ -43,12 +47,18 @@ def is_postgresql(url: str | None) -> bool:
     return bool(url) and url.startswith(PG_SCHEMES)
 
 
+def check_url(url: str) -> None:
+    """ValueError unless ``url`` is a database URL pushlake knows (the message shows no password)."""
+    if not is_postgresql(url):
+        raise ValueError(f"unsupported catalog URL {redact(url)!r}: postgresql://user@host:port/db")
+
+
 def open_db(target: str | Path, readonly: bool = False) -> "Db":
     """A PostgreSQL URL (``postgresql://user@host:port/db``) or the path of a SQLite file."""
     if isinstance(target, str) and is_postgresql(target):
         return PostgresDb(target, readonly)
     if isinstance(target, str) and "://" in target:
-        raise ValueError(f"unsupported catalog URL {redact(target)!r}: postgresql://user@host:port/db")
+        check_url(target)
     return SqliteDb(Path(target), readonly)
 
 
@@ -65,6 +75,7 @@ class Db:
     dialect: str
     readonly: bool
     IntegrityError: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
+    Unavailable: tuple[type[Exception], ...] = ()
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> Any:
         raise NotImplementedError
@@ -132,7 +143,13 @@ def pg_sql(sql: str) -> str:
 
 
 class PostgresDb(Db):
-    """psycopg 3, one autocommit connection with explicit transactions."""
+    """psycopg 3, one autocommit connection with explicit transactions.
+
+    A connection the server or the network broke (``closed``) is replaced by a new one at the
+    next statement or transaction begun outside a transaction: the stores a long-lived process
+    holds (the receiver's team cache and tombstone sink, the compactor's catalog) work again
+    when PostgreSQL is back, without being reopened. Inside a transaction a broken connection
+    stays an error: the transaction is lost, and its caller must see it."""
     dialect = POSTGRESQL
 
     def __init__(self, url: str, readonly: bool = False):
@@ -141,45 +158,64 @@ class PostgresDb(Db):
         self.url, self.readonly = url, readonly
         self._psycopg = psycopg
         self.IntegrityError = (psycopg.IntegrityError,)
-        self.con = psycopg.connect(url, autocommit=True, application_name=_app_name(),
-                                   **({} if "connect_timeout" in url else {"connect_timeout": 10}))
-        if readonly:
-            self.con.execute("SET default_transaction_read_only = on")
-        else:
+        self.Unavailable = (psycopg.OperationalError, psycopg.InterfaceError)
+        self._depth = 0  # transactions of ours open on the connection (0 or 1)
+        self._closed_by_us = False
+        self.con = self._connect()
+        if not readonly:
             with self.schema_tx():
                 self.executescript(PG_COUNTER)
 
+    def _connect(self):
+        con = self._psycopg.connect(self.url, autocommit=True, application_name=_app_name(),
+                                    **({} if "connect_timeout" in self.url else {"connect_timeout": 10}))
+        if self.readonly:
+            con.execute("SET default_transaction_read_only = on")
+        return con
+
+    def _live(self):
+        """The connection, a new one if the last one broke (outside a transaction only)."""
+        con = self.con
+        if con.closed and not self._depth and not self._closed_by_us:
+            self.con = con = self._connect()
+        return con
+
     def execute(self, sql: str, params: Iterable[Any] = ()):
-        return self.con.execute(pg_sql(sql), tuple(params) if params else None)
+        return self._live().execute(pg_sql(sql), tuple(params) if params else None)
 
     def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
-        with self.con.cursor() as cur:
+        with self._live().cursor() as cur:
             cur.executemany(pg_sql(sql), rows)
 
     def executescript(self, script: str) -> None:
+        con = self._live()
         for stmt in _statements(script):
-            self.con.execute(stmt)
+            con.execute(stmt)
 
     def _in_tx(self) -> bool:
         return self.con.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE
 
     @contextmanager
     def _transaction(self, begin: str, first: str | None = None) -> Iterator["PostgresDb"]:
-        self.con.execute(begin)
+        self._live().execute(begin)
+        self._depth += 1
         try:
-            if first:
-                self.con.execute(first)
-            yield self
-        except BaseException:
-            if not self.con.closed and self._in_tx():
-                self.con.execute("ROLLBACK")
-            raise
-        try:
-            self.con.execute("COMMIT")
-        except BaseException:
-            if not self.con.closed and self._in_tx():
-                self.con.execute("ROLLBACK")  # nothing of it is committed: callers may undo their files
-            raise
+            try:
+                if first:
+                    self.con.execute(first)
+                yield self
+            except BaseException:
+                if not self.con.closed and self._in_tx():
+                    self.con.execute("ROLLBACK")
+                raise
+            try:
+                self.con.execute("COMMIT")
+            except BaseException:
+                if not self.con.closed and self._in_tx():
+                    self.con.execute("ROLLBACK")  # nothing of it is committed: callers may undo their files
+                raise
+        finally:
+            self._depth -= 1
 
     def tx(self):
         return self._transaction("BEGIN", "UPDATE pushlake_changes SET n = n + 1")
@@ -193,9 +229,10 @@ class PostgresDb(Db):
         return self._transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
     def changes(self) -> int:
-        return self.con.execute("SELECT n FROM pushlake_changes").fetchone()[0]
+        return self._live().execute("SELECT n FROM pushlake_changes").fetchone()[0]
 
     def close(self) -> None:
+        self._closed_by_us = True
         self.con.close()
 
 

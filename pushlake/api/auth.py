@@ -61,7 +61,7 @@ class ReaderAuth:
         if scheme == "bearer":
             team = self.teams.by_admin_key(value)
             if team is None:
-                raise AuthError(401, "invalid_credentials", "unknown or revoked admin key")
+                raise self.teams.unknown(AuthError(401, "invalid_credentials", "unknown or revoked admin key"))
             if not team.enabled:
                 raise AuthError(403, "team_disabled", f"team '{team.team_id}' is disabled")
             return Principal("team", team.team_id)

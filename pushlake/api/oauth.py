@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ingest.app import AUTH, SETTINGS
-from ingest.auth import AuthError, basic_credentials
+from ingest.auth import RETRY_S, AuthError, basic_credentials
 from pushlake import tokens
 
 from .bodies import OAuthError, TokenResponse, encode
@@ -50,6 +50,9 @@ async def token(request: web.Request) -> web.Response:
             return _error(400, "unsupported_grant_type", "only grant_type=client_credentials is supported")
         team = request.app[AUTH].client_credentials(client_id, secret)
     except AuthError as e:
+        if e.status == 503:  # the catalog cannot be reached to check these credentials
+            return _json(OAuthError(error="temporarily_unavailable", error_description=e.message), 503,
+                         {**NO_STORE, "Retry-After": str(int(RETRY_S))})
         return _error(401, "invalid_client", e.message, basic)
     ttl = request.app[SETTINGS].token_ttl_s
     access, expires = tokens.issue(request.app[AUTH].secret, team.team_id, team.keys_issued_at, ttl)
