@@ -1,9 +1,19 @@
 """The catalog: snapshots, live files, key index, tombstones, FAILED items and log positions.
 
 SQLite in WAL mode for the embedded default (``<data>/catalog.db``), or PostgreSQL when given a
-URL (``Catalog(data_dir, url="postgresql://...")``), through ``pushlake.db``: the same SQL on both, DDL per dialect. Everything a compaction changes is
-committed in one transaction (files swapped, positions advanced, tombstones marked applied), so a
-reader sees either the old lake or the new one, and a crash never loses or doubles a record.
+URL (``--catalog`` / ``PUSHLAKE_CATALOG``, resolved by ``pushlake.location``), through ``pushlake.db``:
+the same SQL on both, DDL per dialect. Everything a compaction changes is committed in one
+transaction (files swapped, positions advanced, tombstones marked applied), so a reader sees either
+the old lake or the new one, and a crash never loses or doubles a record.
+
+Several nodes may commit to one PostgreSQL catalog, each for its own log partitions. Commits are
+optimistic: a plan records the version of every key it decided on (``Commit.previous``), and the
+commit changes a key only if that is still its version, removes a file only if it is still live,
+and stores a trip only if no deletion of it appeared meanwhile; otherwise it raises
+``CatalogConflict`` and changes nothing, and the step is planned again. A commit made under a
+lease (``Catalog.lease``: a node's partitions, or the maintenance jobs) first checks in the same
+transaction that the lease is still its own, at the epoch it was granted: a process whose lease
+another one took over (it stalled past the lease's expiry) is fenced off (``LeaseLost``).
 """
 from __future__ import annotations
 
@@ -14,6 +24,7 @@ from typing import Iterable, NamedTuple
 
 from ingest.record import Kind
 from pushlake.db import POSTGRESQL, SQLITE, Db, is_postgresql, open_db
+from pushlake.location import catalog_url
 
 from .schema import TRIP_TABLES
 
@@ -58,6 +69,12 @@ CREATE TABLE IF NOT EXISTS tasks(
 CREATE TABLE IF NOT EXISTS task_items(
   task_id TEXT NOT NULL, failed_id INTEGER NOT NULL, done INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY(task_id, failed_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases(
+  name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch INTEGER NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes(
+  name TEXT PRIMARY KEY, registered_at REAL NOT NULL, seen_at REAL NOT NULL, removed_at REAL);
+CREATE TABLE IF NOT EXISTS log_cleaning(
+  node TEXT NOT NULL, team TEXT NOT NULL, itin_id TEXT NOT NULL, PRIMARY KEY(node, team, itin_id)) WITHOUT ROWID;
 """
 # The same tables on PostgreSQL (created by pushlake at the first open by a writer): BIGINT identity
 # keys, DOUBLE PRECISION times, "offset" quoted (a reserved word there), the same partial indexes;
@@ -100,6 +117,13 @@ CREATE TABLE IF NOT EXISTS tasks(
 CREATE TABLE IF NOT EXISTS task_items(
   task_id TEXT NOT NULL, failed_id BIGINT NOT NULL, done INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY(task_id, failed_id));
+CREATE TABLE IF NOT EXISTS leases(
+  name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch BIGINT NOT NULL, expires DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes(
+  name TEXT PRIMARY KEY, registered_at DOUBLE PRECISION NOT NULL, seen_at DOUBLE PRECISION NOT NULL,
+  removed_at DOUBLE PRECISION);
+CREATE TABLE IF NOT EXISTS log_cleaning(
+  node TEXT NOT NULL, team TEXT NOT NULL, itin_id TEXT NOT NULL, PRIMARY KEY(node, team, itin_id));
 """
 # the receive day (UTC) of a push, per dialect
 RECEIVE_DAY = {SQLITE: "date(received_us / 1000000, 'unixepoch')",
@@ -295,6 +319,24 @@ class Commit:
     task: TaskDone | None = None                                         # retry task, items done
     summary: str = ""
     removed_paths: list[str] = field(default_factory=list)  # filled by the commit: paths of remove_files
+    # the version the plan saw of each key it stores or drops, and of each deleted trip (None:
+    # none): the commit conflicts if another commit changed one of them meanwhile
+    previous: dict[Key, Order | None] = field(default_factory=dict)
+
+
+class Lease(NamedTuple):
+    """A lease held in the catalog: ``epoch`` grows at every change of holder, and a commit
+    under the lease checks it (fencing)."""
+    name: str
+    holder: str
+    epoch: int
+    ttl: float
+
+
+class NodeRow(NamedTuple):
+    name: str
+    registered_at: float
+    seen_at: float
 
 
 class Catalog:
@@ -305,12 +347,11 @@ class Catalog:
     def __init__(self, data_dir: Path, readonly: bool = False, url: str | None = None):
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / "catalog.db"
-        # Only when given: the service's commands do not take --catalog / PUSHLAKE_CATALOG yet
-        # (teams, key hashes and the other readers still live in SQLite files; issue 12)
-        self.url = url or None
+        self.url = catalog_url(url)
+        self.lease: Lease | None = None  # every commit through this object is fenced by it
         if self.url is not None and not is_postgresql(self.url):
             open_db(self.url)  # raises: not a catalog URL pushlake knows
-        if not readonly:
+        if not readonly and self.url is None:
             self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.url is not None:
             self.db: Db = open_db(self.url, readonly)
@@ -458,6 +499,9 @@ class Catalog:
         c.applied.sort()
         c.removed_paths = []
         with self._tx():
+            if self.lease is not None:
+                self._fence(self.lease, now)
+            self._check(c)
             snap = con.execute("INSERT INTO snapshots(created_at, operation, summary) VALUES (?,?,?) RETURNING id",
                                (now, c.operation, c.summary)).fetchone()[0]
             if c.remove_files:
@@ -471,11 +515,7 @@ class Catalog:
                         raise CatalogConflict("a file to replace was already replaced (by a merge or a rewrite)")
             con.executemany("INSERT INTO files(tbl, team, date, path, rows, bytes, added_snapshot) VALUES (?,?,?,?,?,?,?)",
                             ((f.tbl, f.team, f.date, f.path, f.rows, f.bytes, snap) for f in c.add_files))
-            con.executemany('INSERT INTO versions(kind, team, key, received_us, part, "offset", body_sha256, date) '
-                            "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(kind, team, key) DO UPDATE SET "
-                            'received_us=excluded.received_us, part=excluded.part, "offset"=excluded."offset", '
-                            "body_sha256=excluded.body_sha256, date=excluded.date", c.versions)
-            con.executemany("DELETE FROM versions WHERE kind=? AND team=? AND key=?", c.drop_versions)
+            self._store_versions(c)
             # a trip stored by a step that was planned before its tombstone arrived: readers must
             # look for it where it now is
             con.executemany("UPDATE tombstones SET date=? WHERE team=? AND itin_id=? AND applied_at IS NULL",
@@ -500,6 +540,7 @@ class Catalog:
                             c.superseded)
             # a deleted trip pushed again (a retry) left a record in the log: the cleaner must come back
             con.executemany("UPDATE tombstones SET log_cleaned=0 WHERE team=? AND itin_id=?", c.reclean)
+            con.executemany("DELETE FROM log_cleaning WHERE team=? AND itin_id=?", c.reclean)
             for (day, team, kind), counts in sorted(c.stats.items()):
                 con.execute("INSERT INTO push_stats(day, team, kind) VALUES (?,?,?) ON CONFLICT DO NOTHING",
                             (day, team, kind))
@@ -516,6 +557,135 @@ class Catalog:
                             "ON CONFLICT(part) DO UPDATE SET next_offset=excluded.next_offset", c.positions.items())
         return snap
 
+    def _many(self, sql: str, rows: list) -> int:
+        """executemany, returning the rows it changed."""
+        if not rows:
+            return 0
+        if self.dialect == SQLITE:
+            return self.con.executemany(sql, rows).rowcount
+        with self.db.con.cursor() as cur:
+            cur.executemany(sql.replace("?", "%s"), rows)
+            return cur.rowcount
+
+    def _check(self, c: Commit) -> None:
+        """What the plan relied on, checked inside the commit's transaction (conflicts between
+        nodes; on one machine a receiver's tombstone racing the step that stores its trip)."""
+        stored_trips = [(v.team, v.key) for v in c.versions if v.kind == Kind.TRIP]
+        by_team: dict[str, list[str]] = {}
+        for team, itin in stored_trips:
+            by_team.setdefault(team, []).append(itin)
+        for team, itins in by_team.items():
+            for chunk in _chunks(itins, 500):
+                # a pending tombstone is fine: its deletion is applied later, to this version (the
+                # tombstone's partition follows the trip, below); an applied one saw no version
+                if self.db.execute(f"SELECT 1 FROM tombstones WHERE team=? AND itin_id IN ({','.join('?' * len(chunk))}) "
+                                   "AND applied_at IS NOT NULL LIMIT 1", (team, *chunk)).fetchone():
+                    raise CatalogConflict("a trip this step stores was deleted meanwhile")
+        dropped = {(k.team, k.key) for k in c.drop_versions if k.kind == Kind.TRIP}
+        unseen: dict[str, list[str]] = {}
+        for t in c.applied:  # deletions applied to no stored trip: still none stored?
+            if (t.team, t.itin) not in dropped and c.previous.get(Key(Kind.TRIP, t.team, t.itin)) is None:
+                unseen.setdefault(t.team, []).append(t.itin)
+        for team, itins in unseen.items():
+            for chunk in _chunks(itins, 500):
+                if self.db.execute(f"SELECT 1 FROM versions WHERE kind=? AND team=? AND key IN ({','.join('?' * len(chunk))}) "
+                                   "LIMIT 1", (Kind.TRIP, team, *chunk)).fetchone():
+                    raise CatalogConflict("a trip this step deletes was stored meanwhile by another commit")
+
+    def _store_versions(self, c: Commit) -> None:
+        """Each key's new version, or its removal, only if its version is still the one the plan
+        saw (``Commit.previous``; a key absent from it: whatever it is, as before)."""
+        prev = c.previous
+        new, moved, free = [], [], []
+        for v in c.versions:
+            k = Key(v.kind, v.team, v.key)
+            if k not in prev:
+                free.append(v)
+            elif prev[k] is None:
+                new.append(v)
+            else:
+                moved.append((v.received_us, v.part, v.offset, v.body_sha256, v.date, v.kind, v.team, v.key, *prev[k]))
+        self._many('INSERT INTO versions(kind, team, key, received_us, part, "offset", body_sha256, date) '
+                   "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(kind, team, key) DO UPDATE SET "
+                   'received_us=excluded.received_us, part=excluded.part, "offset"=excluded."offset", '
+                   "body_sha256=excluded.body_sha256, date=excluded.date", free)
+        if self._many('INSERT INTO versions(kind, team, key, received_us, part, "offset", body_sha256, date) '
+                      "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", new) != len(new):
+            raise CatalogConflict("a key this step stores for the first time was stored meanwhile by another commit")
+        if self._many('UPDATE versions SET received_us=?, part=?, "offset"=?, body_sha256=?, date=? '
+                      'WHERE kind=? AND team=? AND key=? AND received_us=? AND part=? AND "offset"=?', moved) != len(moved):
+            raise CatalogConflict("a key this step replaces was replaced meanwhile by another commit")
+        drops = [(*k, *prev[k]) if prev.get(k) else None for k in c.drop_versions]
+        loose = [k for k, d in zip(c.drop_versions, drops) if d is None]
+        checked = [d for d in drops if d is not None]
+        self._many("DELETE FROM versions WHERE kind=? AND team=? AND key=?", loose)
+        if self._many('DELETE FROM versions WHERE kind=? AND team=? AND key=? AND received_us=? AND part=? '
+                      'AND "offset"=?', checked) != len(checked):
+            raise CatalogConflict("a trip this step deletes was replaced meanwhile by another commit")
+
+    # -- leases and nodes (several nodes on one catalog) -------------------------------------------
+    def _fence(self, lease: Lease, now: float) -> None:
+        if self._many("UPDATE leases SET expires=? WHERE name=? AND holder=? AND epoch=?",
+                      [(now + lease.ttl, lease.name, lease.holder, lease.epoch)]) != 1:
+            raise LeaseLost(f"lease {lease.name!r} (epoch {lease.epoch}) was taken over by another process")
+
+    def acquire_lease(self, name: str, holder: str, ttl: float, dead: str | None = None) -> Lease | None:
+        """The lease, if it is free or expired (its epoch then grows by one), else None.
+        ``dead``: a prefix of holder names known to be dead (the caller holds the lock they
+        held), whose lease is taken at once instead of after its expiry."""
+        now = time.time()
+        with self._tx():
+            self.db.execute("INSERT INTO leases(name, holder, epoch, expires) VALUES (?,?,0,0) ON CONFLICT DO NOTHING",
+                            (name, holder))
+            r = self.db.execute("UPDATE leases SET holder=?, epoch=epoch+1, expires=? WHERE name=? AND (expires < ? "
+                                "OR substr(holder, 1, ?) = ?) RETURNING epoch",
+                                (holder, now + ttl, name, now, *((1, "\x01") if dead is None else (len(dead), dead)))).fetchone()
+        return None if r is None else Lease(name, holder, r[0], ttl)
+
+    def renew_lease(self, lease: Lease) -> bool:
+        """Extend a lease still held at its epoch (even if it expired: nobody took it)."""
+        with self._tx():
+            try:
+                self._fence(lease, time.time())
+            except LeaseLost:
+                return False
+        return True
+
+    def release_lease(self, lease: Lease) -> None:
+        with self._tx():
+            self.db.execute("UPDATE leases SET expires=0 WHERE name=? AND holder=? AND epoch=?",
+                            (lease.name, lease.holder, lease.epoch))
+
+    def leases(self) -> list[tuple[str, str, int, float]]:
+        """(name, holder, epoch, expires) of every lease."""
+        return [tuple(r) for r in self.db.execute("SELECT name, holder, epoch, expires FROM leases ORDER BY name")]
+
+    def register_node(self, name: str) -> None:
+        """A node takes part in log cleaning from now on (``erase --verify`` waits for it)."""
+        now = time.time()
+        with self._tx():
+            self.db.execute("INSERT INTO nodes(name, registered_at, seen_at) VALUES (?,?,?) ON CONFLICT(name) "
+                            "DO UPDATE SET seen_at=excluded.seen_at, removed_at=NULL", (name, now, now))
+
+    def remove_node(self, name: str) -> bool:
+        """A node taken out of the cluster (its log drained): no longer waited for by erasure."""
+        with self._tx():
+            n = self._many("UPDATE nodes SET removed_at=? WHERE name=? AND removed_at IS NULL", [(time.time(), name)])
+            self.db.execute("UPDATE tombstones SET log_cleaned=1 WHERE log_cleaned=0 AND applied_at IS NOT NULL "
+                            f"AND {_ALL_CLEANED}")
+        return n == 1
+
+    def nodes(self) -> list[NodeRow]:
+        return list(map(NodeRow._make, self.db.execute(
+            "SELECT name, registered_at, seen_at FROM nodes WHERE removed_at IS NULL ORDER BY name")))
+
+    def uncleaned_nodes(self, team: str, itin: str) -> list[str]:
+        """The nodes whose log may still hold records of this deleted trip."""
+        return [r[0] for r in self.db.execute(
+            "SELECT n.name FROM nodes n WHERE n.removed_at IS NULL AND NOT EXISTS (SELECT 1 FROM log_cleaning c "
+            "WHERE c.node = n.name AND c.team = ? AND c.itin_id = ?) AND EXISTS (SELECT 1 FROM tombstones t "
+            "WHERE t.team = ? AND t.itin_id = ? AND t.log_cleaned = 0) ORDER BY n.name", (team, itin, team, itin))]
+
     # -- maintenance --------------------------------------------------------------------------
     def expired_files(self, older_than: float) -> list[FileRef]:
         return list(map(FileRef._make, self.db.execute(
@@ -528,14 +698,21 @@ class Catalog:
             self.db.execute("DELETE FROM snapshots WHERE id < (SELECT coalesce(min(added_snapshot), 0) FROM files) "
                              "AND id < (SELECT max(id) FROM snapshots)")
 
-    def tombstones_to_clean(self, older_than: float) -> list[TripRef]:
+    def tombstones_to_clean(self, older_than: float, node: str = "") -> list[TripRef]:
+        """Deleted trips this node's log cleaner has yet to remove from its log."""
         return list(map(TripRef._make, self.db.execute(
-            "SELECT team, itin_id FROM tombstones WHERE applied_at IS NOT NULL AND applied_at <= ? "
-            "AND log_cleaned = 0", (older_than,))))
+            "SELECT team, itin_id FROM tombstones t WHERE applied_at IS NOT NULL AND applied_at <= ? "
+            "AND log_cleaned = 0 AND NOT EXISTS (SELECT 1 FROM log_cleaning c WHERE c.node = ? AND c.team = t.team "
+            "AND c.itin_id = t.itin_id)", (older_than, node))))
 
-    def mark_log_cleaned(self, rows: list[TripRef]) -> None:
+    def mark_log_cleaned(self, rows: list[TripRef], node: str = "") -> None:
+        """This node's log holds no record of these trips any more; a trip is ``log_cleaned``
+        once every node of the cluster has cleaned it."""
         with self._tx():
-            self.db.executemany("UPDATE tombstones SET log_cleaned=1 WHERE team=? AND itin_id=?", rows)
+            self.db.executemany("INSERT INTO log_cleaning(node, team, itin_id) VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                                [(node, *r) for r in rows])
+            self.db.executemany(f"UPDATE tombstones SET log_cleaned=1 WHERE team=? AND itin_id=? AND {_ALL_CLEANED}",
+                                rows)
             self.db.executemany("UPDATE failed SET status='ERASED' WHERE kind=? AND team=? AND key=?",
                                  ((Kind.TRIP, team, itin) for team, itin in rows))
 
@@ -575,16 +752,30 @@ class Catalog:
                              "FROM tasks WHERE task_id=?", (task_id,)).fetchone()
         return None if r is None else TaskRow._make(r)
 
-    def next_task(self) -> NextTask | None:
-        r = self.db.execute("SELECT task_id, type FROM tasks WHERE status IN ('PENDING','IN_PROGRESS') "
-                             "ORDER BY created_at LIMIT 1").fetchone()
+    def next_task(self, parts: list[str] | None = None) -> NextTask | None:
+        """The oldest unfinished task (with ``parts``: with unfinished items in these log
+        partitions, those of the node asking: each node retries the items of its own log)."""
+        if parts is None:
+            r = self.db.execute("SELECT task_id, type FROM tasks WHERE status IN ('PENDING','IN_PROGRESS') "
+                                "ORDER BY created_at LIMIT 1").fetchone()
+        elif not parts:
+            r = None
+        else:
+            r = self.db.execute(
+                "SELECT t.task_id, t.type FROM tasks t WHERE t.status IN ('PENDING','IN_PROGRESS') AND EXISTS ("
+                "SELECT 1 FROM task_items i JOIN failed f ON f.id = i.failed_id WHERE i.task_id = t.task_id "
+                f"AND i.done = 0 AND f.part IN ({','.join('?' * len(parts))})) ORDER BY t.created_at LIMIT 1",
+                tuple(parts)).fetchone()
         return NextTask(r[0], self.TASK_KINDS[r[1]]) if r else None
 
-    def task_items(self, task_id: str, limit: int) -> list[TaskItem]:
-        """The task's unfinished items."""
+    def task_items(self, task_id: str, limit: int, parts: list[str] | None = None) -> list[TaskItem]:
+        """The task's unfinished items (in these log partitions only, if given)."""
+        pq, args = ("", ()) if parts is None else (f" AND f.part IN ({','.join('?' * len(parts))})", tuple(parts))
+        if parts is not None and not parts:
+            return []
         return list(map(TaskItem._make, self.db.execute(
             'SELECT f.id, f.part, f."offset", f.status FROM task_items i JOIN failed f ON f.id = i.failed_id '
-            'WHERE i.task_id=? AND i.done=0 ORDER BY f.part, f."offset" LIMIT ?', (task_id, limit))))
+            f'WHERE i.task_id=? AND i.done=0{pq} ORDER BY f.part, f."offset" LIMIT ?', (task_id, *args, limit))))
 
     # -- push reports -------------------------------------------------------------------------------
     def report(self, kind: int, start: str, end: str, team: str | None = None) -> list[dict]:
@@ -611,7 +802,19 @@ class TaskRunning(Exception):
 
 
 class CatalogConflict(Exception):
-    """A commit would replace files another commit replaced first: nothing was committed."""
+    """A commit found what its plan relied on changed by another commit (a file it replaces
+    already replaced, a key's version changed, a trip it stores deleted): nothing was committed,
+    and the step is planned again."""
+
+
+class LeaseLost(Exception):
+    """A commit under a lease that another process has taken over: nothing was committed."""
+
+
+# every node of the cluster has cleaned the trip of tombstone ``tombstones`` (no nodes: the
+# embedded default before its compactor registered, cleaned by whoever cleans)
+_ALL_CLEANED = ("NOT EXISTS (SELECT 1 FROM nodes n WHERE n.removed_at IS NULL AND NOT EXISTS (SELECT 1 FROM "
+                "log_cleaning c WHERE c.node = n.name AND c.team = tombstones.team AND c.itin_id = tombstones.itin_id))")
 
 
 def _chunks(seq: list, n: int):

@@ -35,10 +35,13 @@ def trip_hash(team: str, itin: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{team}\0{itin}".encode(), digest_size=8).digest(), "little", signed=True)
 
 
-def clean_log(data_dir: Path, catalog: Catalog, older_than: float, stats: dict | None = None) -> int:
+def clean_log(data_dir: Path, catalog: Catalog, older_than: float, stats: dict | None = None,
+              node: str = "") -> int:
     """Remove the trip records of tombstones older than ``older_than`` from sealed segments;
-    return how many records were removed. ``stats`` (if given) counts segments and scans."""
-    targets = catalog.tombstones_to_clean(older_than)
+    return how many records were removed. ``stats`` (if given) counts segments and scans.
+    ``node``: the node whose log this is (each node of a cluster cleans its own log, and the
+    catalog records which nodes have cleaned each trip)."""
+    targets = catalog.tombstones_to_clean(older_than, node)
     if not targets:
         return 0
     wanted = set(targets)
@@ -82,7 +85,7 @@ def clean_log(data_dir: Path, catalog: Catalog, older_than: float, stats: dict |
         finally:
             if lock is not None:
                 os.close(lock)
-    catalog.mark_log_cleaned([t for t in targets if t not in still_present])
+    catalog.mark_log_cleaned([t for t in targets if t not in still_present], node)
     if stats is not None:
         stats.update(counts)
     return removed

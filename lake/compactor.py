@@ -13,23 +13,31 @@ This module only orchestrates; each job has its own module:
 
 Files are written before the commit, so a crash leaves only orphans (removed on the next start)
 and the positions still point at the unprocessed records: nothing is lost or doubled.
+
+Leases (``Catalog.acquire_lease``): a compactor commits its node's partitions only while it holds
+the lease ``partitions:<node>``, and every commit checks it (fencing): a compactor that stalled
+past the lease's expiry while another process took the node over cannot commit any more. The
+jobs that span every node's files (merges, vacuum, orphans, the hive tree's reconciliation) run
+only in the compactor holding the lease ``maintenance``, so N nodes do not merge N times.
 """
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 
-from ingest.log import recover_idle_partitions
+from ingest.log import check_node, recover_idle_partitions
 from pushlake.fsutil import try_lock
-from pushlake import failpoints
+from pushlake import failpoints, location
 
 from . import files as lf
 from . import hive, maintenance, status, tasks, upgrade
 from .batches import Batch, BatchReader
-from .catalog import Catalog, CatalogConflict, Commit
+from .catalog import Catalog, CatalogConflict, Commit, Lease, LeaseLost
 from .isolation import Isolating, Isolation, transient
 from .plan import StepStats, look_up, plan
 from .splitter import Splitter
@@ -37,17 +45,29 @@ from .writer import Writer
 
 log = logging.getLogger("pushlake.compactor")
 
-__all__ = ["Compactor", "CompactorBusy", "Isolating", "StepStats", "transient"]
+__all__ = ["Compactor", "CompactorBusy", "Isolating", "LeaseHeld", "StepStats", "transient"]
+
+LEASE_TTL = 30.0   # seconds a lease lasts unless renewed (commits and an idle heartbeat renew it)
+MAINTENANCE = "maintenance"
 
 
 class CompactorBusy(Exception):
     pass
 
 
+class LeaseHeld(Exception):
+    """Another live process holds this node's partitions (a stalled or duplicate compactor)."""
+
+
+def partitions_lease(node: str) -> str:
+    return f"partitions:{node}"
+
+
 class Compactor:
     def __init__(self, data_dir: Path, out_dir: Path | None = None, retention_days: float = 7.0,
                  batch_records: int = 200_000, batch_bytes: int = 64 << 20, merge_min_files: int = 8,
-                 recover: bool = True, workers: int | None = None, parallel_min_trips: int = 64):
+                 recover: bool = True, workers: int | None = None, parallel_min_trips: int = 64,
+                 lease_ttl: float = LEASE_TTL):
         """``recover``: first run log recovery on partitions no receiver holds (on by default for
         the CLI; ``serve`` turns it off, its receivers recover their own partitions).
         ``workers``: processes that split trips of batches of at least ``parallel_min_trips``
@@ -61,8 +81,15 @@ class Compactor:
         self._lock = try_lock(self.out_dir / "compactor.lock")
         if self._lock is None:
             raise CompactorBusy(f"another compactor is running on {self.out_dir}")
+        self.node = location.node_name()
+        check_node(self.data_dir, self.node)
+        self.shared = location.shared()
+        self.holder = f"{self.node or 'local'}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease_ttl = lease_ttl
+        self._renewed = 0.0
         self.recovered = recover_idle_partitions(self.data_dir) if recover else []
         self.catalog = Catalog(self.out_dir)
+        self.catalog.register_node(self.node)
         self.splitter = Splitter(workers, parallel_min_trips)
         self.batches = BatchReader(self.data_dir, self.splitter, batch_records, batch_bytes)
         self.writer = Writer(self.out_dir, self.catalog)
@@ -71,10 +98,77 @@ class Compactor:
         self._ahead: Batch | None = None  # the next batch, split
         self._next: Batch | None = None   # the one after it, read
         self._failing: Batch | None = None
-        lf.ensure_empty_files(self.out_dir)  # removes the stand-ins of earlier versions
-        upgrade.upgrade(self.out_dir, self.catalog)
+        self.orphans_removed, self.relinked = 0, (0, 0)
+        self.maintaining = threading.Event()  # this compactor holds the maintenance lease
+        if not self.shared:  # on one machine the compactor lock is the maintenance lease
+            self.maintaining.set()
+            lf.ensure_empty_files(self.out_dir)  # removes the stand-ins of earlier versions
+            upgrade.upgrade(self.out_dir, self.catalog)
+            self._tidy()
+
+    def _tidy(self) -> None:
+        """What a crash may leave: orphan files, a hive tree behind its catalog (the maintenance
+        lease's holder does it for every node)."""
         self.orphans_removed = maintenance.remove_orphans(self.out_dir, self.catalog)
         self.relinked = hive.reconcile(self.out_dir, self.catalog)  # a crash between a commit and its links
+
+    # -- leases -------------------------------------------------------------------------------
+    def hold_partitions(self) -> None:
+        """Hold (or renew) the lease on this node's partitions; ``LeaseHeld`` if another live
+        process has it."""
+        cat, now = self.catalog, time.monotonic()
+        if cat.lease is not None:
+            if now - self._renewed < self.lease_ttl / 3:
+                return
+            if cat.renew_lease(cat.lease):
+                self._renewed = now
+                return
+            log.warning("lost the lease on the partitions of node %r: another process took it over", self.node)
+            self._lost()
+        # the compactor lock of this data directory is ours: an earlier holder on this host is dead
+        # (killed before it released the lease); on one machine every earlier holder is
+        dead = f"{self.node or 'local'}@{socket.gethostname()}:" if self.shared else ""
+        lease = cat.acquire_lease(partitions_lease(self.node), self.holder, self.lease_ttl, dead=dead)
+        if lease is None:
+            raise LeaseHeld(f"the partitions of node {self.node or '(local)'!r} are held by another process "
+                            f"(lease {partitions_lease(self.node)!r}); retrying")
+        cat.lease, self._renewed = lease, now
+        self._ahead = self._next = None  # read before the lease: positions may have moved since
+
+    def _lost(self) -> None:
+        self.catalog.lease = None
+        self._ahead = self._next = None
+        self._failing = None
+        self.batches.reset()
+
+    def hold_maintenance(self, cat: Catalog) -> bool:
+        """Hold (or renew) the maintenance lease with ``cat`` (whose commits it then fences);
+        on one machine always held."""
+        if not self.shared:
+            return True
+        try:
+            if cat.lease is not None and cat.renew_lease(cat.lease):
+                return True
+            if cat.lease is not None:
+                log.info("the maintenance lease moved to another node")
+                cat.lease = None
+                self.maintaining.clear()
+            lease = cat.acquire_lease(MAINTENANCE, self.holder, self.lease_ttl)
+        except Exception:  # noqa: BLE001 - the catalog unreachable: not holding it
+            log.warning("could not renew the maintenance lease", exc_info=True)
+            cat.lease = None
+            self.maintaining.clear()
+            return False
+        if lease is None:
+            return False
+        cat.lease = lease
+        log.info("node %r now runs maintenance (merges, vacuum, orphans) for the cluster", self.node)
+        try:
+            self._tidy()
+        except Exception:  # noqa: BLE001 - retried at the next maintenance
+            log.exception("tidying the lake after taking the maintenance lease failed")
+        self.maintaining.set()
+        return True
 
     def release_idle_workers(self, after: float = 60.0) -> bool:
         return self.splitter.release_idle(after)
@@ -82,6 +176,11 @@ class Compactor:
     def close(self) -> None:
         self.writer.close()
         self.splitter.close()
+        if self.catalog.lease is not None:
+            try:  # the next process need not wait for the lease to expire
+                self.catalog.release_lease(self.catalog.lease)
+            except Exception:  # noqa: BLE001 - it expires anyway
+                log.debug("could not release the partitions lease", exc_info=True)
         self.catalog.close()
         if self._lock is not None:
             os.close(self._lock)
@@ -99,9 +198,17 @@ class Compactor:
         raises ``Isolating`` and the next steps narrow down to the record (``lake.isolation``);
         a transient error is raised as it is, and the same batch is read again."""
         try:
+            self.hold_partitions()
             stats, positions = self._step()
         except CatalogConflict:
             self._failing = None
+            self._ahead = self._next = None
+            raise
+        except LeaseLost:
+            self._lost()
+            raise
+        except LeaseHeld as e:
+            self._report(error=e)
             raise
         except Exception as e:
             b, self._failing = self._failing, None
@@ -201,6 +308,10 @@ class Compactor:
                 s = self.step()
             except Isolating:
                 continue  # smaller batches until the record that fails is FAILED
+            except CatalogConflict:
+                continue  # another commit changed what the step relied on: planned again
+            except (LeaseHeld, LeaseLost) as e:
+                raise CompactorBusy(str(e)) from e
             if not s.records:
                 while self.run_tasks_safely():
                     pass
@@ -228,25 +339,79 @@ class Compactor:
     def clean_log(self, now: float | None = None) -> int:
         from .cleaner import clean_log
         now = time.time() if now is None else now
-        n = clean_log(self.data_dir, self.catalog, now - self.retention)
+        n = clean_log(self.data_dir, self.catalog, now - self.retention, node=self.node)
         if n:
             self.batches.reset()
         return n
 
     def maintain(self) -> dict:
         """What ``pushlake compact`` runs after projecting: merges, vacuum, the log cleaner, and
-        a sync of the Iceberg mirror (``serve`` syncs it in its own process)."""
+        a sync of the Iceberg mirror (``serve`` syncs it in its own process). In a cluster the
+        jobs of every node's files run only if the maintenance lease is free (``maintained``
+        says whether they ran); the log cleaner of this node's log always runs."""
         from .iceberg import Mirror
-        out = {"merged": self.merge_small_files(), "vacuumed": self.vacuum(), "log_records_erased": self.clean_log()}
-        with Mirror(self.out_dir, self.catalog.url) as m:
-            out["iceberg_commits"] = m.sync(self.catalog)
+        out = {"log_records_erased": self.clean_log(), "merged": 0, "vacuumed": 0, "iceberg_commits": 0}
+        cat = Catalog(self.out_dir)
+        try:
+            out["maintained"] = self.hold_maintenance(cat)
+            if out["maintained"]:
+                out["merged"] = maintenance.merge_small_files(self.out_dir, cat, self.merge_min_files)
+                out["vacuumed"] = maintenance.vacuum(self.out_dir, cat, self.retention)
+                with Mirror(self.out_dir, cat.url) as m:
+                    out["iceberg_commits"] = m.sync(cat)
+        finally:
+            self._let_go(cat)
         return out
+
+    def _let_go(self, cat: Catalog) -> None:
+        if self.shared and cat.lease is not None:
+            try:
+                cat.release_lease(cat.lease)
+            except Exception:  # noqa: BLE001 - it expires anyway
+                log.debug("could not release the maintenance lease", exc_info=True)
+            cat.lease = None
+            self.maintaining.clear()
+        cat.close()
+
+    def _merge_loop(self, stop, every: float) -> None:
+        """Merges beside projection (own catalog connection, holding the maintenance lease in a
+        cluster): Parquet work releases the GIL, and a step never waits for a merge. A commit
+        that finds its input files already replaced (by the other) fails cleanly and is redone."""
+        cat = Catalog(self.out_dir)
+        try:
+            while not stop.wait(every):
+                if not self.hold_maintenance(cat):
+                    continue
+                try:
+                    while (maintenance.merge_small_files(self.out_dir, cat, self.merge_min_files, max_groups=1)
+                           and not stop.is_set()):
+                        pass
+                except CatalogConflict:
+                    continue
+                except LeaseLost:
+                    log.info("the maintenance lease moved to another node during a merge")
+                    cat.lease = None
+                    self.maintaining.clear()
+                except Exception:  # noqa: BLE001 - logged, retried later
+                    log.exception("merge failed; retrying later")
+        finally:
+            self._let_go(cat)
+
+    def _reconcile(self) -> int:
+        """In a cluster, the hive tree is brought in step with the catalog now and then (a node
+        that crashed between a commit and its links leaves the repair to the maintenance node)."""
+        linked, unlinked = hive.reconcile(self.out_dir, self.catalog)
+        return linked + unlinked
 
     def _maintain_safely(self) -> None:
         """Vacuum and the log cleaner each on their own: one failing does not stop the other,
-        nor projection."""
-        for name, job, what in (("vacuum", self.vacuum, "vacuumed"), ("log cleaner", self.clean_log,
-                                                                      "log_records_erased")):
+        nor projection. Vacuum (every node's files) only in the maintenance lease's holder."""
+        jobs = [("log cleaner", self.clean_log, "log_records_erased")]
+        if self.maintaining.is_set():
+            jobs.insert(0, ("vacuum", self.vacuum, "vacuumed"))
+            if self.shared:
+                jobs.append(("hive tree", self._reconcile, "relinked"))
+        for name, job, what in jobs:
             try:
                 n = job()
             except Exception:  # noqa: BLE001 - logged, retried at the next maintenance
@@ -264,9 +429,7 @@ class Compactor:
         ``interval`` more latency); a full step is not. The Iceberg mirror syncs every
         ``mirror_every`` seconds in its own process (None: no mirror)."""
         last_maint = time.monotonic()
-        merger = threading.Thread(target=maintenance.merge_loop,
-                                  args=(self.out_dir, stop, merge_every, self.merge_min_files),
-                                  name="merger", daemon=True)
+        merger = threading.Thread(target=self._merge_loop, args=(stop, merge_every), name="merger", daemon=True)
         merger.start()
         mirror = self._start_mirror(mirror_every) if mirror_every else None
         while not stop.is_set():
@@ -283,8 +446,16 @@ class Compactor:
                     self._maintain_safely()
                 if s.records >= self.batch_records or s.seconds > interval:
                     continue  # a backlog: keep going
-            except CatalogConflict:
-                log.info("a merge replaced a file this step rewrote; redoing the step")
+            except CatalogConflict as e:
+                log.info("%s; planning the step again", e)
+                continue
+            except LeaseLost as e:
+                log.warning("%s: this compactor is fenced off; waiting to take the partitions again", e)
+                stop.wait(self.lease_ttl / 3)
+                continue
+            except LeaseHeld as e:
+                log.warning("%s", e)
+                stop.wait(self.lease_ttl / 3)
                 continue
             except Isolating:
                 continue  # at once: the next, smaller step does not fail the same way

@@ -13,6 +13,9 @@ push counts do not depend on where batch boundaries fall, and the rules can be t
   same as the version's); the last one is **stored**, unless its trip is deleted.
 
 A deletion becomes a tombstone, and the rows of the trip it deletes are removed wherever they are.
+
+The commit records the version the plan saw of every key it changes (``Commit.previous``), so that
+a commit racing another node's on the same key conflicts instead of leaving two rows.
 """
 from __future__ import annotations
 
@@ -177,6 +180,7 @@ def plan(records: list[tuple[str, Record]], project: Projector, sha256: Hasher, 
             continue
         if before is not None:  # the previous version's rows, in the partition it was stored in
             p.remove_keys[Partition(TABLES_OF_KIND[key.kind], key.team, before.date)].add(key.key)
+        c.previous[key] = None if before is None else before.order
         c.versions.append(VersionRow(key.kind, key.team, key.key, received_us=r.received_us, part=part,
                                      offset=r.offset, body_sha256=h, date=projected.date.isoformat()))
         _buffer(p, key.team, projected)
@@ -184,6 +188,7 @@ def plan(records: list[tuple[str, Record]], project: Projector, sha256: Hasher, 
     for (team, itin), (part, r) in deletions.items():
         c.tombstones.append(TombstoneRow(team, itin, part=part, offset=r.offset, received_us=r.received_us))
         stored = known.versions.get(Key(Kind.TRIP, team, itin))  # where the deleted trip's rows are
+        c.previous[Key(Kind.TRIP, team, itin)] = None if stored is None else stored.order
         if stored is not None:
             p.remove_keys[Partition(TRIP_TABLES, team, stored.date)].add(itin)
             c.drop_versions.append(Key(Kind.TRIP, team, itin))

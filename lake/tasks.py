@@ -10,11 +10,11 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
-from ingest.log import read_at
+from ingest.log import list_partitions, read_at
 from ingest.record import Record
 
 from .batches import Batch, BatchReader
-from .catalog import Catalog, Commit, TaskDone
+from .catalog import Catalog, CatalogConflict, Commit, LeaseLost, TaskDone
 from .plan import look_up, plan
 from .writer import Writer
 
@@ -22,11 +22,15 @@ log = logging.getLogger("pushlake.compactor")
 
 
 def run_task(data_dir: Path, catalog: Catalog, batches: BatchReader, writer: Writer, chunk: int = 200) -> int:
-    """Advance the oldest unfinished retry task by up to ``chunk`` items; return items done."""
-    task = catalog.next_task()
+    """Advance the oldest unfinished retry task by up to ``chunk`` items; return items done.
+    Only the items whose records are in this node's log (in a cluster, each node retries its own)."""
+    parts = list_partitions(data_dir) if catalog.url else None
+    task = catalog.next_task(parts)
     if task is None:
         return 0
-    items = catalog.task_items(task.task_id, chunk)
+    items = catalog.task_items(task.task_id, chunk, parts)
+    if not items:
+        return 0
     by_part: dict[str, list[int]] = defaultdict(list)
     for it in items:
         if it.status == "FAILED":
@@ -49,6 +53,8 @@ def run_task_safely(data_dir: Path, catalog: Catalog, batches: BatchReader, writ
     task = catalog.next_task()
     try:
         return run_task(data_dir, catalog, batches, writer)
+    except (CatalogConflict, LeaseLost):
+        return 0  # another commit came first: the chunk is planned again next time
     except Exception as e:  # noqa: BLE001 - recorded on the task
         log.exception("retry task %s failed", task.task_id if task else "?")
         if task:
