@@ -1,17 +1,17 @@
-"""``pushlake check``: the log's CRCs, the catalog against the files, and the FAILED items."""
+"""``pushlake check``: the log's CRCs, the catalog against the files (in the data directory or
+on S3: ``lake.storage``), and the FAILED items."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from ingest.log import list_partitions, list_segments, scan_segment
 from pushlake.fsutil import try_lock
 
 from . import hive, status
 from .catalog import Catalog, FileRow
+from .storage import open_storage
 
 
 @dataclass
@@ -70,16 +70,20 @@ def check(data_dir: Path) -> Report:
         live = cat.live_files()
         rep.info["live_files"] = len(live)
         rows_by_table: dict[str, int] = {}
+        st = open_storage(data_dir)
+        where = "on disk" if st.local else f"in {st.url}"
         for f in live:
-            p = data_dir / f.path
-            if not p.exists():
-                rep.errors.append(f"catalog file missing on disk: {f.path}")
+            try:
+                size = st.size(f.path)
+            except FileNotFoundError:
+                rep.errors.append(f"catalog file missing {where}: {f.path}")
                 continue
-            if p.stat().st_size != f.bytes:
-                rep.errors.append(f"{f.path}: size {p.stat().st_size} differs from the catalog's {f.bytes}")
+            if size != f.bytes:
+                rep.errors.append(f"{f.path}: size {size} differs from the catalog's {f.bytes}")
                 continue
             try:
-                n = pq.ParquetFile(p).metadata.num_rows
+                with st.parquet_file(f.path) as pf:
+                    n = pf.metadata.num_rows
             except Exception as e:  # noqa: BLE001 - any unreadable footer is a finding
                 rep.errors.append(f"{f.path}: unreadable Parquet ({e})")
                 continue

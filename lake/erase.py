@@ -1,6 +1,8 @@
-"""``pushlake erase --verify``: prove that no data of a deleted trip remains in the data directory.
+"""``pushlake erase --verify``: prove that no data of a deleted trip remains in the data directory
+and the lake.
 
-Every file under the data directory is examined. What may still name the trip is its deletion:
+Every file under the data directory is examined, and on an S3 lake (``lake.storage``) every object
+under the lake's prefix too (both trees, the Iceberg mirror's files, anything else found there). What may still name the trip is its deletion:
 TRIP_DELETION records in the log, the ``trip_deletions`` audit table and the catalog's tombstone.
 Anything else that holds the trip id (a trip record in a log segment, a row in a Parquet file,
 old files not yet vacuumed, a torn tail, a FAILED item, a catalog index entry) is a finding.
@@ -16,7 +18,9 @@ from ingest import record as rec
 from ingest.log import scan_segment
 
 from .catalog import Catalog
+from .hive import PUBLIC, STORE
 from .schema import TRIP_TABLES
+from .storage import open_storage
 
 
 def verify_erased(data_dir: Path, itin: str, team: str | None = None) -> tuple[list[str], int]:
@@ -25,6 +29,7 @@ def verify_erased(data_dir: Path, itin: str, team: str | None = None) -> tuple[l
     needle = itin.encode()
     findings: list[str] = []
     examined = 0
+    st = open_storage(data_dir)
     for p in sorted(data_dir.rglob("*")):
         if not p.is_file():
             continue
@@ -38,19 +43,21 @@ def verify_erased(data_dir: Path, itin: str, team: str | None = None) -> tuple[l
             res = scan_segment(p, visit)
             if res.good_bytes < res.total_bytes and needle in p.read_bytes()[res.good_bytes:]:
                 findings.append(f"{rel}: unreadable tail bytes hold the trip id")
-        elif p.suffix == ".parquet" and parts[0] in ("lake", "files"):
-            tbl = parts[1]
-            if tbl == "trip_deletions":
-                continue
-            if tbl in TRIP_TABLES:
-                t = pq.read_table(p, columns=["itin_id"])
-                n = pc.sum(pc.equal(t["itin_id"], itin)).as_py() or 0
-                if n:
-                    findings.append(f"{rel}: {n} row(s) of the trip")
+        elif p.suffix == ".parquet" and parts[0] in (PUBLIC, STORE):
+            _parquet(findings, str(rel), parts, itin, lambda: pq.read_table(p, columns=["itin_id"]))
         elif p.name.startswith(("catalog.db", "admin.db")):
             continue  # examined through SQL below: ids and FAILED reasons (a few characters), no bodies
         elif needle in p.read_bytes():
             findings.append(f"{rel}: holds the trip id")
+    if not st.local:
+        for rel in sorted(st.list_files()):
+            examined += 1
+            parts = tuple(rel.split("/"))
+            where = st.uri(rel)
+            if rel.endswith(".parquet") and parts[0] in (PUBLIC, STORE):
+                _parquet(findings, where, parts, itin, lambda: st.read_table(rel, columns=["itin_id"]))
+            elif needle in st.read_bytes(rel):
+                findings.append(f"{where}: holds the trip id")
     if (data_dir / "catalog.db").exists():
         cat = Catalog(data_dir, readonly=True)
         try:
@@ -75,3 +82,14 @@ def verify_erased(data_dir: Path, itin: str, team: str | None = None) -> tuple[l
     else:
         findings.append("no catalog: nothing was ever compacted here")
     return findings, examined
+
+
+def _parquet(findings: list[str], where: str, parts: tuple, itin: str, read) -> None:
+    """A data file of either tree: the rows of the trip it holds (the audit table may name it)."""
+    tbl = parts[1] if len(parts) > 1 else ""
+    if tbl == "trip_deletions" or tbl not in TRIP_TABLES:
+        return
+    t = read()
+    n = pc.sum(pc.equal(t["itin_id"], itin)).as_py() or 0
+    if n:
+        findings.append(f"{where}: {n} row(s) of the trip")

@@ -1,20 +1,18 @@
 """Writing and rewriting Parquet files of the lake, in their home under ``files/`` (``lake.hive``
-links the live ones into the public tree)."""
+links the live ones into the public tree), through the lake's storage (``lake.storage``: the data
+directory or S3)."""
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from pushlake.fsutil import DIR_MODE, create_private, fsync_dir
 
 from .catalog import NewFile
 from .hive import STORE
 from .schema import FILE_SCHEMAS, SCHEMAS, TRIP_TABLES
+from .storage import open_storage
 
 
 KEY_COLUMNS = {**{t: ["itin_id"] for t in TRIP_TABLES}, "crashes": ["crash_id"],
@@ -32,9 +30,15 @@ def key_array(tbl_name: str, t: pa.Table) -> pa.ChunkedArray:
     return pc.binary_join_element_wise(t["itin_id"], t["event"], ":")
 
 
+def partition_rel(tbl: str, team: str, date: str) -> str:
+    """Where a partition's files live, relative to the lake's root (named like the hive tree, so
+    readers prune by path)."""
+    return f"{STORE}/{tbl}/team={team}/date={date}"
+
+
 def partition_dir(data_dir: Path, tbl: str, team: str, date: str) -> Path:
-    """Where a partition's files live (named like the hive tree, so readers prune by path)."""
-    return Path(data_dir) / STORE / tbl / f"team={team}" / f"date={date}"
+    """The partition's directory in a local lake (``partition_rel`` under the data directory)."""
+    return Path(data_dir) / partition_rel(tbl, team, date)
 
 
 def _parquet_options(tbl: str) -> dict:
@@ -54,27 +58,17 @@ def _parquet_options(tbl: str) -> dict:
 _OPTIONS = {name: _parquet_options(name) for name in SCHEMAS}
 
 
+def _new_rel(tbl: str, team: str, date: str) -> str:
+    return f"{partition_rel(tbl, team, date)}/part-{uuid.uuid4().hex}.parquet"
+
+
 def write_file(data_dir: Path, tbl: str, team: str, date: str, table: pa.Table) -> NewFile:
-    """Write, fsync (file and directories) and describe a new data file."""
-    d = partition_dir(data_dir, tbl, team, date)
-    created = []
-    p = d
-    while not p.exists():
-        created.append(p)
-        p = p.parent
-    for c in reversed(created):  # owner-only, whatever the umask of the process that embeds this
-        c.mkdir(mode=DIR_MODE, exist_ok=True)
-    path = create_private(d / f"part-{uuid.uuid4().hex}.parquet")
+    """Write and describe a new data file, durable on return (locally: fsync of the file and of
+    the directories created for it)."""
+    rel = _new_rel(tbl, team, date)
     table = table.cast(FILE_SCHEMAS[tbl]) if table.schema != FILE_SCHEMAS[tbl] else table
-    pq.write_table(table, path, **_OPTIONS[tbl])
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    for c in [d] + [c.parent for c in created]:
-        fsync_dir(c)
-    return NewFile(tbl, team, date, str(path.relative_to(data_dir)), table.num_rows, path.stat().st_size)
+    size = open_storage(data_dir).write_table(rel, table, **_OPTIONS[tbl])
+    return NewFile(tbl, team, date, rel, table.num_rows, size)
 
 
 def merge_files(data_dir: Path, tbl: str, team: str, date: str, rels: list[str]) -> NewFile:
@@ -82,22 +76,22 @@ def merge_files(data_dir: Path, tbl: str, team: str, date: str, rels: list[str])
     (small inputs are gathered first: one row group per small file would compress and scan badly).
     Memory holds about one row group, however large the inputs: a whole input file decompressed
     can be ten times its size on disk."""
-    d = partition_dir(data_dir, tbl, team, date)
-    path = create_private(d / f"part-{uuid.uuid4().hex}.parquet")
+    st = open_storage(data_dir)
+    rel = _new_rel(tbl, team, date)
     group = _OPTIONS[tbl]["row_group_size"]
     schema = FILE_SCHEMAS[tbl]
     rows = 0
     pending: list[pa.Table] = []
     held = 0
-    with pq.ParquetWriter(path, schema, **{k: v for k, v in _OPTIONS[tbl].items() if k != "row_group_size"}) as w:
+    with st.writer(rel, schema, **_OPTIONS[tbl]) as w:
         def flush() -> None:
             nonlocal held
             if pending:
                 w.write_table(pa.concat_tables(pending), row_group_size=group)
                 pending.clear()
                 held = 0
-        for rel in rels:
-            with pq.ParquetFile(Path(data_dir) / rel) as f:
+        for src in rels:
+            with st.parquet_file(src) as f:
                 for i in range(f.num_row_groups):  # one row group at a time (iter_batches reads ahead)
                     t = f.read_row_group(i, use_threads=False)
                     pending.append(t.cast(schema) if t.schema != schema else t)
@@ -106,17 +100,11 @@ def merge_files(data_dir: Path, tbl: str, team: str, date: str, rels: list[str])
                     if held >= group:
                         flush()
         flush()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(d)
-    return NewFile(tbl, team, date, str(path.relative_to(data_dir)), rows, path.stat().st_size)
+    return NewFile(tbl, team, date, rel, rows, st.size(rel))
 
 
-def read_file(data_dir: Path, rel: str) -> pa.Table:
-    return pq.read_table(Path(data_dir) / rel, schema=None)
+def read_file(data_dir: Path, rel: str, columns: list[str] | None = None) -> pa.Table:
+    return open_storage(data_dir).read_table(rel, columns=columns)
 
 
 def ensure_empty_files(data_dir: Path) -> None:
@@ -125,6 +113,8 @@ def ensure_empty_files(data_dir: Path) -> None:
     connection's allowed directories was a file a query could overwrite (the name is kept for
     the compactor, which calls this when it opens a lake)."""
     import shutil
+    if not open_storage(data_dir).local:
+        return  # an S3 lake never had them
     legacy = Path(data_dir) / "lake" / "_empty"
     if legacy.is_dir():
         shutil.rmtree(legacy, ignore_errors=True)

@@ -9,22 +9,24 @@ files links the new ones, then unlinks the old ones (plain readers may see both 
 microseconds between, never neither). Links are not fsynced: the tree is derived from the
 catalog, and ``reconcile`` rebuilds it at every compactor start (after a crash between a commit
 and its links, or a power loss).
+
+On S3 (``lake.storage``) there are no links: the public tree holds server-side copies
+(CopyObject, no bytes through this machine), made after each commit, and the copies of replaced
+files are deleted (in bulk); ``reconcile`` compares copies by ETag and size. A copy whose source
+was vacuumed meanwhile is skipped.
 """
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Iterable
 
 from pushlake import failpoints
-from pushlake.fsutil import DIR_MODE
 
 from .catalog import Catalog, Commit
-from .schema import SCHEMAS
+from .storage import open_storage
 
 STORE = "files"   # homes of the files of every snapshot still within the retention
 PUBLIC = "lake"   # links to the live files only
@@ -61,14 +63,13 @@ def commit_and_publish(out_dir: Path, catalog: Catalog, c: Commit) -> float:
         try:
             snap = catalog.commit(c)
         except BaseException:
-            for f in c.add_files:
-                (out_dir / f.path).unlink(missing_ok=True)
+            open_storage(out_dir).delete([f.path for f in c.add_files])
             raise
         failpoints.hit("compactor.before_links")
         t0 = time.perf_counter()
         try:
             publish(out_dir, [f.path for f in c.add_files], c.removed_paths)
-        except OSError:
+        except Exception:  # noqa: BLE001 - an object store's errors are not all OSError
             log.exception("could not update the hive tree after snapshot %d; reconciling at the next step", snap)
             _stale.add(str(out_dir.resolve()))
     return time.perf_counter() - t0
@@ -83,96 +84,42 @@ def reconcile_if_needed(out_dir: Path, catalog: Catalog) -> None:
 
 
 def publish(out_dir: Path, added: Iterable[str], removed: Iterable[str]) -> None:
-    """Link the added files into the hive tree, then unlink the removed ones."""
-    out_dir = Path(out_dir)
-    for rel in added:
-        _link(out_dir, rel)
-    for rel in removed:
-        _unlink(out_dir, rel)
-
-
-def _link(out_dir: Path, rel: str) -> bool:
-    dst = out_dir / public_path(rel)
-    try:
-        os.link(out_dir / rel, dst)
-    except FileExistsError:
-        return False
-    except FileNotFoundError:  # the partition's first live file (the file itself missing raises again)
-        _mkdirs(dst.parent)
-        os.link(out_dir / rel, dst)
-    return True
-
-
-def _mkdirs(d: Path) -> None:
-    missing = []
-    while not d.exists():
-        missing.append(d)
-        d = d.parent
-    for m in reversed(missing):
-        m.mkdir(mode=DIR_MODE, exist_ok=True)
-
-
-def _unlink(out_dir: Path, rel: str) -> bool:
-    dst = out_dir / public_path(rel)
-    try:
-        dst.unlink()
-    except FileNotFoundError:
-        return False
-    _prune(dst.parent, out_dir / PUBLIC)
-    return True
-
-
-def _prune(d: Path, root: Path) -> None:
-    """Remove partition directories left empty (a team's last trip of a day deleted), up to the
-    table's directory."""
-    while d != root and d.parent != root:
-        try:
-            d.rmdir()
-        except OSError as e:
-            if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
-                return
-            raise
-        d = d.parent
+    """Link the added files into the hive tree, then unlink the removed ones (S3: server-side
+    copies, then one bulk delete)."""
+    st = open_storage(out_dir)
+    st.publish_many([(rel, public_path(rel)) for rel in added])
+    st.unpublish_many([public_path(rel) for rel in removed])
 
 
 def reconcile(out_dir: Path, catalog: Catalog) -> tuple[int, int]:
     """Make the hive tree exactly the catalog's live files: link the missing ones, unlink what
-    is not live (a crash between a commit and its links). Returns (linked, unlinked)."""
-    out_dir = Path(out_dir)
+    is not live (a crash between a commit and its links). Returns (linked, unlinked).
+    A public file that is not the live file itself (restored from a backup, edited by hand; on
+    S3 a copy whose ETag or size differs) is replaced."""
+    st = open_storage(out_dir)
     with publishing(out_dir):
         live = {public_path(f.path): f.path for f in catalog.live_files() if f.path.startswith(STORE + "/")}
         present = set(public_files(out_dir))
-        linked = sum(_link(out_dir, live[p]) for p in live.keys() - present)
-        unlinked = 0
-        for p in present - live.keys():
-            (out_dir / p).unlink(missing_ok=True)
-            _prune((out_dir / p).parent, out_dir / PUBLIC)
-            unlinked += 1
-        # a link that is a copy, not the live file itself (restored from a backup, edited by hand)
-        for p in present & live.keys():
-            a, b = (out_dir / p).stat(), (out_dir / live[p]).stat()
-            if (a.st_ino, a.st_dev) != (b.st_ino, b.st_dev):
-                (out_dir / p).unlink()
-                _link(out_dir, live[p])
-                linked += 1
+        linked = st.publish_many([(live[p], p) for p in sorted(live.keys() - present)])
+        extra = sorted(present - live.keys())
+        st.unpublish_many(extra)
+        unlinked = len(extra)
+        both = sorted(present & live.keys())
+        stale = [p for p, same in zip(both, st.same_objects([(live[p], p) for p in both])) if not same]
+        if stale:
+            if st.local:  # a link cannot replace a file: unlink first (S3: a copy overwrites)
+                for p in stale:
+                    (Path(out_dir) / p).unlink()
+            linked += st.publish_many([(live[p], p) for p in stale])
     return linked, unlinked
 
 
 def public_files(out_dir: Path) -> list[str]:
-    """Every Parquet file under the hive tree of the tables, relative to the data directory
+    """Every Parquet file under the hive tree of the tables, relative to the lake's root
     (anything else found there is left alone)."""
-    return _parquet_files(Path(out_dir), PUBLIC)
+    return open_storage(out_dir).list_parquet(PUBLIC)
 
 
 def store_files(out_dir: Path) -> list[str]:
-    """Every Parquet file of the store, relative to the data directory."""
-    return _parquet_files(Path(out_dir), STORE)
-
-
-def _parquet_files(out_dir: Path, tree: str) -> list[str]:
-    out = []
-    for tbl in SCHEMAS:
-        root = out_dir / tree / tbl
-        if root.is_dir():
-            out += [str(p.relative_to(out_dir)) for p in root.rglob("*.parquet")]
-    return out
+    """Every Parquet file of the store, relative to the lake's root."""
+    return open_storage(out_dir).list_parquet(STORE)

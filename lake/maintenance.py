@@ -12,22 +12,42 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from pushlake import location
+
 from . import files as lf
 from . import hive
 from .catalog import Catalog, CatalogConflict, Commit, FileRow
 from .schema import SCHEMAS
+from .storage import open_storage
 
 log = logging.getLogger("pushlake.compactor")
 
+ORPHAN_GRACE_S = 3600.0  # shared catalog: a file not in it is another node's until this old
 
-def remove_orphans(out_dir: Path, catalog: Catalog) -> int:
-    """Files left by a compaction that crashed before its commit (run under the compactor lock)."""
+
+def _older(st, rel: str, limit: float) -> bool:
+    try:
+        return st.mtime(rel) < limit
+    except FileNotFoundError:
+        return False  # gone meanwhile (another node's maintenance)
+
+
+def remove_orphans(out_dir: Path, catalog: Catalog, now: float | None = None) -> int:
+    """Files of the store the catalog does not know: left by a compaction that crashed before
+    its commit. On the embedded default (run under the compactor lock, before any step) every
+    such file is one. With a shared catalog (``pushlake.location.shared``: several nodes write
+    one lake) a file not in the catalog may be another node's, written and not committed yet:
+    only those older than ``ORPHAN_GRACE_S`` are removed (no step takes that long to commit)."""
+    st = open_storage(out_dir)
     known = catalog.all_paths()
-    n = 0
-    for rel in hive.store_files(out_dir):
-        if rel not in known:
-            (Path(out_dir) / rel).unlink()
-            n += 1
+    candidates = [rel for rel in hive.store_files(out_dir) if rel not in known]
+    if candidates and location.shared():
+        now = time.time() if now is None else now
+        candidates = [rel for rel in candidates if _older(st, rel, now - ORPHAN_GRACE_S)]
+        known = catalog.all_paths()  # committed while the mtimes were read
+        candidates = [rel for rel in candidates if rel not in known]
+    st.delete(candidates)
+    n = len(candidates)
     if n:
         log.warning("removed %d orphan file(s) of an interrupted compaction", n)
     return n
@@ -80,10 +100,9 @@ def vacuum(out_dir: Path, catalog: Catalog, retention_s: float, now: float | Non
             m.sync(catalog)
             m.expire(now - retention_s)
     with hive.publishing(out_dir):
-        for f in expired:
-            if f.path.startswith(hive.STORE + "/"):
-                hive.publish(out_dir, (), [f.path])  # unlinked at its replacement; after a crash, maybe not
-            (Path(out_dir) / f.path).unlink(missing_ok=True)
+        # unlinked at its replacement; after a crash, maybe not
+        hive.publish(out_dir, (), [f.path for f in expired if f.path.startswith(hive.STORE + "/")])
+        open_storage(out_dir).delete([f.path for f in expired])
     if expired:
         catalog.forget_files([f.id for f in expired])
     return len(expired)

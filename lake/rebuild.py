@@ -1,4 +1,5 @@
-"""``pushlake rebuild``: project the whole log into a fresh lake (the log is the source of truth)."""
+"""``pushlake rebuild``: project the whole log into a fresh lake (the log is the source of truth).
+On S3 (``lake.storage``) only into a new data directory and an empty lake prefix."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,8 @@ from ingest.log import list_partitions, recover_idle_partitions
 from pushlake.fsutil import try_lock
 
 from .compactor import Compactor, CompactorBusy, StepStats
+from .hive import PUBLIC, STORE
+from .storage import open_storage
 
 
 class RebuildRefused(Exception):
@@ -20,11 +23,17 @@ def rebuild(data_dir: Path, into: Path | None = None, progress=None) -> StepStat
     """Rebuild into ``into`` (a new directory), or in place: build aside, then swap the lake and
     catalog. In place requires the service to be stopped (no receiver, no compactor)."""
     data_dir = Path(data_dir)
+    if into is None and not open_storage(data_dir).local:
+        raise RebuildRefused("an S3 lake is not rebuilt in place (objects cannot be swapped like directories): "
+                             "rebuild --into a new data directory with --lake an empty prefix")
     recover_idle_partitions(data_dir)  # torn tails cut and durable marks exact before reading
     if into is not None:
         into = Path(into)
+        target = open_storage(into)
         if any((into / name).exists() for name in ("catalog.db", "lake", "files")):
             raise RebuildRefused(f"{into} already holds a lake; give an empty directory")
+        if not target.local and (target.list_files(STORE) or target.list_files(PUBLIC)):
+            raise RebuildRefused(f"{target.url} already holds a lake; give an empty --lake prefix")
         with Compactor(data_dir, out_dir=into) as c:
             stats = c.drain(progress)
         _mirror(into)

@@ -16,11 +16,11 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import files as lf
 from . import hive
 from .catalog import Catalog, Commit
+from .storage import open_storage
 
 log = logging.getLogger("pushlake.compactor")
 
@@ -48,7 +48,12 @@ def upgrade(out_dir: Path, catalog: Catalog, chunk: int = 64) -> int:
 
 
 def _move_to_store(out_dir: Path, catalog: Catalog) -> int:
+    """Renames in the data directory. A lake on S3 was never of layout 1 (it came with layout 2):
+    a catalog that names legacy paths there is refused rather than guessed at."""
     rows = catalog.db.execute("SELECT id, path FROM files WHERE substr(path, 1, 5) = 'lake/'").fetchall()
+    if rows and not open_storage(out_dir).local:
+        raise RuntimeError(f"the catalog names {len(rows)} file(s) of layout 1 (lake/…), which only a local "
+                           "lake can hold: upgrade it on its data directory before moving it to S3")
     for _, rel in rows:
         src, dst = out_dir / rel, out_dir / (hive.STORE + "/" + rel[len(_LEGACY):])
         if src.exists() and not dst.exists():
@@ -61,8 +66,9 @@ def _move_to_store(out_dir: Path, catalog: Catalog) -> int:
 
 
 def _text_dates(out_dir: Path, catalog: Catalog, chunk: int) -> int:
-    old = [f for f in catalog.live_files() if (out_dir / f.path).exists()
-           and pa.types.is_date(pq.read_schema(out_dir / f.path).field("date").type)]
+    st = open_storage(out_dir)
+    old = [f for f in catalog.live_files() if st.exists(f.path)
+           and pa.types.is_date(st.read_schema(f.path).field("date").type)]
     for i in range(0, len(old), chunk):
         part = old[i:i + chunk]
         c = Commit("upgrade", remove_files={f.id for f in part},
@@ -71,8 +77,7 @@ def _text_dates(out_dir: Path, catalog: Catalog, chunk: int) -> int:
             for f in part:
                 c.add_files.append(lf.write_file(out_dir, f.tbl, f.team, f.date, lf.read_file(out_dir, f.path)))
         except BaseException:
-            for f in c.add_files:
-                (out_dir / f.path).unlink(missing_ok=True)
+            st.delete([f.path for f in c.add_files])
             raise
         hive.commit_and_publish(out_dir, catalog, c)
     return len(old)

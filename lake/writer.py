@@ -6,7 +6,8 @@ else the plan decided (log positions included), then the hive tree links the new
 the replaced ones (``lake.hive``): a crash leaves only orphan files, removed on the next start,
 or a tree behind its catalog, reconciled on the next start. If the commit fails, the files just written are removed at once, so that a step
 retried every few seconds does not fill the disk with orphans. Arrow and Parquet release the
-GIL: files are rewritten, built and written on a thread pool.
+GIL: files are rewritten, built and written on a thread pool. Files are read and written through
+the lake's storage (``lake.storage``: the data directory or S3).
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pushlake import failpoints
 
@@ -28,12 +28,14 @@ from .plan import Buffer, Plan
 from .project import SampleRows
 from .routes import Routes
 from .schema import SCHEMAS
+from .storage import open_storage
 
 
 class Writer:
     def __init__(self, out_dir: Path, catalog: Catalog):
         self.out_dir = Path(out_dir)
         self.catalog = catalog
+        self.storage = open_storage(self.out_dir)
         self._pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="compactor-write")
 
     def close(self) -> None:
@@ -47,15 +49,14 @@ class Writer:
             self._write(p, routes, meanwhile)
             failpoints.hit(failpoint)
         except BaseException:
-            for f in p.commit.add_files:
-                (self.out_dir / f.path).unlink(missing_ok=True)
+            self.storage.delete([f.path for f in p.commit.add_files])
             raise
         p.stats.links_seconds = hive.commit_and_publish(self.out_dir, self.catalog, p.commit)
 
     def _rewrite(self, f: FileRow, keys: pa.Array) -> tuple[int, NewFile | None, bool]:
         """Copy-on-write: the file without the rows of these keys (a file that holds none of
         them, found by reading its key columns only, is left alone)."""
-        probe = pq.read_table(self.out_dir / f.path, columns=lf.KEY_COLUMNS[f.tbl])
+        probe = self.storage.read_table(f.path, columns=lf.KEY_COLUMNS[f.tbl])
         if not pc.any(pc.is_in(lf.key_array(f.tbl, probe), value_set=keys)).as_py():
             return f.id, None, False
         t = lf.read_file(self.out_dir, f.path)
