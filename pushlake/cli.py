@@ -23,6 +23,20 @@ def _data(p: argparse.ArgumentParser) -> None:
                    help="data directory (default ./data or $PUSHLAKE_DATA)")
 
 
+def _location(p: argparse.ArgumentParser, node: bool = False, default=None) -> None:
+    """Where the deployment's shared parts are (``pushlake.location``): on every command, so that
+    a reader machine, a node and an administrator's laptop all name them the same way."""
+    p.add_argument("--catalog", metavar="URL", default=default,
+                   help="the catalog and shared stores: postgresql://user@host:port/db "
+                        "(default $PUSHLAKE_CATALOG, else SQLite files in --data)")
+    p.add_argument("--lake", metavar="URL", default=default,
+                   help="the lake's Parquet files: s3://bucket/prefix (default $PUSHLAKE_LAKE, else under --data)")
+    if node:
+        p.add_argument("--node", metavar="NAME", default=default,
+                       help="this node's name, in its log partitions' names <node>.pN (default $PUSHLAKE_NODE, "
+                            "else the host name with a PostgreSQL catalog, none with the embedded one)")
+
+
 def _json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
@@ -37,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="receive pushes and compact them continuously")
     _data(p)
+    _location(p, node=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--workers", type=int, default=1, help="receiver processes (SO_REUSEPORT), one log partition each")
@@ -53,12 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compact", help="project the log into the lake now, then merge, vacuum and clean")
     _data(p)
+    _location(p, node=True)
     p.add_argument("--retention", type=float, default=7.0, metavar="DAYS")
     p.add_argument("--no-maintenance", action="store_true", help="only project new records")
     _json_flag(p)
 
     p = sub.add_parser("sql", help="run SQL against the lake's views")
     _data(p)
+    _location(p)
     p.add_argument("--team", help="confine the query to one team's data")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
@@ -68,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a table to parquet, csv or jsonl")
     _data(p)
+    _location(p)
     p.add_argument("table")
     p.add_argument("--team")
     p.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD")
@@ -78,11 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rebuild", help="project the whole log into a fresh lake")
     _data(p)
+    _location(p)
     p.add_argument("--into", type=Path, help="build into this new directory instead of replacing the lake")
     _json_flag(p)
 
     p = sub.add_parser("erase", help="prove (or force) the physical erasure of a deleted trip")
     _data(p)
+    _location(p)
     p.add_argument("itin_id")
     p.add_argument("--team")
     p.add_argument("--verify", action="store_true", help="verify only (what erase does without --now)")
@@ -92,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("iceberg", help="the Iceberg mirror of the lake: its catalog, its state, a rebuild")
     _data(p)
+    _location(p)
     p.add_argument("--json", action="store_true",
                    help="print only the pyiceberg catalog properties, as JSON: load_catalog('pushlake', **props)")
     p.add_argument("--rebuild", action="store_true",
@@ -99,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("teams", help="create, list, enable and disable teams")
     _data(p)
+    _location(p)
     tsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, help_ in (("create", "create a team and print its keys"), ("enable", "enable a team (new keys)"),
                         ("disable", "disable a team (its keys stop working at once)")):
@@ -106,16 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("team")
         _json_flag(q)
         q.add_argument("--data", type=Path, default=argparse.SUPPRESS, help="data directory")
+        _location(q, default=argparse.SUPPRESS)
     q = tsub.add_parser("list", help="list teams")
     _json_flag(q)
     q.add_argument("--data", type=Path, default=argparse.SUPPRESS, help="data directory")
+    _location(q, default=argparse.SUPPRESS)
 
     p = sub.add_parser("check", help="verify log CRCs and that the catalog and files agree")
     _data(p)
+    _location(p)
     _json_flag(p)
 
     p = sub.add_parser("failed", help="FAILED items: pushes stored in the log that could not be projected")
     _data(p)
+    _location(p)
     p.add_argument("action", choices=("list", "retry"))
     p.add_argument("--kind", choices=("trips", "crashes"), default="trips", help="what to retry (default trips)")
     _json_flag(p)
@@ -132,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(UMASK)
     args = build_parser().parse_args(argv)
     try:
+        use_location(args)
         return COMMANDS[args.cmd](args) or 0
     except CliError as e:
         print(f"pushlake {args.cmd}: {e}", file=sys.stderr)
@@ -145,6 +172,68 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def use_location(a) -> None:
+    """Check ``--catalog``, ``--lake`` and ``--node`` (or the variables they default to), then
+    make them this process's environment, before anything is opened or any child started."""
+    from pushlake import location
+    from pushlake.db import check_url
+    catalog = location.catalog_url(getattr(a, "catalog", None))
+    lake = location.lake_url(getattr(a, "lake", None))
+    if catalog is not None:
+        try:
+            check_url(catalog)
+        except ValueError as e:
+            raise CliError(f"--catalog: {e}") from None
+    if lake is not None:
+        from lake.storage import parse_s3_url
+        try:
+            parse_s3_url(lake)
+        except ValueError as e:
+            raise CliError(f"--lake: {e}") from None
+    location.export(getattr(a, "catalog", None), getattr(a, "lake", None), getattr(a, "node", None))
+    if hasattr(a, "node"):
+        try:
+            a.node = location.node_name()
+        except ValueError as e:
+            raise CliError(f"--node: {e}") from None
+
+
+def where(data: Path) -> str:
+    """Where this command's catalog is, for messages (the URL without its password)."""
+    from pushlake import location
+    from pushlake.db import redact
+    url = location.catalog_url()
+    return redact(url) if url else str(data / "catalog.db")
+
+
+def require_catalog(data: Path, table: str = "meta", what: str = "catalog") -> None:
+    """A read command's catalog must exist (the catalog, or with ``table="teams"`` the teams'
+    store): the SQLite file in ``data``, or on PostgreSQL its tables. Nothing is created: a
+    reader given the wrong directory or no ``--catalog`` is told where it looked."""
+    from pushlake import location
+    from pushlake.db import open_db, redact
+    url = location.catalog_url()
+    if url is None:
+        path = data / ("admin.db" if table == "teams" else "catalog.db")
+        hint = "a reader of a shared deployment needs --catalog postgresql://… or $PUSHLAKE_CATALOG"
+        if not data.is_dir():
+            raise CliError(f"no data directory at {data} ({hint})")
+        if not path.exists():
+            raise CliError(f"no {what} at {path} ({hint})")
+        return
+    try:
+        db = open_db(url, readonly=True)
+    except Exception as e:  # noqa: BLE001 - psycopg's errors name the host, never the password
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CliError(f"cannot reach the catalog {redact(url)}: {first}") from None
+    try:
+        found = db.execute("SELECT to_regclass(?) IS NOT NULL", (table,)).fetchone()[0]
+    finally:
+        db.close()
+    if not found:
+        raise CliError(f"no {what} in {redact(url)} (no pushlake tables there: wrong database?)")
+
+
 def cmd_serve(a) -> int:
     from .serve import serve, setup_logging
     if a.workers < 1:
@@ -155,6 +244,11 @@ def cmd_serve(a) -> int:
         raise CliError("--iceberg-interval must be >= 0")
     setup_logging()
     private_data_dir(a.data)
+    from pushlake import location
+    from pushlake.db import redact
+    catalog, lake = location.catalog_url(), location.lake_url()
+    print(f"Node: {a.node or '(none: partitions p0, p1…)'}; catalog: "
+          f"{redact(catalog) if catalog else a.data / 'catalog.db'}; lake: {lake or a.data / 'lake'}", file=sys.stderr)
     key, created = enterprise_key(a.data)
     where = "$PUSHLAKE_ENTERPRISE_KEY" if os.environ.get("PUSHLAKE_ENTERPRISE_KEY") else a.data / "enterprise.key"
     base = f"http://{a.host}:{a.port}"
@@ -169,7 +263,7 @@ def cmd_serve(a) -> int:
     serve(Settings(data_dir=a.data, host=a.host, port=a.port, workers=a.workers, retention_days=a.retention,
                    max_body_bytes=a.max_body, min_free_bytes=a.min_free, segment_bytes=a.segment_bytes,
                    segment_age_s=a.segment_age, compactor=not a.no_compactor,
-                   iceberg_interval_s=a.iceberg_interval))
+                   iceberg_interval_s=a.iceberg_interval, node=a.node))
     return 0
 
 
@@ -240,8 +334,7 @@ def cmd_sql(a) -> int:
         sql = a.sql
     else:
         raise CliError("give a SQL statement or --query NAME")
-    if not a.data.exists():
-        raise CliError(f"no data directory at {a.data}")
+    require_catalog(a.data)
     if a.team is not None:
         con = _team_connection(a.data, a.team)
     else:
@@ -296,6 +389,7 @@ def _print_table(cols: list[str], rows: list[tuple], max_width: int = 48) -> Non
 
 def cmd_export(a) -> int:
     from queries.export import ExportError, export, progress_bar
+    require_catalog(a.data)
     try:
         n = export(a.data, a.table, a.out, a.format, a.team, a.date_from, a.date_to,
                    progress=None if a.quiet else progress_bar())
@@ -350,10 +444,7 @@ def cmd_iceberg(a) -> int:
     a rebuild (safe beside a running compactor: the mirror's writers take turns)."""
     from lake.catalog import Catalog
     from lake.iceberg import Mirror
-    if not a.data.is_dir():
-        raise CliError(f"no data directory at {a.data}")
-    if not (a.data / "catalog.db").exists():
-        raise CliError(f"no catalog in {a.data} (nothing was ever compacted)")
+    require_catalog(a.data)
     with Mirror(a.data) as m:
         if a.json and not a.rebuild:
             _print_json(m.properties())
@@ -383,6 +474,8 @@ def cmd_iceberg(a) -> int:
 
 def cmd_teams(a) -> int:
     from .teams import TeamError, Teams
+    if a.action == "list":
+        require_catalog(a.data, "teams", "teams' store")
     t = Teams(a.data)
     try:
         if a.action == "list":
@@ -435,8 +528,7 @@ def cmd_failed(a) -> int:
     from ingest.record import kind_label
     from lake.catalog import Catalog, TaskRunning
     from lake.compactor import Compactor, CompactorBusy
-    if not (a.data / "catalog.db").exists():
-        raise CliError(f"no catalog in {a.data}")
+    require_catalog(a.data)
     if a.action == "retry":
         cat = Catalog(a.data)
         try:

@@ -23,6 +23,7 @@ class Settings:
     compact_interval_s: float = 0.2
     iceberg_interval_s: float = 5.0        # the Iceberg mirror's sync interval (0: no mirror)
     compactor: bool = True
+    node: str = ""                         # this node's name (pushlake.location.node_name); "" on one machine
     max_teams: int = 100
     max_hyperadmins: int = 10
     token_ttl_s: int = 3600

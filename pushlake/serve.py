@@ -2,7 +2,9 @@
 
 With one worker the receiver runs in this process and the compactor in a child process, so
 the CPU-heavy projection never delays an acknowledgement. With ``--workers N`` each receiver is
-its own process on the same port (SO_REUSEPORT) writing its own log partition ``pN``. Children
+its own process on the same port (SO_REUSEPORT) writing its own log partition ``pN`` (``<node>.pN``
+on a named node). The catalog, the lake and the node name reach every child through the
+environment (``pushlake.location``, set by the CLI before anything starts). Children
 die with the parent (PR_SET_PDEATHSIG), so a SIGKILL of ``serve`` leaves no orphan holding the
 port or a log partition.
 """
@@ -19,6 +21,8 @@ from dataclasses import replace
 from aiohttp import web
 
 from .config import Settings
+from .db import redact
+from .location import catalog_url, lake_url
 from .procs import die_with_parent
 
 log = logging.getLogger("pushlake.serve")
@@ -120,8 +124,10 @@ def serve(settings: Settings) -> None:
         specs += [(f"receiver-{i}", _receiver_child, (replace(settings), i)) for i in range(settings.workers)]
     sup = Supervisor(specs)
     sup.start()
-    log.info("pushlake listening on http://%s:%d (data %s, %d worker(s), compactor %s)", settings.host,
-             settings.port, settings.data_dir, settings.workers, "on" if settings.compactor else "off")
+    log.info("pushlake listening on http://%s:%d (data %s, node %s, catalog %s, lake %s, %d worker(s), "
+             "compactor %s)", settings.host, settings.port, settings.data_dir, settings.node or "(none)",
+             redact(catalog_url() or "") or "embedded SQLite", lake_url() or "under the data directory",
+             settings.workers, "on" if settings.compactor else "off")
     try:
         if settings.workers > 1:
             stop = threading.Event()

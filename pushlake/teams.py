@@ -1,5 +1,5 @@
 """Teams and their keys (``data/admin.db``, or the PostgreSQL database every node shares:
-``Teams(data_dir, url="postgresql://...")``). Keys are random tokens stored only as SHA-256
+``Teams(data_dir, url="postgresql://...")``; by default the deployment's, ``pushlake.location``). Keys are random tokens stored only as SHA-256
 hashes; they are shown once, when created.
 
 The same SQL runs on both (``pushlake.db``); on PostgreSQL pushlake creates the tables at the first
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pushlake.db import POSTGRESQL, Db, is_postgresql, open_db
+from pushlake.location import catalog_url
 
 # The whole id must match (``fullmatch``: ``$`` would let a final newline through). An id is a
 # directory name in the lake (``team=<id>``): ASCII letters, digits, '_', '.', '-' only (no '/',
@@ -58,7 +59,9 @@ COLS = "team_id, status, created_at, push_key_hash, admin_key_hash, keys_issued_
 
 def open_admin_db(data_dir: Path, url: str | None, sqlite_schema: str) -> Db:
     """The admin stores' database: ``<data>/admin.db`` (``sqlite_schema`` run on it, as always) or
-    the PostgreSQL database at ``url`` (its tables created at the first open)."""
+    the PostgreSQL database at ``url`` (its tables created at the first open). ``url=None``: the
+    deployment's catalog (``pushlake.location``); ``""``: admin.db whatever the environment says."""
+    url = catalog_url(url)
     if url is not None and is_postgresql(url):
         db = open_db(url)
         with db.schema_tx():

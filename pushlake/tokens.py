@@ -19,7 +19,8 @@ from pathlib import Path
 
 import orjson
 
-from pushlake.db import POSTGRESQL, Db
+from pushlake.db import POSTGRESQL, Db, is_postgresql, open_db
+from pushlake.location import catalog_url
 
 PREFIX = "at_"
 
@@ -30,7 +31,14 @@ CREATE TABLE IF NOT EXISTS oauth_secret(one INTEGER PRIMARY KEY CHECK (one = 1),
 
 def load_secret(data_dir: Path, db: Db | None = None) -> bytes:
     """The signing secret, made at the first call. ``db``: the admin stores' database (a
-    PostgreSQL one holds the secret; with SQLite, or none, it is the file ``data/oauth.secret``)."""
+    PostgreSQL one holds the secret; with SQLite it is the file ``data/oauth.secret``); none: the
+    deployment's (``pushlake.location``: a PostgreSQL catalog holds it, else the file)."""
+    if db is None and is_postgresql(catalog_url()):
+        own = open_db(catalog_url())
+        try:
+            return load_secret(data_dir, own)
+        finally:
+            own.close()
     if db is not None and db.dialect == POSTGRESQL:
         with db.schema_tx():  # first writer wins, every node reads back the same secret
             db.executescript(PG_SECRET)
