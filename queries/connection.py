@@ -11,6 +11,13 @@ With ``team`` the connection is confined: views over that team's files only, ext
 disabled, ``allowed_directories`` limited to the team's partitions, configuration locked, one
 read-only statement at a time. ``sandbox=True`` applies the same confinement to the whole lake
 (every team), for hyper-admins reading over HTTP: all the data, nothing of the host.
+
+The files are read where the lake's storage keeps them (``lake.storage``): under the data
+directory, or on an S3-compatible store (``--lake s3://bucket/prefix``). On S3, DuckDB reads
+through a read-only s3fs filesystem registered with the connection (DuckDB's own httpfs cannot
+be loaded offline, and a filesystem that refuses every write keeps ``COPY TO 's3://…'`` out even
+if a statement got past the guard); ``allowed_directories`` then holds the team's S3 prefixes,
+which DuckDB checks for ``s3://`` paths as for local ones.
 """
 from __future__ import annotations
 
@@ -25,6 +32,8 @@ import pyarrow as pa
 from lake.catalog import Catalog
 from lake.hive import PUBLIC, STORE
 from lake.schema import SCHEMAS, TRIP_TABLES
+from lake.storage import Storage, open_storage
+from pushlake.location import catalog_url
 
 DELETED = "_pushlake_deleted"
 SPILL_MAX = "4GiB"  # what one export may spill to its own directory
@@ -44,7 +53,7 @@ def _empty_relation(table: str) -> str:
 class LakeConnection:
     def __init__(self, data_dir: Path | str, team: str | None = None, sandbox: bool = False,
                  settings: dict | None = None, *, catalog: Catalog | None = None, relative: bool = False,
-                 spill: bool | str = True):
+                 spill: bool | str = True, storage: Storage | None = None):
         """``catalog``: an already open read-only catalog to use (a sandboxed worker opens it before
         it gives up the right to open files for writing). ``relative``: file paths are given to
         DuckDB relative to the data directory, which must then be the working directory (a worker
@@ -52,7 +61,11 @@ class LakeConnection:
         ``duckdb_variables()``) or in errors about them. (DuckDB resolves ``allowed_directories``
         to absolute paths itself: ``duckdb_settings()`` still shows those.) ``spill``:
         with False a confined connection has no temp directory (nothing is ever written; a query
-        that needs more than its memory limit fails); a path: that directory."""
+        that needs more than its memory limit fails); a path: that directory. ``storage``: where
+        the Parquet files are (default: the deployment's, ``lake.storage.open_storage``); on S3
+        the paths are ``s3://`` URIs whatever ``relative`` says. A sandboxed process must create
+        this connection after it gave up its rights: the S3 filesystem starts a thread, and
+        Landlock confines only the threads started after it."""
         self.data_dir = Path(data_dir).resolve()
         self.team = team
         self.confined = team is not None or sandbox
@@ -64,10 +77,18 @@ class LakeConnection:
         self._tmp = None
         self.snapshot = 0
         self.con = duckdb.connect(config={"threads": int(settings["threads"])} if settings and "threads" in settings else {})
-        self._root = Path() if relative else self.data_dir
+        self.storage = storage if storage is not None else open_storage(self.data_dir)
+        if self.storage.local:
+            root = Path(self.storage.root_uri())
+            self._root = Path() if relative else root
+            self._path = lambda rel: str(self._root / rel)
+        else:
+            # before any setting: enable_external_access=false and lock_configuration come later
+            self.con.register_filesystem(self.storage.duckdb_filesystem(read_only=True))
+            self._path = self.storage.uri
         # the views read the files' homes (a reader of an older snapshot finds them until vacuum);
         # a confined query may also read the public tree's links to the same live files
-        roots = [self._root / STORE, self._root / PUBLIC]
+        roots = (STORE, PUBLIC)
         for k, v in (settings or {}).items():
             self.con.execute(f"SET {k} = ?", [v])
         if self.confined:
@@ -82,9 +103,9 @@ class LakeConnection:
                 self.con.execute("SET temp_directory = ''")
                 self.con.execute("SET max_temp_directory_size = '0B'")
             if team is not None:
-                dirs = [f"{r / t / f'team={team}'}/" for r in roots for t in SCHEMAS]
+                dirs = [f"{self._path(f'{r}/{t}/team={team}')}/" for r in roots for t in SCHEMAS]
             else:
-                dirs = [f"{r / t}/" for r in roots for t in SCHEMAS]
+                dirs = [f"{self._path(f'{r}/{t}')}/" for r in roots for t in SCHEMAS]
             self.con.execute("SET allowed_directories = ?", [dirs])
             for k in ("autoinstall_known_extensions", "autoload_known_extensions", "allow_community_extensions"):
                 self.con.execute(f"SET {k} = false")  # nothing installed (written) or loaded behind a query
@@ -126,7 +147,7 @@ class LakeConnection:
         lists: dict[str, list[str]] = defaultdict(list)
         for f in files:
             name = f"pl_{f.tbl}_dirty" if (f.tbl in TRIP_TABLES and f.id in dirty) else f"pl_{f.tbl}"
-            lists[name].append(str(self._root / f.path))
+            lists[name].append(self._path(f.path))
         for t in SCHEMAS:
             names = [f"pl_{t}"] + ([f"pl_{t}_dirty"] if t in TRIP_TABLES else [])
             for name in names:
@@ -199,9 +220,11 @@ class LakeConnection:
 
 def open_catalog(data_dir: Path) -> Catalog:
     """The lake's catalog, read-only (created first for a new lake), already open down to its WAL
-    index: a process may give up opening files for writing right after (``queries.sandbox``)."""
+    index (or its PostgreSQL connection): a process may give up opening files for writing, and
+    connecting, right after (``queries.sandbox``). With a PostgreSQL catalog nothing is looked
+    for in ``data_dir``: a reader's machine may have an empty one."""
     data_dir = Path(data_dir)
-    if not (data_dir / "catalog.db").exists():
+    if catalog_url() is None and not (data_dir / "catalog.db").exists():
         if not data_dir.is_dir():
             raise FileNotFoundError(f"no pushlake data directory at {data_dir}")
         Catalog(data_dir).close()

@@ -6,6 +6,12 @@ sockets: every write-type access right of the Landlock ABI the kernel offers is 
 ruleset that grants none of them (optionally, ``writable`` directories keep them). Reads are not
 restricted here: DuckDB's ``allowed_directories`` decides which files a query may read.
 
+One exception for a lake on an S3-compatible store: TCP connect to the store's port (Landlock ABI
+4 rules are by port, not by host), and nothing else; bind stays denied. A PostgreSQL catalog's
+connection is opened before (``queries.connection.open_catalog``): an established socket is not
+affected, and its port stays closed, so a query process never reconnects (if the connection
+breaks, that one query fails).
+
 Landlock applies to the calling thread and the threads and processes it creates afterwards, so it
 must run before DuckDB starts its threads (a query worker calls it first thing after fork). On a
 kernel without Landlock ``restrict()`` logs a warning and returns False: the statement guard and
@@ -18,6 +24,9 @@ import logging
 import os
 import resource
 import struct
+from urllib.parse import urlsplit
+
+from pushlake.location import lake_url
 
 log = logging.getLogger("pushlake.sandbox")
 
@@ -25,6 +34,7 @@ SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446
 CREATE_RULESET_VERSION = 1
 PR_SET_NO_NEW_PRIVS = 38
 RULE_PATH_BENEATH = 1
+RULE_NET_PORT = 2  # ABI 4
 
 # filesystem access rights (include/uapi/linux/landlock.h) and the ABI that introduced them
 FS_EXECUTE = 1 << 0
@@ -77,9 +87,21 @@ def write_rights(abi: int) -> int:
     return rights
 
 
-def restrict(writable: tuple[str, ...] = (), warn: bool = True) -> bool:
-    """Forbid every write to the filesystem (except beneath ``writable``) and TCP, for good.
-    Returns False (and logs a warning, unless ``warn`` is False) where the kernel has no Landlock."""
+def lake_ports() -> tuple[int, ...]:
+    """The TCP ports a reader of the deployment's lake must connect to: the S3 endpoint's
+    (``AWS_ENDPOINT_URL``, as ``lake.storage`` reads it, else AWS's HTTPS), none for a local lake."""
+    url = lake_url()
+    if not url or not url.startswith("s3://"):
+        return ()
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or "https://s3.amazonaws.com"  # as lake.storage reads it
+    u = urlsplit(endpoint)
+    return (u.port or (80 if u.scheme == "http" else 443),)
+
+
+def restrict(writable: tuple[str, ...] = (), warn: bool = True, connect: tuple[int, ...] | None = None) -> bool:
+    """Forbid every write to the filesystem (except beneath ``writable``) and TCP (except connect
+    to the ports ``connect``; default ``lake_ports()``), for good. Returns False (and logs a
+    warning, unless ``warn`` is False) where the kernel has no Landlock."""
     abi = abi_version()
     if abi < 1:
         if warn:
@@ -100,6 +122,12 @@ def restrict(writable: tuple[str, ...] = (), warn: bool = True) -> bool:
     if fd < 0:
         raise OSError(ctypes.get_errno(), f"landlock_create_ruleset: {os.strerror(ctypes.get_errno())}")
     try:
+        for port in (lake_ports() if connect is None else connect) if net else ():
+            # struct landlock_net_port_attr { __u64 allowed_access; __u64 port; }
+            rule = ctypes.create_string_buffer(struct.pack("=QQ", NET_CONNECT_TCP, int(port)), 16)
+            if _libc.syscall(SYS_ADD_RULE, ctypes.c_int(fd), ctypes.c_int(RULE_NET_PORT), rule,
+                             ctypes.c_uint32(0)) != 0:
+                raise OSError(ctypes.get_errno(), f"landlock_add_rule(port {port}): {os.strerror(ctypes.get_errno())}")
         for d in writable:
             dfd = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             try:

@@ -9,11 +9,13 @@ milliseconds. The child, before it runs anything:
 - runs at nice 10 (inherited from the zygote), so the receiver's pushes come first on the CPU;
 - arms a real-time timer (``setitimer``) whose default action, SIGALRM, terminates the process at
   the deadline, whatever DuckDB is doing (a planner that cannot be interrupted included);
-- chdirs to the data directory and opens the catalog read-only, then applies Landlock
-  (``queries.sandbox.restrict``): no file can be created, written, truncated, renamed or
-  removed from then on, whatever the SQL;
+- chdirs to the data directory and opens the catalog read-only (the SQLite file, or its
+  PostgreSQL connection), then applies Landlock (``queries.sandbox.restrict``): no file can be
+  created, written, truncated, renamed or removed from then on, whatever the SQL, and no TCP
+  socket bound or connected, but to the S3 endpoint's port when the lake is on S3;
 - caps its data segment (RLIMIT_DATA) at what it uses plus the DuckDB memory limit plus headroom;
-- opens a confined connection (relative paths, no temp directory: nothing spills to disk).
+- opens a confined connection (relative paths, no temp directory: nothing spills to disk; on S3
+  the read-only S3 filesystem and its I/O thread are created now, under Landlock).
 
 It then runs the statement, encodes the result (JSON, CSV, Arrow IPC or Parquet) within the
 row and byte limits, disarms the timer, and streams it to the server over a socket as frames.
@@ -168,6 +170,9 @@ def zygote(fd: int) -> None:
 
     import queries.connection  # noqa: F401
     import queries.sandbox
+    from pushlake.location import lake_url
+    if lake_url():  # the S3 filesystem's modules (about a second to import), not its thread
+        import s3fs  # noqa: F401
     if queries.sandbox.abi_version() < 1:
         queries.sandbox.log.warning("Landlock is not available on this kernel: query processes are not "
                                     "write-proof at the kernel level (the statement guard and DuckDB's "
