@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingest.log import list_partitions, list_segments, scan_segment
+from pushlake import location
 from pushlake.fsutil import try_lock
 
 from . import hive, status
@@ -54,7 +55,7 @@ def check(data_dir: Path) -> Report:
             if lock is not None:
                 os.close(lock)
     rep.info["log_records"] = log_records
-    if not (data_dir / "catalog.db").exists():
+    if not (data_dir / "catalog.db").exists() and not location.shared():
         rep.info["live_files"] = 0
         return rep
     cat = Catalog(data_dir, readonly=True)

@@ -17,6 +17,8 @@ import pyarrow.parquet as pq
 from ingest import record as rec
 from ingest.log import scan_segment
 
+from pushlake import location
+
 from .catalog import Catalog
 from .hive import PUBLIC, STORE
 from .schema import TRIP_TABLES
@@ -58,7 +60,7 @@ def verify_erased(data_dir: Path, itin: str, team: str | None = None) -> tuple[l
                 _parquet(findings, where, parts, itin, lambda: st.read_table(rel, columns=["itin_id"]))
             elif needle in st.read_bytes(rel):
                 findings.append(f"{where}: holds the trip id")
-    if (data_dir / "catalog.db").exists():
+    if (data_dir / "catalog.db").exists() or location.shared():
         cat = Catalog(data_dir, readonly=True)
         try:
             con = cat.con
