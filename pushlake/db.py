@@ -17,8 +17,9 @@ to psycopg's ``%s``. What differs (DDL, a few expressions) is chosen by ``Db.dia
   sqlite3's, or psycopg's (``UniqueViolation`` among them).
 - ``Unavailable``: the exceptions of a database that cannot be reached (psycopg's
   ``OperationalError``; none on SQLite, a local file). A PostgreSQL connection that broke is
-  replaced at the next statement outside a transaction, so a store survives an outage of the
-  server: its calls fail while the server is away and work again when it is back.
+  replaced at the next statement outside a transaction (and a transaction or ``changes()`` that
+  finds it broken begins again on a new one), so a store survives an outage of the server: its
+  calls fail while the server is away and work again when it is back.
 
 The lowest layer (see docs/architecture.md): it imports nothing of pushlake's but ``pushlake.sqlite``.
 """
@@ -195,9 +196,19 @@ class PostgresDb(Db):
     def _in_tx(self) -> bool:
         return self.con.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE
 
+    def _begin(self, begin: str) -> None:
+        """BEGIN, on a new connection if the one we had broke unnoticed while idle (the server
+        restarted, the network cut it): nothing was done on it yet, so beginning again is safe."""
+        try:
+            self._live().execute(begin)
+        except self.Unavailable:
+            if not self.con.closed or self._closed_by_us:
+                raise
+            self._live().execute(begin)
+
     @contextmanager
     def _transaction(self, begin: str, first: str | None = None) -> Iterator["PostgresDb"]:
-        self._live().execute(begin)
+        self._begin(begin)
         self._depth += 1
         try:
             try:
@@ -229,7 +240,12 @@ class PostgresDb(Db):
         return self._transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
     def changes(self) -> int:
-        return self._live().execute("SELECT n FROM pushlake_changes").fetchone()[0]
+        try:
+            return self._live().execute("SELECT n FROM pushlake_changes").fetchone()[0]
+        except self.Unavailable:
+            if not self.con.closed or self._closed_by_us:
+                raise
+            return self._live().execute("SELECT n FROM pushlake_changes").fetchone()[0]  # a read: safe to redo
 
     def close(self) -> None:
         self._closed_by_us = True
