@@ -63,7 +63,7 @@ def commit_and_publish(out_dir: Path, catalog: Catalog, c: Commit) -> float:
         try:
             snap = catalog.commit(c)
         except BaseException:
-            open_storage(out_dir).delete([f.path for f in c.add_files])
+            open_storage(out_dir).discard([f.path for f in c.add_files])
             raise
         failpoints.hit("compactor.before_links")
         t0 = time.perf_counter()

@@ -50,8 +50,9 @@ def open_storage(data_dir: Path, url: str | None = None) -> "Storage":
     url = location.lake_url(url)
     if url is None:
         key: tuple = ("local", str(Path(data_dir).absolute()))
-    else:
-        key = ("s3", url, os.environ.get("AWS_ENDPOINT_URL", ""), os.environ.get("AWS_ACCESS_KEY_ID", ""))
+    else:  # per process too: the SDK's connections and s3fs's event loop do not survive a fork
+        key = ("s3", url, os.environ.get("AWS_ENDPOINT_URL", ""), os.environ.get("AWS_ACCESS_KEY_ID", ""),
+               os.getpid())
     with _cache_guard:
         st = _cache.get(key)
         if st is None:
@@ -122,6 +123,12 @@ class Storage:
     def delete(self, rels: Iterable[str]) -> None:
         """Delete these files; missing ones are fine."""
         raise NotImplementedError
+
+    def discard(self, rels: Iterable[str]) -> None:
+        """Delete the files of a step that failed. Locally as ``delete``; on S3 a failure (the
+        store is what failed, perhaps) is logged instead of hiding the step's own error: the
+        files are orphans, which ``lake.maintenance.remove_orphans`` removes later."""
+        self.delete(rels)
 
     # --- listings --------------------------------------------------------------------------------
     def list_files(self, tree: str = "") -> list[str]:
@@ -457,6 +464,14 @@ class S3Storage(Storage):
         if len(pairs) <= 1:
             return sum(self.publish(s, d) for s, d in pairs)
         return sum(self._pool.map(lambda p: self.publish(*p), pairs))
+
+    def discard(self, rels: Iterable[str]) -> None:
+        rels = list(rels)
+        try:
+            self.delete(rels)
+        except Exception:  # noqa: BLE001 - see Storage.discard
+            log.warning("could not delete %d file(s) of a failed step from %s (orphans, removed later)",
+                        len(rels), self.url, exc_info=True)
 
     def unpublish(self, dst_rel: str) -> bool:
         self.delete([dst_rel])

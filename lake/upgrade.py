@@ -77,7 +77,7 @@ def _text_dates(out_dir: Path, catalog: Catalog, chunk: int) -> int:
             for f in part:
                 c.add_files.append(lf.write_file(out_dir, f.tbl, f.team, f.date, lf.read_file(out_dir, f.path)))
         except BaseException:
-            st.delete([f.path for f in c.add_files])
+            st.discard([f.path for f in c.add_files])
             raise
         hive.commit_and_publish(out_dir, catalog, c)
     return len(old)

@@ -49,7 +49,7 @@ class Writer:
             self._write(p, routes, meanwhile)
             failpoints.hit(failpoint)
         except BaseException:
-            self.storage.delete([f.path for f in p.commit.add_files])
+            self.storage.discard([f.path for f in p.commit.add_files])
             raise
         p.stats.links_seconds = hive.commit_and_publish(self.out_dir, self.catalog, p.commit)
 
