@@ -255,6 +255,11 @@ async def _compacted_then_deleted(pusher, data, st) -> list[str]:
     assert sorted(left) == [itin_id(0), itin_id(1), itin_id(3)]
     # the replaced file waits out the retention in the store
     assert set(trips_before) <= set(st.list_parquet("files"))
+    # a plain reader's glob over the public tree sees the live rows only
+    con = duckdb.connect()
+    con.register_filesystem(st.duckdb_filesystem())
+    assert con.execute(f"SELECT count(*), count(DISTINCT itin_id) FROM read_parquet("
+                       f"'{st.uri('lake/trips')}/**/*.parquet', hive_partitioning = true)").fetchone() == (3, 3)
     return trips_before
 
 
@@ -286,3 +291,37 @@ async def test_vacuum_on_s3_deletes_the_replaced_objects(pusher, s3_lake):
     findings, _ = verify_erased(data, itin_id(2))
     assert not [f for f in findings if f.startswith("s3://")]
     assert not [k for k in keys(st) if k.endswith("/")]
+
+
+async def test_a_step_that_fails_before_its_commit_leaves_no_object(pusher, s3_lake, monkeypatch):
+    from pushlake import failpoints
+    data, st = s3_lake
+    for i in range(3):
+        await pusher.push("trip", trip(itin_id(i), start=f"2025-01-0{1 + i}T08:00:00.000+0000"))
+    monkeypatch.setitem(failpoints._ACTIVE, "compactor.before_commit", "eio")
+    with Compactor(data) as c:
+        with pytest.raises(OSError, match="injected"):
+            c.step()
+        assert c.catalog.live_files() == []
+    assert keys(st) == []      # the files written for the step were deleted with it
+    monkeypatch.delitem(failpoints._ACTIVE, "compactor.before_commit")
+    stats, _ = compact(data)
+    assert stats.stored == 3 and len(st.list_parquet("lake")) == len(st.list_parquet("files")) > 0
+
+
+def test_check_reads_the_objects_of_an_s3_lake(s3_lake):
+    from lake.check import check
+    data, st = s3_lake
+    cat = Catalog(data, url="")
+    try:
+        files = [lf.write_file(data, "trips", "acme", "2025-01-20", trips(f"t{i}")) for i in range(2)]
+        hive.commit_and_publish(data, cat, Commit("append", add_files=files))
+    finally:
+        cat.close()
+    rep = check(data)
+    assert rep.ok and rep.info["live_files"] == 2 and rep.info["rows"] == {"trips": 2}
+    st.delete([files[0].path])                       # an object lost from the bucket
+    st.write_table("files/trips/team=acme/date=2025-01-20/part-orphan.parquet", trips("o"))
+    rep = check(data)
+    assert rep.errors == [f"catalog file missing in {st.url}: {files[0].path}"]
+    assert any("orphan" in w and "part-orphan" in w for w in rep.warnings)
