@@ -6,8 +6,12 @@ for engines that read Iceberg. Nothing is rewritten: each live file is registere
 snapshots stay readable), and a lake commit that replaced files becomes one Iceberg snapshot
 that removes the old DataFiles and adds the new ones.
 
-The Iceberg catalog is pyiceberg's SqlCatalog in the lake's own ``catalog.db`` (its two tables
-beside ours), metadata under ``<data>/iceberg``. Each Iceberg table carries the lake snapshot
+The Iceberg catalog is pyiceberg's SqlCatalog in the lake's own catalog database (``catalog.db``,
+or the PostgreSQL one: its two tables beside ours), metadata under the lake's ``iceberg/``
+(``<data>/iceberg``, or ``s3://bucket/prefix/iceberg`` for a lake on S3, whose data files are
+then registered by their ``s3://`` URIs). pyiceberg's FileIO does not read the AWS_* variables
+the way ``lake.storage`` does (no endpoint, and a region it would look up at AWS): the S3
+endpoint, region and keys are passed to it as ``s3.*`` properties. Each Iceberg table carries the lake snapshot
 it mirrors in a table property (``pushlake.snapshot``) set in the same Iceberg commit as the
 files: after a crash the mirror knows exactly where it stands. When the diff since that
 snapshot cannot be trusted (vacuum forgot a replaced file first, the lake was rebuilt, the
@@ -48,8 +52,11 @@ from pyiceberg.transforms import IdentityTransform
 from pyiceberg.typedef import Record
 from pyiceberg.utils.concurrent import ExecutorFactory
 
+from pushlake import location
+
 from .catalog import Catalog, FileRow
 from .schema import FILE_SCHEMAS, TABLES
+from .storage import Storage, open_storage
 
 log = logging.getLogger("pushlake.iceberg")
 
@@ -82,11 +89,18 @@ HISTORY_S = 300.0  # Iceberg history kept: each commit rewrites metadata.json wi
 MANIFEST_FILES = 200  # files per manifest a commit writes (100-300 KiB with counts only)
 
 
-def properties(data_dir: Path, catalog_url: str | None = None) -> dict[str, str]:
+def properties(data_dir: Path, catalog_url: str | None = None, lake_url: str | None = None,
+               secrets: bool = False) -> dict[str, str]:
     """The kwargs of ``pyiceberg.catalog.load_catalog("pushlake", **props)`` for this lake: its SQL
     catalog in the lake catalog's database (``catalog.db``, or the PostgreSQL one, reached through
-    SQLAlchemy's psycopg 3 dialect; Java engines use the same tables as the Iceberg JDBC catalog)."""
+    SQLAlchemy's psycopg 3 dialect; Java engines use the same tables as the Iceberg JDBC catalog).
+    ``catalog_url`` and ``lake_url``: None asks ``pushlake.location`` (the deployment), ``""``
+    the embedded default. For a lake on S3: the warehouse there, and the endpoint and region;
+    the keys only with ``secrets`` (the mirror's own use: what ``pushlake iceberg --json``
+    prints leaves them to the reader's AWS_* variables, which pyarrow's S3 client reads)."""
     d = Path(data_dir).resolve()
+    catalog_url = location.catalog_url(catalog_url)
+    storage = open_storage(d, lake_url)
     if catalog_url:
         scheme, sep, rest = catalog_url.partition("://")
         if scheme not in ("postgresql", "postgres") or not sep:
@@ -94,7 +108,25 @@ def properties(data_dir: Path, catalog_url: str | None = None) -> dict[str, str]
         uri = f"postgresql+psycopg://{rest}"
     else:
         uri = f"sqlite:///{d}/catalog.db"
-    return {"type": "sql", "uri": uri, "warehouse": f"file://{d}/{WAREHOUSE}"}
+    if storage.local:
+        return {"type": "sql", "uri": uri, "warehouse": f"file://{d}/{WAREHOUSE}"}
+    return {"type": "sql", "uri": uri, "warehouse": storage.uri(WAREHOUSE), **s3_properties(secrets)}
+
+
+def s3_properties(secrets: bool = False) -> dict[str, str]:
+    """pyiceberg's ``s3.*`` FileIO properties from the AWS_* environment (as ``lake.storage``
+    reads it): endpoint and region always (else pyiceberg asks AWS where the bucket is), the
+    keys with ``secrets``."""
+    env = os.environ
+    out = {"s3.region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    if env.get("AWS_ENDPOINT_URL"):
+        out["s3.endpoint"] = env["AWS_ENDPOINT_URL"]
+    if secrets:
+        for prop, var in (("s3.access-key-id", "AWS_ACCESS_KEY_ID"), ("s3.secret-access-key", "AWS_SECRET_ACCESS_KEY"),
+                          ("s3.session-token", "AWS_SESSION_TOKEN")):
+            if env.get(var):
+                out[prop] = env[var]
+    return out
 
 
 def iceberg_schema(tbl: str) -> Schema:
@@ -128,9 +160,13 @@ class Mirror:
     warehouse): the compactor's thread, ``pushlake iceberg --rebuild`` and erase never commit or
     clean at the same time."""
 
-    def __init__(self, data_dir: Path, catalog_url: str | None = None):
+    def __init__(self, data_dir: Path, catalog_url: str | None = None, lake_url: str | None = None):
+        """``catalog_url``, ``lake_url``: None is the deployment's (``pushlake.location``)."""
         self.data_dir = Path(data_dir).resolve()
-        self.catalog_url = catalog_url or None
+        self.catalog_url = location.catalog_url(catalog_url)
+        self.storage: Storage = open_storage(self.data_dir, lake_url)
+        self._lake_url = "" if self.storage.local else self.storage.url
+        # local: the warehouse itself; on S3 only the lock lives here (a directory of this machine)
         self.warehouse = self.data_dir / WAREHOUSE
         self._iceberg: SqlCatalog | None = None
         self._mutex = threading.Lock()
@@ -138,12 +174,13 @@ class Mirror:
 
     # -- the catalog ------------------------------------------------------------------------
     def properties(self) -> dict[str, str]:
-        return properties(self.data_dir, self.catalog_url)
+        """What ``load_catalog`` needs (without S3 keys: see ``properties``)."""
+        return properties(self.data_dir, self.catalog_url or "", self._lake_url)
 
     @property
     def iceberg(self) -> SqlCatalog:
         if self._iceberg is None:
-            props = self.properties()
+            props = properties(self.data_dir, self.catalog_url or "", self._lake_url, secrets=True)
             # waits for the lake's writers as long as they wait for each other (busy_timeout 30 s)
             uri = props["uri"] + ("" if self.catalog_url else "?timeout=30")
             self._iceberg = SqlCatalog(NAME, **{**props, "uri": uri})
@@ -190,7 +227,7 @@ class Mirror:
                         TableProperties.DEFAULT_NAME_MAPPING: schema.name_mapping.model_dump_json()})
 
     def _uri(self, rel: str) -> str:
-        return f"file://{self.data_dir / rel}"
+        return f"file://{self.data_dir / rel}" if self.storage.local else self.storage.uri(rel)
 
     # -- sync -------------------------------------------------------------------------------
     def sync(self, catalog: Catalog) -> int:
@@ -252,7 +289,7 @@ class Mirror:
         """Drop every table, delete everything under the warehouse, and mirror the catalog's live
         files afresh (one snapshot per table). For a rebuilt lake, or a mirror in doubt."""
         own = catalog is None
-        catalog = catalog or Catalog(self.data_dir, readonly=True, url=self.catalog_url)
+        catalog = catalog or Catalog(self.data_dir, readonly=True, url=self.catalog_url or "")
         try:
             with self._writing():
                 for t in TABLES:
@@ -260,9 +297,12 @@ class Mirror:
                         self.iceberg.drop_table((NAME, t))  # not purge: the data files are the lake's
                     except NoSuchTableError:
                         pass
-                for p in self.warehouse.iterdir():
-                    if p.name != LOCK:
-                        shutil.rmtree(p) if p.is_dir() else p.unlink()
+                if self.storage.local:
+                    for p in self.warehouse.iterdir():
+                        if p.name != LOCK:
+                            shutil.rmtree(p) if p.is_dir() else p.unlink()
+                else:
+                    self.storage.delete(self.storage.list_files(WAREHOUSE))
                 self._seen = None
                 for t in TABLES:
                     self._reconcile(catalog, t)
@@ -290,7 +330,7 @@ class Mirror:
                     # older_than, not by_ids: each by_id deep-copies the metadata (O(snapshots²))
                     tb.maintenance.expire_snapshots().older_than(cutoff).commit()  # never the current one
                     tb = self.iceberg.load_table((NAME, t))
-                deleted += _delete_unreferenced(tb)
+                deleted += _delete_unreferenced(tb, None if self.storage.local else self.storage)
         return deleted
 
     # -- reading ----------------------------------------------------------------------------
@@ -520,16 +560,25 @@ class _MirrorCommit(_OverwriteFiles):
         return merger.merge_manifests(data) + [m for m in keep if m.content != ManifestContent.DATA]
 
 
-def _delete_unreferenced(tb: Table) -> int:
+def _delete_unreferenced(tb: Table, storage: Storage | None = None) -> int:
     """Delete the files of the table's metadata directory that its current metadata does not
-    reference (called under the writer lock: no commit is writing files meanwhile)."""
-    md_dir = Path(tb.metadata.location.removeprefix("file://")) / "metadata"
-    if not md_dir.is_dir():
-        return 0
+    reference (called under the writer lock: no commit is writing files meanwhile). ``storage``:
+    the S3 lake holding the warehouse (None: a local one)."""
     keep = {tb.metadata_location}
     for s in tb.snapshots():
         keep.add(s.manifest_list)
         keep.update(m.manifest_path for m in s.manifests(tb.io))
+    if storage is not None:
+        root = storage.uri("")
+        md_rel = f"{tb.metadata.location.removeprefix(root).strip('/')}/metadata"
+        if not tb.metadata.location.startswith(root):
+            raise ValueError(f"the Iceberg table's location {tb.metadata.location} is not in the lake {root}")
+        gone = [r for r in storage.list_files(md_rel) if storage.uri(r) not in keep]
+        storage.delete(gone)
+        return len(gone)
+    md_dir = Path(tb.metadata.location.removeprefix("file://")) / "metadata"
+    if not md_dir.is_dir():
+        return 0
     keep = {k.removeprefix("file://") for k in keep}
     n = 0
     for p in md_dir.iterdir():

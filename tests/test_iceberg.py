@@ -23,7 +23,7 @@ from lake.iceberg import MIRRORED, NAME, Mirror, _current_files, mirror_loop, pr
 from lake.schema import TABLES
 from tests.conftest import compact
 from tests.helpers import deletion, fixture, fixture_bytes, itin_id, run_cli, trip
-from tests.services import postgres  # noqa: F401  (the session's PostgreSQL server)
+from tests.services import postgres, s3  # noqa: F401  (the session's PostgreSQL and S3 servers)
 
 KEYS = {"trips": ("itin_id",), "trip_samples": ("itin_id", "seq"), "trip_events": ("itin_id", "event_type", "seq"),
         "crashes": ("crash_id",), "diagnoses": ("body_sha256",), "trip_deletions": ("itin_id",)}
@@ -322,3 +322,67 @@ def test_the_mirror_follows_a_postgresql_catalog(tmp_path, postgres):
         assert int(ice.properties[MIRRORED]) == cat.db.execute("SELECT max(id) FROM snapshots").fetchone()[0]
     finally:
         cat.close()
+
+
+def test_the_mirror_of_a_lake_on_s3(tmp_path, s3, postgres, monkeypatch):  # noqa: F811
+    """A lake on S3 with its catalog in PostgreSQL (a cluster's): the warehouse is the lake's
+    ``iceberg/`` prefix, the data files are registered by their s3:// URIs, the properties a
+    reader loads hold no key (pyarrow's S3 client takes the reader's AWS_* variables), and
+    expire and rebuild clean the metadata on S3."""
+    import orjson
+
+    from ingest.log import LogWriter
+    from ingest.record import Kind
+    from lake.storage import open_storage
+    bucket = s3.bucket("pushlake-iceberg")
+    for k, v in s3.env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PUSHLAKE_LAKE", f"s3://{bucket}/lk")
+    monkeypatch.setenv("PUSHLAKE_CATALOG", postgres.fresh_database("iceberg_s3"))
+    data = tmp_path / "data"
+    data.mkdir()
+
+    pushed = [1_750_000_000_000_000]
+
+    def push(items) -> None:
+        w = LogWriter(data, 0)
+        w.append([(Kind.TRIP, pushed[0] + n, team, itin_id(i), orjson.dumps(trip(itin_id(i), user=user)))
+                  for n, (team, i, user) in enumerate(items)])
+        pushed[0] += 1000
+        w.close()
+        compact(data)
+    push([("acme", i, "first") for i in range(3)] + [("globex", 10, "first")])
+    assert sync(data) >= 1
+    props = properties(data)
+    assert props["warehouse"] == f"s3://{bucket}/lk/iceberg" and props["uri"].startswith("postgresql+psycopg://")
+    assert props["s3.endpoint"] == s3.endpoint and not any("key" in k for k in props)
+    assert_mirrors_the_views(data)
+    st = open_storage(data)
+    cat = Catalog(data, readonly=True)
+    try:
+        assert iceberg_paths(data, "trips") == {st.uri(f.path) for f in cat.live_files("trips")}
+    finally:
+        cat.close()
+    push([("acme", 1, "second")])  # a copy-on-write: one removal and one addition
+    assert sync(data) >= 1
+    assert_mirrors_the_views(data)
+    with Mirror(data) as m:
+        assert m.expire(time.time() + 1) > 0
+        cat = Catalog(data, readonly=True)
+        try:
+            assert all(t.in_step for t in m.status(cat)[1])
+        finally:
+            cat.close()
+    ice = load_catalog(NAME, **props)
+    for tbl in TABLES:
+        tb = ice.load_table((NAME, tbl))
+        keep = {tb.metadata_location} | {s.manifest_list for s in tb.snapshots()}
+        keep |= {m.manifest_path for s in tb.snapshots() for m in s.manifests(tb.io)}
+        assert tb.metadata.location.startswith(f"s3://{bucket}/lk/iceberg/")
+        stored = {st.uri(r) for r in st.list_files(tb.metadata.location.removeprefix(st.uri("")) + "/metadata")}
+        assert stored == keep, tbl
+    before = {tbl: iceberg_rows(data, tbl) for tbl in TABLES}
+    with Mirror(data) as m:
+        assert m.rebuild() == len(TABLES)
+    assert {tbl: iceberg_rows(data, tbl) for tbl in TABLES} == before
+    assert [p.name for p in (data / "iceberg").iterdir()] == [".lock"]  # nothing of the mirror on disk
