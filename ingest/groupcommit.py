@@ -1,6 +1,8 @@
 """Pipelined group commit: one fdatasync in flight, and every request that arrived meanwhile
 rides the next one. The event loop never blocks on the disk; a single writer thread does the
-write + fdatasync (and publishes tombstones) and then resolves the waiting requests.
+write + fdatasync and then resolves the waiting requests; those whose ack also waits for a
+publication (deletions: their tombstones in the catalog, ``on_durable``) are resolved by a second
+thread once it is done, so that a catalog that is slow or down never holds back the log.
 """
 from __future__ import annotations
 
@@ -8,11 +10,13 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Callable, NamedTuple
 
 from .log import LogWriter
 
 log = logging.getLogger("pushlake.groupcommit")
+PROBE_S = 1.0  # while publishing fails, how often it is tried again (deletions in between: 503 at once)
 
 
 
@@ -56,6 +60,10 @@ class GroupCommit:
         self._pending_bytes = 0
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="log-writer")
+        self._publisher = ThreadPoolExecutor(1, thread_name_prefix="tombstones")  # runs on_durable
+        self._publishing: set[asyncio.Future] = set()
+        self._next_probe = 0.0
+        self._sink_error: Exception | None = None
         self._task: asyncio.Task | None = None
         self._roller: asyncio.Task | None = None
         self._closed = False
@@ -84,23 +92,38 @@ class GroupCommit:
         self._wake.set()
         return await fut
 
-    def _durable(self, items: list[Item]) -> tuple[int, Exception | None]:
-        """Append and fsync (its failure raises), then publish (its failure is returned)."""
-        first = self.writer.append(items)
-        if self.on_durable is None:
-            return first, None
+    def _publish(self, first: int, items: list[Item]) -> Exception | None:
+        """``on_durable`` (on the publisher thread); its failure is returned. While it fails it is
+        tried at most every ``PROBE_S``: the deletions in between are refused at once instead of
+        queueing behind a catalog that may hang until its timeout."""
+        if self.sink_down_since is not None and time.monotonic() < self._next_probe:
+            return self._sink_error
         try:
             self.on_durable(first, items)
-        except Exception as e:  # noqa: BLE001 - answered per item by _run
+        except Exception as e:  # noqa: BLE001 - answered per item by _published
+            self._next_probe, self._sink_error = time.monotonic() + PROBE_S, e
             if self.sink_down_since is None:
                 self.sink_down_since = time.time()
                 log.error("publishing deletions failed (%s: %s): deletions get 503 until it works again",
                           type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "")
-            return first, e
-        if self.sink_down_since is not None and any(map(self.needs_sink, items)):
+            return e
+        if self.sink_down_since is not None:
             log.warning("publishing deletions works again (after %.1f s)", time.time() - self.sink_down_since)
             self.sink_down_since = None
-        return first, None
+        return None
+
+    def _published(self, first: int, waiting: list[tuple[int, asyncio.Future]], pub: asyncio.Future) -> None:
+        self._publishing.discard(pub)
+        if pub.cancelled():
+            error: BaseException | None = RuntimeError("publication cancelled")
+        else:
+            error = pub.exception() or pub.result()
+        for n, f in waiting:
+            if not f.done():
+                if error is not None:
+                    f.set_exception(NotPublished(str(error)))
+                else:
+                    f.set_result(first + n)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -109,9 +132,9 @@ class GroupCommit:
             self._wake.clear()
             while self._pending:
                 batch, self._pending, self._pending_bytes = self._pending, [], 0
+                items = [i for i, _ in batch]
                 try:
-                    first, unpublished = await loop.run_in_executor(self._executor, self._durable,
-                                                                     [i for i, _ in batch])
+                    first = await loop.run_in_executor(self._executor, self.writer.append, items)
                 except Exception as e:  # noqa: BLE001 - every waiter must learn of the failure
                     log.error("log append failed, %d request(s) not acknowledged: %s", len(batch), e)
                     for _, f in batch:
@@ -120,13 +143,19 @@ class GroupCommit:
                     continue
                 self.batches += 1
                 self.records += len(batch)
+                # durable: the pushes that need no publication are acked now; the others when
+                # the publisher thread has published their batch (in batch order), so a slow or
+                # unreachable catalog delays deletions only, never the log's fsyncs
+                waiting = []
                 for n, (item, f) in enumerate(batch):
-                    if f.done():
-                        continue
-                    if unpublished is not None and self.needs_sink(item):
-                        f.set_exception(NotPublished(str(unpublished)))
-                    else:
+                    if self.on_durable is not None and self.needs_sink(item):
+                        waiting.append((n, f))
+                    elif not f.done():
                         f.set_result(first + n)
+                if waiting:
+                    pub = loop.run_in_executor(self._publisher, self._publish, first, items)
+                    self._publishing.add(pub)
+                    pub.add_done_callback(partial(self._published, first, waiting))
 
     async def _roll_by_age(self) -> None:
         loop = asyncio.get_running_loop()
@@ -143,8 +172,11 @@ class GroupCommit:
         self._closed = True
         while self._pending:
             await asyncio.sleep(0.01)
+        if self._publishing:
+            await asyncio.gather(*self._publishing, return_exceptions=True)
         for t in (self._task, self._roller):
             if t is not None:
                 t.cancel()
         await asyncio.get_running_loop().run_in_executor(self._executor, self.writer.close)
         self._executor.shutdown(wait=True)
+        self._publisher.shutdown(wait=True)

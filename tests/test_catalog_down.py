@@ -8,7 +8,9 @@ A real ``pushlake serve --catalog`` on its own database, reaching the session's 
 a TCP proxy the test cuts (so the server keeps running for the other tests)."""
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +18,10 @@ import urllib.request
 import orjson
 import pytest
 
+from ingest.app import is_deletion
+from ingest.groupcommit import GroupCommit, Item, NotPublished
+from ingest.log import LogWriter
+from ingest.record import Kind
 from pushlake.db import open_db
 from tests.cluster import TcpProxy
 from tests.helpers import ServerProcess, deletion, fixture, itin_id, run_cli, trip
@@ -47,6 +53,46 @@ def catalog(postgres, request):  # noqa: F811
     proxy = TcpProxy(postgres.host, postgres.port)
     yield url, url.replace(f"{postgres.host}:{postgres.port}", f"127.0.0.1:{proxy.port}"), proxy
     proxy.close()
+
+
+async def test_a_hanging_catalog_delays_deletions_only(tmp_path):
+    """The tombstones are published by their own thread: while the catalog hangs (a network that
+    drops packets: every call waits for its timeout) trips are acked at their fsync, and while it
+    fails deletions are refused at once, the catalog tried again at most every PROBE_S."""
+    release, calls = threading.Event(), []
+
+    def sink(first: int, items: list[Item]) -> None:
+        calls.append(first)
+        if not release.wait(10):
+            raise OSError("catalog timeout")
+        if len(calls) == 2:
+            raise OSError("catalog refused")
+
+    gc = GroupCommit(LogWriter(tmp_path, 0), sink, needs_sink=is_deletion)
+    gc.start()
+    try:
+        def item(kind: int, key: str) -> Item:
+            return Item(kind, 1, "acme", key, b"{}")
+        deleting = asyncio.ensure_future(gc.submit(item(Kind.EVENT, f"{itin_id(1)}:TRIP_DELETION")))
+        await asyncio.sleep(0.2)
+        assert calls == [0] and not deleting.done()
+        started = time.monotonic()
+        assert await gc.submit(item(Kind.TRIP, itin_id(2))) == 1  # acked while the sink hangs
+        assert await gc.submit(item(Kind.EVENT, f"{itin_id(2)}:START")) == 2  # other events need no tombstone
+        assert time.monotonic() - started < 2
+        release.set()
+        assert await deleting == 0
+        with pytest.raises(NotPublished, match="refused"):
+            await gc.submit(item(Kind.EVENT, f"{itin_id(3)}:TRIP_DELETION"))
+        with pytest.raises(NotPublished):  # within PROBE_S: refused without asking the catalog
+            await gc.submit(item(Kind.EVENT, f"{itin_id(3)}:TRIP_DELETION"))
+        assert len(calls) == 2
+        await asyncio.sleep(1.1)
+        assert await gc.submit(item(Kind.EVENT, f"{itin_id(3)}:TRIP_DELETION")) == 5
+        assert len(calls) == 3 and gc.sink_down_since is None
+    finally:
+        release.set()
+        await gc.close()
 
 
 def test_a_broken_connection_is_replaced_when_the_server_is_back(catalog):
