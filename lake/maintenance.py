@@ -17,7 +17,6 @@ from pushlake import location
 from . import files as lf
 from . import hive
 from .catalog import Catalog, CatalogConflict, Commit, FileRow
-from .schema import SCHEMAS
 from .storage import open_storage
 
 log = logging.getLogger("pushlake.compactor")

@@ -280,8 +280,6 @@ async def test_the_compactor_on_s3_end_to_end(pusher, s3_lake):
     assert rep.ok and not [w for w in rep.warnings if "hive tree" in w or "orphan" in w], rep
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError,
-                   reason="vacuum expires the Iceberg mirror first, which does not read S3 files yet (lake/iceberg.py)")
 async def test_vacuum_on_s3_deletes_the_replaced_objects(pusher, s3_lake):
     data, st = s3_lake
     trips_before = await _compacted_then_deleted(pusher, data, st)
@@ -325,3 +323,22 @@ def test_check_reads_the_objects_of_an_s3_lake(s3_lake):
     rep = check(data)
     assert rep.errors == [f"catalog file missing in {st.url}: {files[0].path}"]
     assert any("orphan" in w and "part-orphan" in w for w in rep.warnings)
+
+
+async def test_rebuild_of_an_s3_lake_only_into_an_empty_prefix(pusher, s3_lake, monkeypatch, tmp_path):
+    from lake.rebuild import RebuildRefused, rebuild
+    data, st = s3_lake
+    for i in range(3):
+        await pusher.push("trip", trip(itin_id(i)))
+    compact(data)
+    before = sorted(keys(st))
+    with pytest.raises(RebuildRefused, match="not rebuilt in place"):
+        rebuild(data)
+    with pytest.raises(RebuildRefused, match="empty --lake prefix"):
+        rebuild(data, into=tmp_path / "new")       # the same (non-empty) lake
+    assert sorted(keys(st)) == before and not (tmp_path / "new" / "catalog.db").exists()
+    monkeypatch.setenv("PUSHLAKE_LAKE", f"{st.url}-rebuilt")
+    stats = rebuild(data, into=tmp_path / "new")
+    assert stats.stored == 3
+    new = open_storage(tmp_path / "new")
+    assert new.url == f"{st.url}-rebuilt" and len(new.list_parquet("lake")) == len(st.list_parquet("lake"))
