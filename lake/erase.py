@@ -2,8 +2,9 @@
 and the lake.
 
 Every file under the data directory is examined, and on an S3 lake (``lake.storage``) every object
-under the lake's prefix too (both trees, the Iceberg mirror's files, anything else found there). What may still name the trip is its deletion:
-TRIP_DELETION records in the log, the ``trip_deletions`` audit table and the catalog's tombstone.
+under the lake's prefix too (both trees, the Iceberg mirror's files, anything else found there).
+What may still name the trip is its deletion: TRIP_DELETION records in the log, the
+``trip_deletions`` audit table and the catalog's tombstone.
 Anything else that holds the trip id (a trip record in a log segment, a row in a Parquet file,
 old files not yet vacuumed, a torn tail, a FAILED item, a catalog index entry) is a finding.
 """
