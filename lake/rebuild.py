@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 from ingest.log import list_partitions, recover_idle_partitions
+from pushlake import location
 from pushlake.fsutil import try_lock
 
+from .catalog import Catalog
 from .compactor import Compactor, CompactorBusy, StepStats
 from .hive import PUBLIC, STORE
 from .storage import open_storage
@@ -23,6 +25,9 @@ def rebuild(data_dir: Path, into: Path | None = None, progress=None) -> StepStat
     """Rebuild into ``into`` (a new directory), or in place: build aside, then swap the lake and
     catalog. In place requires the service to be stopped (no receiver, no compactor)."""
     data_dir = Path(data_dir)
+    if into is None and location.shared():
+        raise RebuildRefused("a shared catalog holds every node's lake: rebuild --into a new data directory "
+                             "with --catalog an empty database (and --lake an empty prefix)")
     if into is None and not open_storage(data_dir).local:
         raise RebuildRefused("an S3 lake is not rebuilt in place (objects cannot be swapped like directories): "
                              "rebuild --into a new data directory with --lake an empty prefix")
@@ -34,6 +39,14 @@ def rebuild(data_dir: Path, into: Path | None = None, progress=None) -> StepStat
             raise RebuildRefused(f"{into} already holds a lake; give an empty directory")
         if not target.local and (target.list_files(STORE) or target.list_files(PUBLIC)):
             raise RebuildRefused(f"{target.url} already holds a lake; give an empty --lake prefix")
+        if location.shared():
+            cat = Catalog(into)  # creates the schema of an empty database, as the rebuild would
+            try:
+                used = bool(cat.positions() or cat.live_files())
+            finally:
+                cat.close()
+            if used:
+                raise RebuildRefused("the catalog already holds a lake; give --catalog an empty database")
         with Compactor(data_dir, out_dir=into) as c:
             stats = c.drain(progress)
         _mirror(into)

@@ -21,7 +21,7 @@ from lake.schema import SCHEMAS
 from lake.storage import open_storage, parse_s3_url
 from tests.conftest import compact
 from tests.helpers import deletion, itin_id, trip
-from tests.services import s3  # noqa: F401
+from tests.services import postgres, s3  # noqa: F401
 
 REL = "files/trips/team=acme/date=2025-01-20/part-{}.parquet"
 
@@ -342,3 +342,22 @@ async def test_rebuild_of_an_s3_lake_only_into_an_empty_prefix(pusher, s3_lake, 
     assert stats.stored == 3
     new = open_storage(tmp_path / "new")
     assert new.url == f"{st.url}-rebuilt" and len(new.list_parquet("lake")) == len(st.list_parquet("lake"))
+
+
+async def test_rebuild_with_a_shared_catalog_only_into_an_empty_database(pusher, s3_lake, postgres,  # noqa: F811
+                                                                          monkeypatch, tmp_path):
+    from lake.rebuild import RebuildRefused, rebuild
+    data, st = s3_lake
+    for i in range(2):
+        await pusher.push("trip", trip(itin_id(i)))
+    url = postgres.fresh_database("storage_rebuild")
+    monkeypatch.setenv("PUSHLAKE_CATALOG", url)
+    monkeypatch.setenv("PUSHLAKE_NODE", "")  # the log was written with no node name
+    with pytest.raises(RebuildRefused, match="shared catalog"):
+        rebuild(data)
+    assert rebuild(data, into=tmp_path / "one").stored == 2
+    assert len(st.list_parquet("lake")) > 0
+    monkeypatch.setenv("PUSHLAKE_LAKE", f"{st.url}-again")
+    with pytest.raises(RebuildRefused, match="catalog already holds a lake"):
+        rebuild(data, into=tmp_path / "two")
+    assert open_storage(tmp_path / "two").list_files() == []
