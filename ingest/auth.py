@@ -11,8 +11,9 @@ receiver, in ``pushlake.api.auth``.
 When the admin stores cannot be reached (PostgreSQL down or cut off: SPEC §8, catalog outage) the
 cache keeps serving what it holds: known keys and tokens are accepted or refused as before, and
 credentials it cannot check (not in the cache) get 503 with Retry-After, not 401: a client must
-retry them, not drop its key. The store is asked again every ``RETRY_S``, and the outage is logged
-once when it begins and once when it ends.
+retry them, not drop its key. On PostgreSQL the store is asked on a thread of its own and a request
+waits at most ``CHECK_TIMEOUT_S`` for it (a server that hangs counts as down); while it is down it
+is asked again every ``RETRY_S``, and the outage is logged once when it begins and once when it ends.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import binascii
 import hmac
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,8 @@ from pushlake.teams import Teams, hash_key
 
 log = logging.getLogger("pushlake.auth")
 RETRY_S = 1.0  # how often an unreachable admin store is asked again (and the client's Retry-After)
+CHECK_TIMEOUT_S = 0.25  # a change check that takes longer counts as an outage (the request does not wait)
+RELOAD_TIMEOUT_S = 5.0
 
 
 class AuthError(Exception):
@@ -63,40 +67,93 @@ class PushAuth:
         self._next_check = 0.0
         self.check_every = 0.01  # a change made by another process is seen within 10 ms
         self.down_since: float | None = None  # the admin store could not be reached since (time.time())
+        # PostgreSQL: the store is asked on this thread (see _fresh); SQLite: on the caller's
+        self._checker = ThreadPoolExecutor(1, thread_name_prefix="teams") if self.teams.db.Unavailable else None
+        self._probe: Future | None = None
 
     def close(self) -> None:
+        if self._checker is not None:
+            busy = self._probe is not None and not self._probe.done()
+            self._checker.shutdown(wait=not busy, cancel_futures=True)
+            if busy:
+                return  # its thread is stuck in a call to an unreachable server: leave the connection to it
         self.teams.close()
 
-    def reload(self) -> None:
+    def _load(self) -> tuple:
         # the version is read first: a change committed while we read counts as unseen
         version = self.teams.changes()
         by_id, by_push, by_admin = {}, {}, {}
         for r in self.teams.all():
             t = CachedTeam(r.team_id, r.enabled, r.push_key_hash, r.admin_key_hash, r.keys_issued_at)
             by_id[r.team_id], by_push[r.push_key_hash], by_admin[r.admin_key_hash] = t, t, t
-        self._by_id, self._by_push, self._by_admin = by_id, by_push, by_admin
+        return version, by_id, by_push, by_admin
+
+    def _apply(self, loaded: tuple) -> None:
+        self._version, self._by_id, self._by_push, self._by_admin = loaded
         self.generation += 1
-        self._version = version
+
+    def _changed(self) -> tuple | None:
+        """The new cache if the admin stores changed since it was loaded (else None)."""
+        return self._load() if self.teams.changes() != self._version else None
+
+    def reload(self) -> None:
+        """Load the cache now (after a change this process made)."""
+        if self._checker is None:
+            self._apply(self._load())
+            return
+        try:
+            self._apply(self._checker.submit(self._load).result(timeout=RELOAD_TIMEOUT_S))
+        except (TimeoutError, *self.teams.db.Unavailable) as e:
+            self._down(e)
+
+    def _down(self, e: BaseException) -> None:
+        self._next_check = time.monotonic() + RETRY_S
+        if self.down_since is None:
+            self.down_since = time.time()
+            why = (str(e).strip().splitlines() or [""])[0] or f"no answer within {CHECK_TIMEOUT_S} s"
+            log.error("the teams' store cannot be reached (%s): serving the %d cached team(s), "
+                      "unknown credentials get 503", why, len(self._by_id))
+
+    def _up(self) -> None:
+        if self.down_since is not None:
+            log.warning("the teams' store is reachable again (after %.1f s)", time.time() - self.down_since)
+            self.down_since = None
 
     def _fresh(self) -> None:
         now = time.monotonic()
         if now < self._next_check:
             return
         self._next_check = now + self.check_every
-        try:
-            if self.teams.changes() != self._version:
-                self.reload()
-        except self.teams.db.Unavailable as e:
-            self._next_check = now + RETRY_S
-            if self.down_since is None:
-                self.down_since = time.time()
-                log.error("the teams' store cannot be reached (%s): serving the %d cached team(s), "
-                          "unknown credentials get 503", str(e).strip().splitlines()[0] if str(e).strip() else
-                          type(e).__name__, len(self._by_id))
+        if self._checker is None:  # SQLite: a local file, asked here
+            loaded = self._changed()
+            if loaded is not None:
+                self._apply(loaded)
             return
-        if self.down_since is not None:
-            log.warning("the teams' store is reachable again (after %.1f s)", time.time() - self.down_since)
-            self.down_since = None
+        # PostgreSQL: asked on the checker thread, waited for at most CHECK_TIMEOUT_S, so that a
+        # server that hangs (not only one that refuses) never holds the event loop; while it is
+        # down, a probe runs there every RETRY_S and the requests do not wait for it
+        if self._probe is None:
+            self._probe = self._checker.submit(self._changed)
+        if self.down_since is None:
+            try:
+                self._probe.result(timeout=CHECK_TIMEOUT_S)
+            except TimeoutError as e:
+                self._down(e)
+                return  # the probe goes on; its answer is taken at a later check
+            except Exception:  # noqa: BLE001 - taken below, as a probe's
+                pass
+        elif not self._probe.done():
+            self._next_check = now + RETRY_S
+            return
+        probe, self._probe = self._probe, None
+        try:
+            loaded = probe.result()
+        except self.teams.db.Unavailable as e:
+            self._down(e)
+            return
+        if loaded is not None:
+            self._apply(loaded)
+        self._up()
 
     def unknown(self, error: AuthError) -> AuthError:
         """What to answer for credentials the cache does not know: ``error``, or 503 while the

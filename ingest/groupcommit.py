@@ -17,6 +17,7 @@ from .log import LogWriter
 
 log = logging.getLogger("pushlake.groupcommit")
 PROBE_S = 1.0  # while publishing fails, how often it is tried again (deletions in between: 503 at once)
+PUBLISH_TIMEOUT_S = 5.0  # a deletion waits this long at most for its publication (then 503)
 
 
 
@@ -64,6 +65,7 @@ class GroupCommit:
         self._publishing: set[asyncio.Future] = set()
         self._next_probe = 0.0
         self._sink_error: Exception | None = None
+        self._stalled = False  # a publication outlived PUBLISH_TIMEOUT_S (logged once)
         self._task: asyncio.Task | None = None
         self._roller: asyncio.Task | None = None
         self._closed = False
@@ -112,12 +114,29 @@ class GroupCommit:
             self.sink_down_since = None
         return None
 
-    def _published(self, first: int, waiting: list[tuple[int, asyncio.Future]], pub: asyncio.Future) -> None:
+    def _too_slow(self, waiting: list[tuple[int, asyncio.Future]]) -> None:
+        """No answer from the catalog within PUBLISH_TIMEOUT_S (it hangs): the deletions get 503
+        now; their publication, still queued, is harmless if it happens later (their records are
+        in the log, and the clients will push them again)."""
+        if not self._stalled:
+            self._stalled = True
+            log.error("publishing deletions got no answer within %.0f s: deletions get 503 until it answers",
+                      PUBLISH_TIMEOUT_S)
+        for _, f in waiting:
+            if not f.done():
+                f.set_exception(NotPublished(f"no answer from the catalog within {PUBLISH_TIMEOUT_S:.0f} s"))
+
+    def _published(self, first: int, waiting: list[tuple[int, asyncio.Future]], timer: asyncio.TimerHandle,
+                   pub: asyncio.Future) -> None:
+        timer.cancel()
         self._publishing.discard(pub)
         if pub.cancelled():
             error: BaseException | None = RuntimeError("publication cancelled")
         else:
             error = pub.exception() or pub.result()
+        if error is None and self._stalled:
+            self._stalled = False
+            log.warning("publishing deletions answers again")
         for n, f in waiting:
             if not f.done():
                 if error is not None:
@@ -152,10 +171,16 @@ class GroupCommit:
                         waiting.append((n, f))
                     elif not f.done():
                         f.set_result(first + n)
-                if waiting:
+                if waiting and self._stalled and self._publishing:
+                    # a publication hangs: refused at once rather than queued behind it
+                    for _, f in waiting:
+                        if not f.done():
+                            f.set_exception(NotPublished("the catalog does not answer"))
+                elif waiting:
                     pub = loop.run_in_executor(self._publisher, self._publish, first, items)
                     self._publishing.add(pub)
-                    pub.add_done_callback(partial(self._published, first, waiting))
+                    timer = loop.call_later(PUBLISH_TIMEOUT_S, self._too_slow, waiting)
+                    pub.add_done_callback(partial(self._published, first, waiting, timer))
 
     async def _roll_by_age(self) -> None:
         loop = asyncio.get_running_loop()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import selectors
+import socket
 import threading
 import time
 import urllib.error
@@ -44,6 +46,66 @@ def crash(n: int) -> dict:
 
 def diagnosis(user: str) -> dict:
     return {**fixture("diagnosis.json"), "userId": user}
+
+
+class StallProxy:
+    """A loopback TCP proxy that can stop forwarding while keeping every connection open: what a
+    hanging PostgreSQL looks like (frozen, or behind a stuck network path). Nothing is refused and
+    nothing times out: the calls just wait, until ``resume()``."""
+
+    def __init__(self, host: str, port: int):
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stalled = threading.Event()
+        self.closed = threading.Event()
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                return
+            self.socks += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(a, selectors.EVENT_READ, b)
+            sel.register(b, selectors.EVENT_READ, a)
+            try:
+                while not self.closed.is_set():
+                    if self.stalled.is_set():
+                        time.sleep(0.02)
+                        continue
+                    for key, _ in sel.select(timeout=0.1):
+                        data = key.fileobj.recv(1 << 16)
+                        if not data:
+                            return
+                        key.data.sendall(data)
+            except OSError:
+                pass
+            finally:
+                a.close()
+                b.close()
+
+    def stall(self) -> None:
+        self.stalled.set()
+
+    def resume(self) -> None:
+        self.stalled.clear()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.listener.close()
+        for s in self.socks:
+            try:
+                s.close()
+            except OSError:
+                pass
 
 
 @pytest.fixture
@@ -193,3 +255,55 @@ def test_pushes_during_a_catalog_outage(catalog, tmp_path):
     assert out.count("publishing deletions works again") == 1, out
     assert out.count("the teams' store cannot be reached") == 1, out
     assert out.count("the teams' store is reachable again") == 1, out
+
+
+def test_pushes_while_the_catalog_hangs(postgres, tmp_path):  # noqa: F811
+    """PostgreSQL that neither answers nor refuses: the receiver's event loop waits at most a
+    quarter of a second for the team cache's check (then serves the cache), deletions get 503
+    after PUBLISH_TIMEOUT_S (then at once while it hangs), and everything resumes when it answers."""
+    direct = postgres.fresh_database("down_hangs")
+    proxy = StallProxy(postgres.host, postgres.port)
+    key = json.loads(run_cli("teams", "create", "acme", "--json", "--catalog", direct, data=tmp_path / "admin")
+                     .stdout)["pushApiKey"]
+    data = tmp_path / "node"
+    server = ServerProcess(data, "--catalog", direct.replace(f"{postgres.host}:{postgres.port}",
+                                                             f"127.0.0.1:{proxy.port}"), "--iceberg-interval", "0")
+    try:
+        assert push(server, "trip", trip(itin_id(1)), key)[0] == 200
+        assert push(server, "trip/event", deletion(itin_id(9)), key)[0] == 200
+        proxy.stall()
+        for n in range(2, 5):
+            started = time.monotonic()
+            assert push(server, "trip", trip(itin_id(n)), key)[0] == 200
+            assert time.monotonic() - started < 2
+        started = time.monotonic()
+        status, headers, body = push(server, "trip/event", deletion(itin_id(1)), key)
+        assert status == 503 and headers["Retry-After"] and body["error"] == "catalog_unavailable"
+        assert 4 < time.monotonic() - started < 10  # PUBLISH_TIMEOUT_S
+        started = time.monotonic()
+        assert push(server, "trip/event", deletion(itin_id(1)), key)[0] == 503
+        assert time.monotonic() - started < 2  # refused at once while the publication hangs
+        assert push(server, "trip", trip(itin_id(5)), key)[0] == 200
+        proxy.resume()
+        deadline = time.monotonic() + 30
+        while (status := push(server, "trip/event", deletion(itin_id(1)), key)[0]) != 200 \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert status == 200
+        want = {itin_id(n) for n in range(2, 6)}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rows = json.loads(run_cli("sql", "--json", "--catalog", direct, "SELECT itin_id FROM trips",
+                                      data=data).stdout)
+            if {r["itin_id"] for r in rows} == want:
+                break
+            time.sleep(0.5)
+        assert {r["itin_id"] for r in rows} == want
+    finally:
+        server.proc.terminate()
+        server.proc.wait(15)
+        out = server.output()
+        server.stop()
+        proxy.close()
+    assert out.count("publishing deletions got no answer") == 1, out
+    assert out.count("the teams' store cannot be reached") == 1, out
