@@ -21,6 +21,7 @@ which DuckDB checks for ``s3://`` paths as for local ones.
 """
 from __future__ import annotations
 
+import datetime
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -75,6 +76,7 @@ class LakeConnection:
         self._tombs: list[tuple[str, str]] = []
         self._shapes: dict[str, tuple[bool, ...]] = {}
         self._tmp = None
+        self._infos: dict[str, dict] | None = None  # on S3: what the filesystem answers of each file
         self.snapshot = 0
         self.con = duckdb.connect(config={"threads": int(settings["threads"])} if settings and "threads" in settings else {})
         self.storage = storage if storage is not None else open_storage(self.data_dir)
@@ -84,7 +86,9 @@ class LakeConnection:
             self._path = lambda rel: str(self._root / rel)
         else:
             # before any setting: enable_external_access=false and lock_configuration come later
-            self.con.register_filesystem(self.storage.duckdb_filesystem(read_only=True))
+            fs = self.storage.duckdb_filesystem(read_only=True)
+            self._infos = _known_sizes(fs)
+            self.con.register_filesystem(fs)
             self._path = self.storage.uri
         # the views read the files' homes (a reader of an older snapshot finds them until vacuum);
         # a confined query may also read the public tree's links to the same live files
@@ -148,6 +152,10 @@ class LakeConnection:
         for f in files:
             name = f"pl_{f.tbl}_dirty" if (f.tbl in TRIP_TABLES and f.id in dirty) else f"pl_{f.tbl}"
             lists[name].append(self._path(f.path))
+            if self._infos is not None:
+                key = self.storage.fs_path(f.path)
+                if key not in self._infos:
+                    self._infos[key] = {"name": key, "size": f.bytes, "type": "file", "LastModified": _WRITTEN}
         for t in SCHEMAS:
             names = [f"pl_{t}"] + ([f"pl_{t}_dirty"] if t in TRIP_TABLES else [])
             for name in names:
@@ -190,7 +198,7 @@ class LakeConnection:
         for attempt in range(3):
             try:
                 return run()
-            except duckdb.IOException as e:
+            except duckdb.Error as e:
                 if attempt == 2 or not _file_gone(e):
                     raise
                 self._version = None  # whatever the catalog says, read the file lists again
@@ -271,9 +279,41 @@ def check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> None:
         raise PermissionError(READ_ONLY_MESSAGE)
 
 
-def _file_gone(e: duckdb.IOException) -> bool:
+_WRITTEN = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)  # any fixed time: a name is never rewritten
+
+
+def _known_sizes(fs) -> dict[str, dict]:
+    """Make the S3 filesystem answer from the catalog what it knows of the lake's files;
+    returns the dict to fill (``bucket/key`` -> s3fs info). DuckDB asks the existence of every
+    file of a list when it binds a view and the size and modified time of each file it opens,
+    again at each statement: through s3fs, six HEAD requests a file, each a round trip (a
+    team with a thousand files: a thousand HEADs before the first row). A lake file never
+    changes once written (every file gets a new name) and the catalog records its exact size,
+    so no HEAD is needed; a file vacuumed since is found missing at its GET instead. Paths
+    the catalog does not name (a glob, a prefix) are asked of S3, once."""
+    from fsspec.asyn import sync_wrapper
+    infos: dict[str, dict] = {}
+    base = fs._info
+
+    async def _info(path, bucket=None, key=None, refresh=False, version_id=None):
+        name = fs._strip_protocol(path)
+        if refresh or version_id is not None or name not in infos:
+            out = await base(path, bucket, key, refresh=refresh, version_id=version_id)
+            if version_id is not None or out.get("type") != "file":
+                return out  # a version asked for, or a prefix: as s3fs answers
+            infos[name] = out
+        return infos[name]
+    fs._info = _info
+    fs.info = sync_wrapper(_info, obj=fs)
+    return infos
+
+
+def _file_gone(e: duckdb.Error) -> bool:
     m = str(e)
-    return "No files found that match the pattern" in m or ("Cannot open file" in m and "No such file" in m)
+    if isinstance(e, duckdb.IOException):
+        return "No files found that match the pattern" in m or ("Cannot open file" in m and "No such file" in m)
+    # on S3, s3fs's error at the GET of an object vacuumed meanwhile, as DuckDB passes it on
+    return "FileNotFoundError" in m and "key does not exist" in m
 
 
 def _q(s: str) -> str:
