@@ -400,6 +400,23 @@ def test_a_reader_with_an_empty_data_directory(s3, postgres, tmp_path, monkeypat
         assert orjson.loads(out.stdout) == [{"n": 3}]
     assert export(reader, "trips", tmp_path / "t.parquet") == 9
     assert list(reader.iterdir()) == [], "a reader wrote into its data directory"
+    # /v1/query on a node of its own (teams and keys are in PostgreSQL too): the query processes
+    # open the catalog's connection before Landlock closes every port but the S3 one
+    _landlock_or_skip()
+    teams = Teams(reader)
+    try:
+        key = teams.create("globex")["adminApiKey"]
+    finally:
+        teams.close()
+    node = tmp_path / "node" / "data"
+    node.mkdir(parents=True)
+    srv = ServerProcess(node, "--no-compactor", env={"PUSHLAKE_NODE": "reader-1"})
+    try:
+        status, body = _post(srv.url, "SELECT team_id, count(*) AS n FROM trips GROUP BY 1",
+                             {"Authorization": f"Bearer {key}"})
+        assert (status, body.get("rows")) == (200, [{"team_id": "globex", "n": 3}]), (body, srv.output())
+    finally:
+        srv.stop()
 
 
 # -- docs/reading.md: reading the S3 lake from other engines ------------------------------------
