@@ -95,7 +95,10 @@ def cmdline(pid: int) -> str:
 
 class TcpProxy:
     """A loopback TCP proxy to ``host:port`` that can be taken down: ``down()`` cuts every open
-    connection and answers new ones by closing them at once; ``up()`` forwards again."""
+    connection and answers new ones by closing them at once; ``up()`` forwards again.
+    ``pause()`` holds every byte in both directions (connections stay open: a stalled network, or
+    a peer that stopped answering) until ``resume()``. ``watch``, if set, is called with each
+    chunk a client sends, before it is forwarded (to pause another proxy at an exact request)."""
 
     def __init__(self, host: str, port: int):
         self.target = (host, port)
@@ -103,6 +106,8 @@ class TcpProxy:
         self.port = self.listener.getsockname()[1]
         self.host = "127.0.0.1"
         self._up = True
+        self._paused = threading.Event()
+        self.watch: Callable[[bytes], None] | None = None
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._closed = False
@@ -137,10 +142,18 @@ class TcpProxy:
         sel.register(b, selectors.EVENT_READ, a)
         try:
             while self._up and not self._closed:
+                if self._paused.is_set():
+                    time.sleep(0.02)
+                    continue
                 for key, _ in sel.select(timeout=0.5):
                     data = key.fileobj.recv(1 << 16)
                     if not data:
                         return
+                    if key.fileobj is a and self.watch is not None:
+                        self.watch(data)
+                    if self._paused.is_set():  # the watch paused this very proxy: hold the chunk too
+                        while self._paused.is_set() and self._up and not self._closed:
+                            time.sleep(0.02)
                     key.data.sendall(data)
         except OSError:
             pass
@@ -151,6 +164,16 @@ class TcpProxy:
                 self._conns.discard(b)
             _close(a)
             _close(b)
+
+    def pause(self) -> None:
+        self._paused.set()
+
+    def resume(self) -> None:
+        self._paused.clear()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
 
     def down(self) -> None:
         self._up = False
@@ -164,6 +187,7 @@ class TcpProxy:
 
     def close(self) -> None:
         self._closed = True
+        self.resume()
         self.down()
         _close(self.listener)
 
