@@ -155,7 +155,7 @@ class LakeConnection:
             if self._infos is not None:
                 key = self.storage.fs_path(f.path)
                 if key not in self._infos:
-                    self._infos[key] = {"name": key, "size": f.bytes, "type": "file", "LastModified": _WRITTEN}
+                    _remember(self._infos, key, {"name": key, "size": f.bytes, "type": "file", "LastModified": _WRITTEN})
         for t in SCHEMAS:
             names = [f"pl_{t}"] + ([f"pl_{t}_dirty"] if t in TRIP_TABLES else [])
             for name in names:
@@ -290,9 +290,16 @@ def _known_sizes(fs) -> dict[str, dict]:
     team with a thousand files: a thousand HEADs before the first row). A lake file never
     changes once written (every file gets a new name) and the catalog records its exact size,
     so no HEAD is needed; a file vacuumed since is found missing at its GET instead. Paths
-    the catalog does not name (a glob, a prefix) are asked of S3, once."""
+    the catalog does not name (a glob, a prefix) are asked of S3, once.
+
+    The filesystem is shared by the connections of a process (``Storage.duckdb_filesystem``),
+    and so is the dict: sizes are no secret (``allowed_directories`` decides what a connection
+    opens, before the filesystem is asked), and what is true of a file is true for everyone."""
+    infos = getattr(fs, "_pushlake_infos", None)
+    if infos is not None:
+        return infos
     from fsspec.asyn import sync_wrapper
-    infos: dict[str, dict] = {}
+    infos = {}
     base = fs._info
 
     async def _info(path, bucket=None, key=None, refresh=False, version_id=None):
@@ -301,11 +308,21 @@ def _known_sizes(fs) -> dict[str, dict]:
             out = await base(path, bucket, key, refresh=refresh, version_id=version_id)
             if version_id is not None or out.get("type") != "file":
                 return out  # a version asked for, or a prefix: as s3fs answers
-            infos[name] = out
+            _remember(infos, name, out)
         return infos[name]
     fs._info = _info
     fs.info = sync_wrapper(_info, obj=fs)
+    fs._pushlake_infos = infos
     return infos
+
+
+KNOWN_MAX = 1 << 18  # files remembered per process (~100 B each); then it starts again
+
+
+def _remember(infos: dict[str, dict], name: str, info: dict) -> None:
+    if len(infos) >= KNOWN_MAX:  # a long-lived process that has seen many vacuumed files
+        infos.clear()
+    infos[name] = info
 
 
 def _file_gone(e: duckdb.Error) -> bool:
