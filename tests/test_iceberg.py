@@ -386,3 +386,49 @@ def test_the_mirror_of_a_lake_on_s3(tmp_path, s3, postgres, monkeypatch):  # noq
         assert m.rebuild() == len(TABLES)
     assert {tbl: iceberg_rows(data, tbl) for tbl in TABLES} == before
     assert [p.name for p in (data / "iceberg").iterdir()] == [".lock"]  # nothing of the mirror on disk
+
+
+def test_serve_on_s3_keeps_the_mirror_in_step(tmp_path, s3, monkeypatch):  # noqa: F811
+    """``pushlake serve`` with the lake on S3 (the catalog embedded): its mirror process finds the
+    lake through the environment, writes its metadata to the bucket, and follows pushes and a
+    deletion."""
+    import urllib.request
+
+    from lake.storage import open_storage
+    from tests.helpers import ServerProcess, create_team
+    bucket = s3.bucket("pushlake-iceberg-serve")
+    for k, v in s3.env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PUSHLAKE_LAKE", f"s3://{bucket}/served")
+    data = tmp_path / "data"
+    key = create_team(data, "acme")
+    srv = ServerProcess(data, "--iceberg-interval", "0.5")
+    try:
+        def push(path: str, body: dict) -> None:
+            req = urllib.request.Request(srv.url + path, data=json.dumps(body).encode(), method="POST",
+                                         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+            assert urllib.request.urlopen(req, timeout=10).status == 200
+
+        def until(want: set[str]) -> None:
+            t0 = time.monotonic()
+            while True:
+                try:
+                    got = {r[2] for r in iceberg_rows(data, "trips")}
+                except Exception:  # noqa: BLE001 - the table is created at the mirror's first sync
+                    got = {"<none>"}
+                if got == want:
+                    return
+                assert time.monotonic() - t0 < 30, (got, want, srv.output()[-3000:])
+                time.sleep(0.2)
+        for i in range(3):
+            push("/push/trip", trip(itin_id(i)))
+        until({itin_id(0), itin_id(1), itin_id(2)})
+        push("/push/trip/event", deletion(itin_id(1)))
+        until({itin_id(0), itin_id(2)})
+        assert view_rows(data, "trips") == iceberg_rows(data, "trips")
+        assert "Traceback" not in srv.output()
+    finally:
+        srv.stop()
+    st = open_storage(data)
+    assert any(r.endswith(".metadata.json") for r in st.list_files("iceberg"))
+    assert not list(data.rglob("*.parquet")) and not list(data.rglob("*.avro"))
