@@ -356,6 +356,7 @@ def test_the_mirror_of_a_lake_on_s3(tmp_path, s3, postgres, monkeypatch):  # noq
     props = properties(data)
     assert props["warehouse"] == f"s3://{bucket}/lk/iceberg" and props["uri"].startswith("postgresql+psycopg://")
     assert props["s3.endpoint"] == s3.endpoint and not any("key" in k for k in props)
+    assert json.loads(run_cli("iceberg", "--json", data=data).stdout) == props
     assert_mirrors_the_views(data)
     st = open_storage(data)
     cat = Catalog(data, readonly=True)
