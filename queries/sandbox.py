@@ -10,7 +10,9 @@ One exception for a lake on an S3-compatible store: TCP connect to the store's p
 4 rules are by port, not by host), and nothing else; bind stays denied. A PostgreSQL catalog's
 connection is opened before (``queries.connection.open_catalog``): an established socket is not
 affected, and its port stays closed, so a query process never reconnects (if the connection
-breaks, that one query fails).
+breaks, that one query fails). What a query process cannot reach either: an instance metadata
+service (EC2/ECS roles, port 80) or a proxy (``HTTPS_PROXY``) on another port: give it its S3
+keys in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or a credentials file, which it may read).
 
 Landlock applies to the calling thread and the threads and processes it creates afterwards, so it
 must run before DuckDB starts its threads (a query worker calls it first thing after fork). On a
