@@ -78,9 +78,13 @@ class Compactor:
         self.batch_records = batch_records
         self.merge_min_files = merge_min_files
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = try_lock(self.out_dir / "compactor.lock")
+        # one compactor per log (a node's --data); on one machine per lake (``rebuild --into``
+        # builds a new one from the same log)
+        held = self.data_dir if location.shared() else self.out_dir
+        held.mkdir(parents=True, exist_ok=True)
+        self._lock = try_lock(held / "compactor.lock")
         if self._lock is None:
-            raise CompactorBusy(f"another compactor is running on {self.out_dir}")
+            raise CompactorBusy(f"another compactor is running on {held}")
         self.node = location.node_name()
         check_node(self.data_dir, self.node)
         self.shared = location.shared()
