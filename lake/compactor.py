@@ -435,8 +435,12 @@ class Compactor:
         last_maint = time.monotonic()
         merger = threading.Thread(target=self._merge_loop, args=(stop, merge_every), name="merger", daemon=True)
         merger.start()
-        mirror = self._start_mirror(mirror_every) if mirror_every else None
+        # in a cluster the mirror runs beside the maintenance lease's holder only (one writer of
+        # the Iceberg tables): started when this compactor takes the lease, stopped when it loses it
+        mirror = None
         while not stop.is_set():
+            if mirror_every and (mirror is None) == self.maintaining.is_set():
+                mirror = self._start_mirror(mirror_every) if mirror is None else self._stop_mirror(mirror)
             try:
                 s = self.step()
                 if s.records:
@@ -469,11 +473,15 @@ class Compactor:
             stop.wait(interval)
         merger.join()
         if mirror is not None:
-            proc, mstop = mirror
-            mstop.set()
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
+            self._stop_mirror(mirror)
+
+    @staticmethod
+    def _stop_mirror(mirror) -> None:
+        proc, mstop = mirror
+        mstop.set()
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
 
     def _start_mirror(self, every: float):
         """The Iceberg mirror's process (``lake.iceberg.mirror_process``), and its stop event.

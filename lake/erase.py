@@ -7,6 +7,8 @@ What may still name the trip is its deletion: TRIP_DELETION records in the log, 
 ``trip_deletions`` audit table and the catalog's tombstone.
 Anything else that holds the trip id (a trip record in a log segment, a row in a Parquet file,
 old files not yet vacuumed, a torn tail, a FAILED item, a catalog index entry) is a finding.
+In a cluster each node's log is on its own disk: this run reads this node's log, and the catalog
+says which other nodes have not cleaned theirs yet (each node records its cleaning there).
 """
 from __future__ import annotations
 
@@ -69,8 +71,13 @@ def verify_erased(data_dir: Path, itin: str, team: str | None = None) -> tuple[l
             args = (itin,) if team is None else (itin, team)
             if not con.execute(f"SELECT count(*) FROM tombstones WHERE itin_id = ?{tq}", args).fetchone()[0]:
                 findings.append("no TRIP_DELETION is recorded for this trip")
-            n = con.execute(f"SELECT count(*) FROM tombstones WHERE itin_id = ?{tq} AND log_cleaned = 0", args).fetchone()[0]
-            if n:
+            pending = con.execute(f"SELECT team FROM tombstones WHERE itin_id = ?{tq} AND log_cleaned = 0", args).fetchall()
+            waiting = sorted({n for (t,) in pending for n in cat.uncleaned_nodes(t, itin)})
+            if waiting and waiting != [""]:
+                # a cluster: each node cleans its own log (this run read only this node's)
+                findings.append(f"the log cleaner of node(s) {', '.join(n or '(local)' for n in waiting)} has not yet "
+                                "processed this deletion (retention not elapsed, or the node is down?)")
+            elif pending:
                 findings.append("the log cleaner has not yet processed this deletion (retention not elapsed?)")
             n = con.execute(f"SELECT count(*) FROM versions WHERE kind = ? AND key = ?{tq}",
                             (rec.Kind.TRIP, *args)).fetchone()[0]
