@@ -186,6 +186,30 @@ def test_no_connection_writes_to_the_bucket(on_s3, s3, scope):  # noqa: F811
     assert on_s3.keys(s3) == before
 
 
+@pytest.mark.parametrize("scope", [{"team": "acme"}, {"sandbox": True}])
+def test_no_escape_attempt_writes_to_the_bucket(on_s3, s3, scope):  # noqa: F811
+    """tests/test_sandbox.py's escape attempts, aimed at the bucket: each is refused, none
+    changes an object or the data directory, the settings stay; the harmless ones (an own glob
+    on S3 among them) run."""
+    from tests.test_sandbox import ATTEMPTS, HARMLESS, tree_hash
+    fmt = {"lake": f"{on_s3.url}/lake", "own": f"{on_s3.url}/lake/trips/team=acme"}
+    before = on_s3.keys(s3)
+    with queries.connect(on_s3.remote, **scope) as con:
+        disk = tree_hash(on_s3.remote)  # once the catalog is open (SQLite opens its WAL files)
+        settings = con.execute("SELECT name, value FROM duckdb_settings() ORDER BY 1").fetchall()
+        for sql in ATTEMPTS:
+            with pytest.raises((duckdb.Error, PermissionError)):
+                con.execute(sql.format(**fmt)).fetchall()
+                raise AssertionError(f"accepted: {sql}")
+        for sql in HARMLESS:
+            rows = con.execute(sql.format(**fmt)).fetchall()
+            if "read_parquet" in sql:
+                assert rows and {r[0] for r in rows} == {"acme"}, sql
+        assert con.execute("SELECT name, value FROM duckdb_settings() ORDER BY 1").fetchall() == settings
+        assert tree_hash(on_s3.remote) == disk
+    assert on_s3.keys(s3) == before
+
+
 @pytest.mark.parametrize("known", [True, False], ids=["named-by-the-catalog", "unknown"])
 def test_a_file_vacuumed_under_a_statement_is_read_again(on_s3, s3, monkeypatch, known):  # noqa: F811
     """On S3 as on disk: a file of the snapshot gone when DuckDB opens it means a newer snapshot.
