@@ -364,7 +364,8 @@ class Catalog:
         if not readonly:
             self._migrate()
             self.con.executescript(SCHEMA)
-        elif "date" not in self._tombstone_columns():
+        elif "date" not in self._tombstone_columns() or not self.con.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'log_cleaning'").fetchone():
             Catalog(self.data_dir, url="").close()  # an older catalog, not opened by a writer since: migrate it
 
     @property
