@@ -24,7 +24,7 @@ from pushlake.config import Settings
 from .auth import RETRY_S, AuthError, PushAuth
 from .groupcommit import GroupCommit, Item, NotPublished, Overloaded, WriteFailed
 from .keys import ROUTES, MissingKey, NotJson, deleted_itin, key_of, parse_keys
-from .log import LogWriter
+from .log import LogWriter, partition_name
 from .record import Kind
 
 log = logging.getLogger("pushlake.receiver")
@@ -317,7 +317,7 @@ def build_app(settings: Settings, partition: int = 0, *, lake: Lake) -> web.Appl
 
     async def startup(app: web.Application) -> None:
         writer = LogWriter(settings.data_dir, partition, settings.segment_bytes, settings.segment_age_s,
-                           floor=lake.compacted_up_to(f"p{partition}"))
+                           floor=lake.compacted_up_to(partition_name(partition)))
         lake.republish_tombstones(writer.partition)
         gc = GroupCommit(writer, lake.tombstone_sink(writer.partition),
                          settings.max_pending_requests, settings.max_pending_bytes, needs_sink=is_deletion)
