@@ -161,15 +161,18 @@ class LogWriter:
     """Owner of one partition: appends batches and makes them durable with one fdatasync."""
 
     def __init__(self, data_dir: Path, partition: int = 0, segment_bytes: int = 128 << 20,
-                 segment_age: float = 600.0, floor: int = 0, wait: float = 10.0, node: str | None = None):
+                 segment_age: float = 600.0, floor: int = 0, wait: float = 10.0, node: str | None = None,
+                 any_node: bool = False):
         """``floor``: offsets below it are never handed out again (the catalog's position), even
         if the cleaner removed the records that carried them. ``wait``: how long to wait for
         the partition lock, which a cleaner or ``check`` may hold for a moment. ``node``: the
-        node's name (default ``pushlake.location.node_name()``), the prefix of the partition's."""
+        node's name (default ``pushlake.location.node_name()``), the prefix of the partition's.
+        ``any_node``: the directory may hold several nodes' logs (gathered for ``rebuild``)."""
         if node is None:
             from pushlake.location import node_name
             node = node_name()
-        check_node(data_dir, node)
+        if not any_node:
+            check_node(data_dir, node)
         self.partition = partition_name(partition, node)
         self.dir = Path(data_dir) / "log" / self.partition
         self.segment_bytes = segment_bytes
@@ -307,7 +310,7 @@ def recover_idle_partitions(data_dir: Path) -> list[Recovery]:
     for part in list_partitions(data_dir):
         m = PARTITION_NAME.fullmatch(part)
         try:
-            w = LogWriter(data_dir, int(m["n"]), wait=0, node=m["node"] or "")
+            w = LogWriter(data_dir, int(m["n"]), wait=0, node=m["node"] or "", any_node=True)
         except PartitionBusy:
             continue
         if w.recovery:

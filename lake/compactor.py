@@ -67,7 +67,7 @@ class Compactor:
     def __init__(self, data_dir: Path, out_dir: Path | None = None, retention_days: float = 7.0,
                  batch_records: int = 200_000, batch_bytes: int = 64 << 20, merge_min_files: int = 8,
                  recover: bool = True, workers: int | None = None, parallel_min_trips: int = 64,
-                 lease_ttl: float = LEASE_TTL):
+                 lease_ttl: float = LEASE_TTL, every_node: bool = False):
         """``recover``: first run log recovery on partitions no receiver holds (on by default for
         the CLI; ``serve`` turns it off, its receivers recover their own partitions).
         ``workers``: processes that split trips of batches of at least ``parallel_min_trips``
@@ -85,15 +85,19 @@ class Compactor:
         self._lock = try_lock(held / "compactor.lock")
         if self._lock is None:
             raise CompactorBusy(f"another compactor is running on {held}")
-        self.node = location.node_name()
-        check_node(self.data_dir, self.node)
+        # ``every_node``: a rebuild from the logs of every node, gathered in one directory (into
+        # a new catalog); it is none of the nodes, and takes part in no log cleaning
+        self.node = "(rebuild)" if every_node else location.node_name()
+        if not every_node:
+            check_node(self.data_dir, self.node)
         self.shared = location.shared()
         self.holder = f"{self.node or 'local'}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lease_ttl = lease_ttl
         self._renewed = 0.0
         self.recovered = recover_idle_partitions(self.data_dir) if recover else []
         self.catalog = Catalog(self.out_dir)
-        self.catalog.register_node(self.node)
+        if not every_node:
+            self.catalog.register_node(self.node)
         self.splitter = Splitter(workers, parallel_min_trips)
         self.batches = BatchReader(self.data_dir, self.splitter, batch_records, batch_bytes)
         self.writer = Writer(self.out_dir, self.catalog)

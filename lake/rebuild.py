@@ -47,7 +47,7 @@ def rebuild(data_dir: Path, into: Path | None = None, progress=None) -> StepStat
                 cat.close()
             if used:
                 raise RebuildRefused("the catalog already holds a lake; give --catalog an empty database")
-        with Compactor(data_dir, out_dir=into) as c:
+        with Compactor(data_dir, out_dir=into, every_node=location.shared()) as c:
             stats = c.drain(progress)
         _mirror(into)
         return stats
