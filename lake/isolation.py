@@ -26,10 +26,18 @@ class Isolating(Exception):
 
 
 def transient(e: BaseException) -> bool:
-    """Errors of the machine (the disk, a locked or unreachable catalog), after which the same
-    batch is retried as it is. Not ``MemoryError`` (a batch too big to build is halved like any
-    other failing batch) nor SQLite errors caused by a value (``DataError``, ``IntegrityError``)."""
-    return isinstance(e, (OSError, sqlite3.OperationalError))
+    """Errors of the machine (the disk, a locked or unreachable catalog, an unreachable object
+    store), after which the same batch is retried as it is: an outage must never turn pushes into
+    FAILED items. Not ``MemoryError`` (a batch too big to build is halved like any other failing
+    batch) nor database errors caused by a value (``DataError``, ``IntegrityError``)."""
+    if isinstance(e, (OSError, sqlite3.OperationalError)):
+        return True
+    mod = type(e).__module__
+    if mod.startswith("psycopg"):  # PostgreSQL (an optional dependency: imported only if it raised)
+        import psycopg
+        return isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError))
+    # S3 through s3fs/botocore: its errors are of the store or of its credentials, never of a record
+    return mod.startswith(("botocore", "aiobotocore", "s3fs", "urllib3", "aiohttp"))
 
 
 class Isolation:

@@ -264,3 +264,16 @@ def test_a_data_directory_of_another_node_is_refused(cluster):
     cluster.push("n1", Kind.TRIP, itin_id(5), trip(itin_id(5)), received_us=1_000)
     with pytest.raises(WrongNode):
         LogWriter(cluster.logs["n1"], 0, node="n2")
+
+
+def test_an_outage_of_the_catalog_or_the_store_retries_the_batch_and_fails_no_record():
+    """An unreachable PostgreSQL or S3 raises errors that are not OSError: they must still retry
+    the batch as it is (``transient``) instead of isolating records into FAILED items."""
+    import botocore.exceptions as boto
+    import psycopg
+    from lake.isolation import transient
+    assert transient(psycopg.OperationalError("connection refused"))
+    assert transient(psycopg.InterfaceError("the connection is closed"))
+    assert transient(boto.EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
+    assert not transient(psycopg.DataError("a value out of range"))  # a record's own fault: isolated
+    assert not transient(ValueError("bad record"))
