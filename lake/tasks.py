@@ -15,6 +15,7 @@ from ingest.record import Record
 
 from .batches import Batch, BatchReader
 from .catalog import Catalog, CatalogConflict, Commit, LeaseLost, TaskDone
+from .isolation import transient
 from .plan import look_up, plan
 from .writer import Writer
 
@@ -55,7 +56,10 @@ def run_task_safely(data_dir: Path, catalog: Catalog, batches: BatchReader, writ
         return run_task(data_dir, catalog, batches, writer)
     except (CatalogConflict, LeaseLost):
         return 0  # another commit came first: the chunk is planned again next time
-    except Exception as e:  # noqa: BLE001 - recorded on the task
+    except Exception as e:
+        if transient(e):  # the disk, the catalog or the store: the task waits, it has not failed
+            log.warning("retry task %s waits: %s", task.task_id if task else "?", e)
+            return 0  # noqa: BLE001 - recorded on the task
         log.exception("retry task %s failed", task.task_id if task else "?")
         if task:
             catalog.fail_task(task.task_id, f"{type(e).__name__}: {e}")
