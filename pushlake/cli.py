@@ -198,14 +198,6 @@ def use_location(a) -> None:
             raise CliError(f"--node: {e}") from None
 
 
-def where(data: Path) -> str:
-    """Where this command's catalog is, for messages (the URL without its password)."""
-    from pushlake import location
-    from pushlake.db import redact
-    url = location.catalog_url()
-    return redact(url) if url else str(data / "catalog.db")
-
-
 def require_catalog(data: Path, table: str = "meta", what: str = "catalog") -> None:
     """A read command's catalog must exist (the catalog, or with ``table="teams"`` the teams'
     store): the SQLite file in ``data``, or on PostgreSQL its tables. Nothing is created: a

@@ -44,6 +44,10 @@ def enterprise(handler):
             return await handler(request)
         except TeamError as e:
             return error(e.status, _code(e.status), str(e))
+        except request.app[ADMIN]["teams"].db.Unavailable as e:  # PostgreSQL down: retry, not a bug
+            log.warning("%s: the catalog cannot be reached: %s", request.path, (str(e).strip().splitlines() or [""])[0])
+            return error(503, "catalog_unavailable", "the catalog cannot be reached; retry later",
+                         {"Retry-After": "5"})
     wrapped.__name__ = handler.__name__
     wrapped.__doc__ = handler.__doc__
     return wrapped
