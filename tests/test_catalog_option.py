@@ -140,3 +140,31 @@ def test_read_commands_without_the_catalog_say_where_they_looked(tmp_path, args)
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 2 and len(lines) == 1 and str(data) in lines[0] and "--catalog" in lines[0], p.stderr
     assert _files(empty) == [] and not missing.exists()
+
+
+def test_serve_names_its_node_catalog_and_lake_and_children_inherit_them(postgres, tmp_path):  # noqa: F811
+    """``serve --node`` reaches the receiver through the environment (its partition is
+    ``<node>.p0``); the catalog is printed without its password (the test server trusts loopback,
+    so a password in the URL is accepted and ignored)."""
+    import urllib.request
+
+    import orjson
+
+    from tests.helpers import ServerProcess, trip
+    url = postgres.fresh_database("cli_serve").replace("postgres@", "postgres:hunter2secret@")
+    key = json.loads(run_cli("teams", "create", "acme", "--json", "--catalog", url, data=tmp_path / "admin")
+                     .stdout)["pushApiKey"]
+    server = ServerProcess(tmp_path / "node", "--catalog", url, "--node", "n1", "--iceberg-interval", "0")
+    try:
+        req = urllib.request.Request(f"{server.url}/push/trip", data=orjson.dumps(trip("a" * 24)), method="POST",
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert json.loads(r.read())["partition"] == "n1.p0"
+    finally:
+        server.proc.terminate()
+        server.proc.wait(15)
+        out = server.output()
+        server.stop()
+    assert "Node: n1; catalog: postgresql://postgres:***@" in out and "node n1, catalog postgresql://postgres:***@" in out
+    assert "hunter2secret" not in out
+    assert (tmp_path / "node" / "log" / "n1.p0").is_dir() and not (tmp_path / "node" / "catalog.db").exists()
