@@ -121,6 +121,11 @@ def test_read_commands_on_an_empty_directory_with_the_catalog(postgres, tmp_path
     assert json.loads(run_cli("failed", "list", "--json", "--catalog", url, data=reader).stdout) == []
     assert [t["teamId"] for t in json.loads(run_cli("teams", "list", "--json", "--catalog", url,
                                                     data=reader).stdout)] == ["acme"]
+    assert json.loads(run_cli("sql", "--json", "--catalog", url, "SELECT count(*) AS n FROM trips",
+                              data=reader).stdout) == [{"n": 0}]
+    out = tmp_path / "trips.parquet"
+    assert "exported 0 rows" in run_cli("export", "trips", "--quiet", "--out", str(out), "--catalog", url,
+                                        data=reader).stdout
     assert _files(reader) == []
     # a database with no pushlake catalog in it: said so, nothing created there either
     empty = postgres.fresh_database("cli_reader_empty")
