@@ -387,7 +387,7 @@ def test_erase_verify_names_the_nodes_that_have_not_cleaned_yet(tmp_path, postgr
 
         def verify() -> dict:
             p = c.cli("erase", a, "--verify", "--json", data=c.reader_dir, check=False)
-            assert p.returncode in (0, 1), p.stderr
+            assert p.returncode in (0, 1) and p.stdout.strip(), (p.returncode, p.stdout, p.stderr)
             return json.loads(p.stdout)
         assert verify()["erased"] is False
 
@@ -405,7 +405,7 @@ def test_erase_verify_names_the_nodes_that_have_not_cleaned_yet(tmp_path, postgr
             return verify()["erased"]
         wait_for(erased, 120, "every node to clean and the lake to be vacuumed", every=1.0)
         out = c.cli("erase", a, "--verify", data=c.reader_dir, check=False)
-        assert out.returncode == 0 and "erased" in out.stdout
+        assert out.returncode == 0 and "erased" in out.stdout, out.stdout
 
 
 # --- the example: make cluster -------------------------------------------------------------------
