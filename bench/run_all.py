@@ -27,6 +27,7 @@ SUITE = [
     ("deletions", ["bench.deletions_bench"]),
     ("hostile", ["bench.hostile_bench"]),
     ("openlake", ["bench.openlake_bench"]),
+    ("scaleout", ["bench.scaleout_bench"]),
 ]
 README = ROOT / "bench" / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
