@@ -115,6 +115,11 @@ def inflate(body: bytes, encoding: str, limit: int) -> bytes:
     raise zlib.error(f"more than {MAX_GZIP_MEMBERS} gzip members")
 
 
+def _not_published() -> web.Response:
+    return error(503, "catalog_unavailable", "the catalog cannot be reached to publish the deletion; retry later",
+                 {"Retry-After": str(NOT_PUBLISHED_RETRY_S)})
+
+
 def _overloaded() -> web.Response:
     return error(503, "overloaded", "write queue is full; retry later", {"Retry-After": "1"})
 
@@ -226,6 +231,9 @@ def make_handler(kind: int):
             return error(400, "invalid_json", str(e))
         except MissingKey as e:
             return error(400, "missing_key", str(e))
+        if kind == Kind.EVENT and deleted_itin(key) is not None and (
+                request.app[COMMIT].publishing_hangs or not request.app[AUTH].reachable()):
+            return _not_published()  # refused before the log: a 503 that changes nothing
         state = request.app[STATE]
         if state["disk_low"]:
             return error(503, "disk_full", "free disk space is below the safety threshold; retry later",
@@ -236,11 +244,11 @@ def make_handler(kind: int):
         except Overloaded:
             return _overloaded()
         except NotPublished:
-            # the record is in the log (fsynced): applied by the compactor anyway, or again by the
-            # client's retry (a deletion is idempotent); what is missing is the tombstone that
-            # hides the trip from readers from the ack on, so there is no ack
-            return error(503, "catalog_unavailable", "the deletion could not be published in the catalog; "
-                         "retry later", {"Retry-After": str(NOT_PUBLISHED_RETRY_S)})
+            # the outage began between the check above and the publication: the record is in the
+            # log (fsynced) and the compactor will apply it, as it will the client's retry (a
+            # deletion is idempotent); what is missing is the tombstone that hides the trip from
+            # readers from the ack on, so there is no ack
+            return _not_published()
         except WriteFailed as e:
             return error(503, "write_failed", f"could not store the push durably ({e}); retry later",
                          {"Retry-After": "30"})

@@ -70,6 +70,7 @@ class PushAuth:
         # PostgreSQL: the store is asked on this thread (see _fresh); SQLite: on the caller's
         self._checker = ThreadPoolExecutor(1, thread_name_prefix="teams") if self.teams.db.Unavailable else None
         self._probe: Future | None = None
+        self._retry_at = 0.0  # while down, the next probe is sent from then on
 
     def close(self) -> None:
         if self._checker is not None:
@@ -107,7 +108,7 @@ class PushAuth:
             self._down(e)
 
     def _down(self, e: BaseException) -> None:
-        self._next_check = time.monotonic() + RETRY_S
+        self._retry_at = time.monotonic() + RETRY_S
         if self.down_since is None:
             self.down_since = time.time()
             why = (str(e).strip().splitlines() or [""])[0] or f"no answer within {CHECK_TIMEOUT_S} s"
@@ -119,7 +120,7 @@ class PushAuth:
             log.warning("the teams' store is reachable again (after %.1f s)", time.time() - self.down_since)
             self.down_since = None
 
-    def _fresh(self) -> None:
+    def _fresh(self, wait: bool = False) -> None:
         now = time.monotonic()
         if now < self._next_check:
             return
@@ -130,20 +131,22 @@ class PushAuth:
                 self._apply(loaded)
             return
         # PostgreSQL: asked on the checker thread, waited for at most CHECK_TIMEOUT_S, so that a
-        # server that hangs (not only one that refuses) never holds the event loop; while it is
-        # down, a probe runs there every RETRY_S and the requests do not wait for it
+        # server that hangs (not only one that refuses) never holds the event loop. While it is
+        # down a probe is sent every RETRY_S, and requests do not wait for it (``wait``: they do,
+        # at most CHECK_TIMEOUT_S too)
         if self._probe is None:
+            if self.down_since is not None and now < self._retry_at:
+                return
             self._probe = self._checker.submit(self._changed)
-        if self.down_since is None:
+        if self.down_since is None or wait:
             try:
                 self._probe.result(timeout=CHECK_TIMEOUT_S)
             except TimeoutError as e:
                 self._down(e)
                 return  # the probe goes on; its answer is taken at a later check
-            except Exception:  # noqa: BLE001 - taken below, as a probe's
+            except Exception:  # noqa: BLE001 - taken below
                 pass
         elif not self._probe.done():
-            self._next_check = now + RETRY_S
             return
         probe, self._probe = self._probe, None
         try:
@@ -154,6 +157,17 @@ class PushAuth:
         if loaded is not None:
             self._apply(loaded)
         self._up()
+
+    def reachable(self) -> bool:
+        """Whether the admin stores' database (on PostgreSQL the catalog's) answers now, asked
+        afresh (waiting at most CHECK_TIMEOUT_S; while it is down, at most every RETRY_S). Asked
+        before a deletion is written: one the catalog cannot take is refused before it reaches
+        the log. SQLite, a local file: always."""
+        if self._checker is None:
+            return True
+        self._next_check = 0.0
+        self._fresh(wait=True)
+        return self.down_since is None
 
     def unknown(self, error: AuthError) -> AuthError:
         """What to answer for credentials the cache does not know: ``error``, or 503 while the

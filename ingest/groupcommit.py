@@ -73,6 +73,11 @@ class GroupCommit:
         self.records = 0
 
     @property
+    def publishing_hangs(self) -> bool:
+        """A publication outlived PUBLISH_TIMEOUT_S and is still waiting for the catalog."""
+        return self._stalled and bool(self._publishing)
+
+    @property
     def pending(self) -> int:
         return len(self._pending)
 

@@ -40,6 +40,12 @@ def push(server: ServerProcess, route: str, body: dict, key: str) -> tuple[int, 
         return e.code, dict(e.headers), json.loads(e.read())
 
 
+def visible(catalog: str, data) -> set[str]:
+    """The trips a reader sees now (pushlake sql on the catalog)."""
+    rows = run_cli("sql", "--json", "--catalog", catalog, "SELECT itin_id FROM trips", data=data).stdout
+    return {r["itin_id"] for r in json.loads(rows)}
+
+
 def crash(n: int) -> dict:
     return {**fixture("crash.json"), "crashId": f"crash-{n}"}
 
@@ -217,10 +223,19 @@ def test_pushes_during_a_catalog_outage(catalog, tmp_path):
         assert status == 503 and int(headers["Retry-After"]) > 0 and body["error"] == "catalog_unavailable"
 
         proxy.up()
+        # the refused deletions changed nothing: refused before the log (the outage was known),
+        # so once a trip pushed after them is in the lake, the trip they named still is
+        assert push(server, "trip", trip(itin_id(8)), key)[0] == 200
+        acked.append(("trips", itin_id(8)))
+        deadline = time.monotonic() + 60
+        while itin_id(8) not in visible(direct, data) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert {gone, itin_id(8)} <= visible(direct, data)
         deadline = time.monotonic() + 30
         while (status := push(server, "trip/event", deletion(gone), key)[0]) != 200 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert status == 200
+        assert gone not in visible(direct, data)  # hidden from its ack on, before any compaction
         # the team cache asks the store again within a second (ingest.auth.RETRY_S): checked again
         deadline = time.monotonic() + 10
         while (status := push(server, "trip", trip(itin_id(6)), "pk_not_a_known_key")[0]) == 503 \
@@ -251,16 +266,15 @@ def test_pushes_during_a_catalog_outage(catalog, tmp_path):
         out = server.output()
         server.stop()
     # one line when the outage begins and one when it ends, not one per request
-    assert out.count("publishing deletions failed") == 1, out
-    assert out.count("publishing deletions works again") == 1, out
     assert out.count("the teams' store cannot be reached") == 1, out
     assert out.count("the teams' store is reachable again") == 1, out
 
 
 def test_pushes_while_the_catalog_hangs(postgres, tmp_path):  # noqa: F811
     """PostgreSQL that neither answers nor refuses: the receiver's event loop waits at most a
-    quarter of a second for the team cache's check (then serves the cache), deletions get 503
-    after PUBLISH_TIMEOUT_S (then at once while it hangs), and everything resumes when it answers."""
+    quarter of a second for the catalog's check (then serves the team cache), deletions get 503 at
+    once (the check before they are written failed), and everything resumes when it answers. (A
+    publication that hangs after the check passed: test_a_hanging_catalog_delays_deletions_only.)"""
     direct = postgres.fresh_database("down_hangs")
     proxy = StallProxy(postgres.host, postgres.port)
     key = json.loads(run_cli("teams", "create", "acme", "--json", "--catalog", direct, data=tmp_path / "admin")
@@ -276,13 +290,11 @@ def test_pushes_while_the_catalog_hangs(postgres, tmp_path):  # noqa: F811
             started = time.monotonic()
             assert push(server, "trip", trip(itin_id(n)), key)[0] == 200
             assert time.monotonic() - started < 2
-        started = time.monotonic()
-        status, headers, body = push(server, "trip/event", deletion(itin_id(1)), key)
-        assert status == 503 and headers["Retry-After"] and body["error"] == "catalog_unavailable"
-        assert 4 < time.monotonic() - started < 10  # PUBLISH_TIMEOUT_S
-        started = time.monotonic()
-        assert push(server, "trip/event", deletion(itin_id(1)), key)[0] == 503
-        assert time.monotonic() - started < 2  # refused at once while the publication hangs
+        for _ in range(2):  # refused before the log: the catalog did not answer its check
+            started = time.monotonic()
+            status, headers, body = push(server, "trip/event", deletion(itin_id(1)), key)
+            assert status == 503 and headers["Retry-After"] and body["error"] == "catalog_unavailable"
+            assert time.monotonic() - started < 2
         assert push(server, "trip", trip(itin_id(5)), key)[0] == 200
         proxy.resume()
         deadline = time.monotonic() + 30
@@ -305,5 +317,4 @@ def test_pushes_while_the_catalog_hangs(postgres, tmp_path):  # noqa: F811
         out = server.output()
         server.stop()
         proxy.close()
-    assert out.count("publishing deletions got no answer") == 1, out
     assert out.count("the teams' store cannot be reached") == 1, out
