@@ -32,7 +32,9 @@ Why it is built this way:
   (everything under them), PostgreSQL (postmaster and backends, exited ones included), moto,
   the load generator, and the rest of the machine (/proc/stat) - what limits it on this box.
 - Every phase starts once the compactors have caught up (``/health``: lag 0 on every node), so
-  no phase pays for the previous one's backlog.
+  no phase pays for the previous one's backlog; a node count's runs also wait until the nodes'
+  processes are quiet (a node just started is still importing for a few CPU-seconds), then
+  measure the same processes idle for a moment before the load.
 """
 from __future__ import annotations
 
@@ -306,6 +308,32 @@ class CpuMeter:
         return out
 
 
+def warm_up(dep: Deployment, srv: Server) -> None:
+    """A new node's first pushes, a trip and a few deletions, so that the first compaction step
+    (which imports and opens what an idle compactor has not needed yet) is not in a measurement."""
+    pre, post = trip_template()
+    nonce = secrets.token_hex(4)
+    items = [(TRIP_PATH, dep.keys[TEAM], pre + f"{nonce}{0:016x}".encode() + post)]
+    items += [(EVENT_PATH, dep.keys[TEAM], deletion_body(f"{nonce}eeee{j:012x}")) for j in range(16)]
+    res = push_all(srv.url, items, 4)
+    if res.non_200():
+        raise BenchError(f"{dep.label}: {res.non_200()} warm-up pushes to {srv.url} were not answered 200")
+
+
+def settle(meter: CpuMeter, nodes: int, timeout: float) -> None:
+    """Until the nodes' processes are quiet (a node just started still imports and opens its
+    compactor for a few CPU-seconds after its first /health): half-second windows until the
+    receivers and compactors use under 0.05 cores per node, or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        meter.start()
+        time.sleep(0.5)
+        cpu = meter.stop()
+        if cpu["receivers"] + cpu["compactors"] < 0.05 * nodes:
+            return
+    print(f"  ({nodes} node(s) still busy without load after {timeout:.0f} s; going on)", flush=True)
+
+
 # ---------------------------------------------------------------- load
 
 def deletion_body(itin: str) -> bytes:
@@ -459,11 +487,12 @@ def query_latency(deps: list[Deployment], trip: dict[str, list[str]], runs: int)
 def print_nodes(runs: list[dict]) -> None:
     kinds = ["receivers", "compactors", "postgresql", "moto", "load generator", "other", "machine"]
     print(f"\n{'nodes':>5} {'req/s':>8} {'x 1 node':>8} {'p99 ms':>8}  " + " ".join(f"{k:>10}" for k in kinds)
-          + "   (cores busy per process kind)")
+          + "   (cores busy per process kind; idle: the same processes before the load)")
     one = runs[0]["rps"]
     for r in runs:
         print(f"{r['nodes']:>5} {r['rps']:>8.0f} {r['rps'] / one:>8.2f} {r['p99_ms']:>8.2f}  "
               + " ".join(f"{r['cpu'][k]:>10.2f}" for k in kinds))
+        print(f"{'idle':>32}  " + " ".join(f"{r['idle_cpu'][k]:>10.2f}" for k in kinds))
 
 
 def limit_note(r: dict) -> str:
@@ -478,8 +507,11 @@ def limit_note(r: dict) -> str:
     if cpu["machine"] >= 0.9 * cpu["cores"]:
         verdict = (f"; the machine is saturated (CPU-bound): {top[0][0]} take the most of what pushlake's side "
                    f"gets, and {cpu['other']:.2f} cores went to other work")
+    idle = r["idle_cpu"]
     return (f"{r['nodes']} node(s): {r['rps']:.0f} req/s; cores busy: {share}, other {cpu['other']:.2f} "
-            f"(machine {cpu['machine']:.2f} of {cpu['cores']:.0f}){verdict}")
+            f"(machine {cpu['machine']:.2f} of {cpu['cores']:.0f}){verdict}; idle before the load: receivers "
+            f"{idle['receivers']:.2f}, compactors {idle['compactors']:.2f}, postgresql {idle['postgresql']:.2f}, "
+            f"moto {idle['moto']:.2f}, other {idle['other']:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -534,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
             deps += [A, B, C]
             A.add_node(None)
             B.add_node("b1")
-            C.add_node("n1")
+            warm_up(C, C.add_node("n1"))
 
             print("\n(2) compaction throughput: 170 KB trips pushed -> all visible", flush=True)
             comp = {}
@@ -567,10 +599,15 @@ def main(argv: list[str] | None = None) -> int:
             runs = []
             for k in range(1, a.nodes + 1):
                 while len(C.nodes) < k:
-                    C.add_node(f"n{len(C.nodes) + 1}")
+                    warm_up(C, C.add_node(f"n{len(C.nodes) + 1}"))
                 C.wait_idle(idle_s)
-                r = throughput(C, k, a.connections, a.duration, wrk, CpuMeter(C.nodes[:k], pg_pid, moto_pid))
-                r["nodes"] = k
+                meter = CpuMeter(C.nodes[:k], pg_pid, moto_pid)
+                settle(meter, k, 20 if a.quick else 60)
+                meter.start()  # the same processes without load: what idle nodes cost
+                time.sleep(min(a.duration, 2.0))
+                idle = meter.stop()
+                r = throughput(C, k, a.connections, a.duration, wrk, meter)
+                r["nodes"], r["idle_cpu"] = k, idle
                 runs.append(r)
             print_nodes(runs)
             C.stop()
