@@ -154,8 +154,8 @@ class PushAuth:
         except self.teams.db.Unavailable as e:
             self._down(e)
             return
-        if loaded is not None:
-            self._apply(loaded)
+        if loaded is not None and (self._version is None or loaded[0] >= self._version):
+            self._apply(loaded)  # (not when a reload() since then loaded a newer one)
         self._up()
 
     def reachable(self) -> bool:
