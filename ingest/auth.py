@@ -31,7 +31,7 @@ from pushlake.teams import Teams, hash_key
 
 log = logging.getLogger("pushlake.auth")
 RETRY_S = 1.0  # how often an unreachable admin store is asked again (and the client's Retry-After)
-CHECK_TIMEOUT_S = 0.25  # a change check that takes longer counts as an outage (the request does not wait)
+CHECK_TIMEOUT_S = 0.5  # a check that takes longer counts as an outage (the event loop waits no longer)
 RELOAD_TIMEOUT_S = 5.0
 
 

@@ -272,7 +272,7 @@ def test_pushes_during_a_catalog_outage(catalog, tmp_path):
 
 def test_pushes_while_the_catalog_hangs(postgres, tmp_path):  # noqa: F811
     """PostgreSQL that neither answers nor refuses: the receiver's event loop waits at most a
-    quarter of a second for the catalog's check (then serves the team cache), deletions get 503 at
+    half a second for the catalog's check (then serves the team cache), deletions get 503 at
     once (the check before they are written failed), and everything resumes when it answers. (A
     publication that hangs after the check passed: test_a_hanging_catalog_delays_deletions_only.)"""
     direct = postgres.fresh_database("down_hangs")
