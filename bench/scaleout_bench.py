@@ -46,7 +46,6 @@ import os
 import resource
 import secrets
 import shutil
-import statistics
 import subprocess
 import threading
 import time
@@ -57,7 +56,7 @@ from pathlib import Path
 import orjson
 
 from bench import common
-from bench.common import (PUSHLAKE, PY, ROOT, BenchError, Server, Workdir, http, loop_runner, median, pct,
+from bench.common import (PY, ROOT, BenchError, Server, Workdir, http, loop_runner, median, pct,
                           push_all, run_main)
 from bench.freshness_bench import trip_template
 from bench.ingest_bench import EVENT_PATH, EVENT_PREFIX, EVENT_SUFFIX, ensure_wrk, run_wrk, wrk_version
@@ -638,7 +637,8 @@ def main(argv: list[str] | None = None) -> int:
                             "1 node (same run)", runs[0]["rps"], r["rps"]) for r in runs[1:]]
         notes = [f"load generator at max load: {loader}; {a.connections} connections over all nodes, "
                  f"{a.duration:g} s per run",
-                 f"deletion ack latency: {a.deletions} TRIP_DELETION pushes (itinIds in no lake), {a.inflight} in flight",
+                 f"deletion ack latency: {a.deletions} TRIP_DELETION pushes (itinIds in no lake), "
+                 f"{a.inflight} in flight",
                  f"compaction: {a.trips} trips of the 170 KB fixture, trips/s from the first push sent to the first "
                  "query (fresh connection) that sees all of them",
                  f"queries: {', '.join(QUERIES)}; fresh queries.connect each, {a.runs} interleaved rounds",
