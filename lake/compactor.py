@@ -30,7 +30,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ingest.log import check_node, recover_idle_partitions
+from ingest.log import check_node, list_partitions, recover_idle_partitions
 from pushlake.fsutil import try_lock
 from pushlake import failpoints, location
 
@@ -96,8 +96,9 @@ class Compactor:
         self._renewed = 0.0
         self.recovered = recover_idle_partitions(self.data_dir) if recover else []
         self.catalog = Catalog(self.out_dir)
-        if not every_node:
-            self.catalog.register_node(self.node)
+        # a node takes part in log cleaning once it has a log (a reader machine that runs a
+        # compactor for a retry task must not become a node that erasure waits for)
+        self._registered = every_node
         self.splitter = Splitter(workers, parallel_min_trips)
         self.batches = BatchReader(self.data_dir, self.splitter, batch_records, batch_bytes)
         self.writer = Writer(self.out_dir, self.catalog)
@@ -125,6 +126,9 @@ class Compactor:
         """Hold (or renew) the lease on this node's partitions; ``LeaseHeld`` if another live
         process has it."""
         cat, now = self.catalog, time.monotonic()
+        if not self._registered and list_partitions(self.data_dir):
+            cat.register_node(self.node)
+            self._registered = True
         if cat.lease is not None:
             if now - self._renewed < self.lease_ttl / 3:
                 return
