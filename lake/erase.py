@@ -38,32 +38,20 @@ def verify_erased(data_dir: Path, itin: str, team: str | None = None) -> tuple[l
     for p in sorted(data_dir.rglob("*")):
         if not p.is_file():
             continue
-        examined += 1
-        rel = p.relative_to(data_dir)
-        parts = rel.parts
-        if parts[0] == "log" and p.name.endswith(".log"):
-            def visit(r: rec.Record, s: int, e: int) -> None:
-                if r.kind == rec.Kind.TRIP and r.key == itin and (team is None or r.team == team):
-                    findings.append(f"{rel}: trip record at offset {r.offset} holds the trip")
-            res = scan_segment(p, visit)
-            if res.good_bytes < res.total_bytes and needle in p.read_bytes()[res.good_bytes:]:
-                findings.append(f"{rel}: unreadable tail bytes hold the trip id")
-        elif p.suffix == ".parquet" and parts[0] in (PUBLIC, STORE):
-            _parquet(findings, str(rel), parts, itin, lambda: pq.read_table(p, columns=["itin_id"]))
-        elif p.name.startswith(("catalog.db", "admin.db")):
-            continue  # examined through SQL below: ids and FAILED reasons (a few characters), no bodies
-        elif needle in p.read_bytes():
-            findings.append(f"{rel}: holds the trip id")
+        try:
+            examined += _examine_local(findings, data_dir, p, itin, team, needle)
+        except FileNotFoundError:
+            pass  # vacuumed (or a segment rewritten) between the listing and the read: gone
     if not st.local:
         for rel in sorted(st.list_files()):
-            examined += 1
-            parts = tuple(rel.split("/"))
-            where = st.uri(rel)
-            if rel.endswith(".parquet") and parts[0] in (PUBLIC, STORE):
-                _parquet(findings, where, parts, itin, lambda: st.read_table(rel, columns=["itin_id"]))
-            elif needle in st.read_bytes(rel):
-                findings.append(f"{where}: holds the trip id")
+            try:
+                examined += _examine_object(findings, st, rel, itin, needle)
+            except OSError:  # pyarrow's S3 errors are OSError, not always FileNotFoundError
+                if st.exists(rel):
+                    raise
+                # vacuumed between the listing and the read: gone
     if (data_dir / "catalog.db").exists() or location.shared():
+
         cat = Catalog(data_dir, readonly=True)
         try:
             con = cat.con
@@ -92,6 +80,37 @@ def verify_erased(data_dir: Path, itin: str, team: str | None = None) -> tuple[l
     else:
         findings.append("no catalog: nothing was ever compacted here")
     return findings, examined
+
+
+def _examine_local(findings: list[str], data_dir: Path, p: Path, itin: str, team: str | None, needle: bytes) -> int:
+    """A file of the data directory: 1 once examined (a catalog file is examined through SQL)."""
+    rel = p.relative_to(data_dir)
+    parts = rel.parts
+    if parts[0] == "log" and p.name.endswith(".log"):
+        def visit(r: rec.Record, s: int, e: int) -> None:
+            if r.kind == rec.Kind.TRIP and r.key == itin and (team is None or r.team == team):
+                findings.append(f"{rel}: trip record at offset {r.offset} holds the trip")
+        res = scan_segment(p, visit)
+        if res.good_bytes < res.total_bytes and needle in p.read_bytes()[res.good_bytes:]:
+            findings.append(f"{rel}: unreadable tail bytes hold the trip id")
+    elif p.suffix == ".parquet" and parts[0] in (PUBLIC, STORE):
+        _parquet(findings, str(rel), parts, itin, lambda: pq.read_table(p, columns=["itin_id"]))
+    elif p.name.startswith(("catalog.db", "admin.db")):
+        pass  # examined through SQL: ids and FAILED reasons (a few characters), no bodies
+    elif needle in p.read_bytes():
+        findings.append(f"{rel}: holds the trip id")
+    return 1
+
+
+def _examine_object(findings: list[str], st, rel: str, itin: str, needle: bytes) -> int:
+    """An object under the S3 lake's prefix."""
+    parts = tuple(rel.split("/"))
+    where = st.uri(rel)
+    if rel.endswith(".parquet") and parts[0] in (PUBLIC, STORE):
+        _parquet(findings, where, parts, itin, lambda: st.read_table(rel, columns=["itin_id"]))
+    elif needle in st.read_bytes(rel):
+        findings.append(f"{where}: holds the trip id")
+    return 1
 
 
 def _parquet(findings: list[str], where: str, parts: tuple, itin: str, read) -> None:
