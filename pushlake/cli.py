@@ -145,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("list", "retry"))
     p.add_argument("--kind", choices=("trips", "crashes"), default="trips", help="what to retry (default trips)")
     _json_flag(p)
+
+    p = sub.add_parser("nodes", help="the nodes of a cluster: their leases and log cleaning; retire a node")
+    _data(p)
+    _location(p)
+    p.add_argument("action", choices=("list", "remove"), help="list the nodes, or remove one that was drained")
+    p.add_argument("name", nargs="?", help="the node to remove")
+    _json_flag(p)
     return ap
 
 
@@ -512,6 +519,54 @@ def cmd_check(a) -> int:
     return 0 if rep.ok else 1
 
 
+def cmd_nodes(a) -> int:
+    """The nodes that take part in log cleaning (``erase --verify`` waits for each), with the
+    leases; ``remove`` retires a drained node, whose log no one will clean any more."""
+    import time
+
+    from lake.catalog import Catalog
+    require_catalog(a.data)
+    if a.action == "remove":
+        if not a.name:
+            raise CliError("nodes remove: name the node to remove")
+        cat = Catalog(a.data)
+        try:
+            lease = [r for r in cat.leases() if r[0] == f"partitions:{a.name}" and r[3] > time.time()]
+            if lease:
+                raise CliError(f"node {a.name!r} is running (its compactor holds its lease until "
+                               f"{time.strftime('%H:%M:%S', time.localtime(lease[0][3]))}): drain and stop it first")
+            if not cat.remove_node(a.name):
+                raise CliError(f"no node {a.name!r} in the catalog (pushlake nodes list)")
+        finally:
+            cat.close()
+        print(f"node {a.name} removed: erasure no longer waits for its log")
+        return 0
+    cat = Catalog(a.data, readonly=True)
+    try:
+        now = time.time()
+        leases = {name: (holder, epoch, expires) for name, holder, epoch, expires in cat.leases()}
+        rows = []
+        for n in cat.nodes():
+            holder, epoch, expires = leases.get(f"partitions:{n.name}", (None, None, 0.0))
+            rows.append({"node": n.name or "(local)", "registered": _iso(n.registered_at),
+                         "compactor": holder if expires > now else None, "epoch": epoch})
+        maint = leases.get("maintenance")
+        maintenance = maint[0] if maint and maint[2] > now else None
+    finally:
+        cat.close()
+    if a.json:
+        _print_json({"nodes": rows, "maintenance": maintenance})
+    else:
+        _print_table(["node", "registered", "compactor", "epoch"], [tuple(r.values()) for r in rows])
+        print(f"maintenance: {maintenance or 'no holder'}")
+    return 0
+
+
+def _iso(t: float) -> str:
+    import datetime as dt
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def cmd_failed(a) -> int:
     """List FAILED items, or retry them: a task that re-projects them (run here and now when no
     compactor is running, else by the running one)."""
@@ -555,7 +610,7 @@ def cmd_failed(a) -> int:
 
 COMMANDS = {"serve": cmd_serve, "compact": cmd_compact, "sql": cmd_sql, "export": cmd_export,
             "rebuild": cmd_rebuild, "erase": cmd_erase, "teams": cmd_teams, "check": cmd_check,
-            "failed": cmd_failed, "iceberg": cmd_iceberg}
+            "failed": cmd_failed, "iceberg": cmd_iceberg, "nodes": cmd_nodes}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -187,21 +187,29 @@ def test_the_same_trip_pushed_to_two_nodes_latest_wins_with_one_row(cluster):
         assert con.execute("SELECT user_id FROM trips").fetchall() == [("new",)]
 
 
-def test_a_commit_racing_another_node_on_one_key_is_planned_again(cluster):
+def race(monkeypatch, other: Compactor) -> list:
+    """The next step to reach its commit lets ``other`` make a whole step first (between its
+    plan, files written, and its commit: where another node's commit lands in a race)."""
+    from pushlake import failpoints
+    real, raced = failpoints.hit, []
+
+    def hit(name: str) -> None:
+        if name == "compactor.before_commit" and not raced:
+            raced.append(None)
+            raced[0] = other.step()
+        real(name)
+    monkeypatch.setattr(failpoints, "hit", hit)
+    return raced
+
+
+def test_a_commit_racing_another_node_on_one_key_is_planned_again(cluster, monkeypatch):
     """n1 plans its trip (no version yet), n2 stores a newer one before n1 commits: n1's commit
     conflicts, is planned again against n2's version, and its push is stale."""
     t = itin_id(2)
     cluster.push("n1", Kind.TRIP, t, trip(t, user="old"), received_us=1_000)
     cluster.push("n2", Kind.TRIP, t, trip(t, user="new"), received_us=2_000)
     with cluster.compactor("n1") as c1, cluster.compactor("n2") as c2:
-        real = c1.catalog.commit
-        raced = []
-
-        def commit_after_n2(commit):
-            if not raced:
-                raced.append(c2.step())
-            return real(commit)
-        c1.catalog.commit = commit_after_n2
+        raced = race(monkeypatch, c2)
         with pytest.raises(CatalogConflict):
             c1.step()
         assert raced[0].stored == 1
@@ -213,21 +221,14 @@ def test_a_commit_racing_another_node_on_one_key_is_planned_again(cluster):
                     if str(f.relative_to(cluster.lake)) not in Catalog(cluster.lake, readonly=True).all_paths()]
 
 
-def test_a_deletion_on_one_node_of_a_trip_another_node_stores_meanwhile(cluster):
+def test_a_deletion_on_one_node_of_a_trip_another_node_stores_meanwhile(cluster, monkeypatch):
     """n1 applies a deletion while seeing no trip; n2 stores the trip before n1 commits: n1 is
     planned again and removes n2's rows."""
     t = itin_id(3)
     cluster.push("n2", Kind.TRIP, t, trip(t), received_us=1_000)
     cluster.push("n1", Kind.EVENT, f"{t}:TRIP_DELETION", deletion(t), received_us=2_000)
     with cluster.compactor("n1") as c1, cluster.compactor("n2") as c2:
-        real = c1.catalog.commit
-        raced = []
-
-        def commit_after_n2(commit):
-            if not raced:
-                raced.append(c2.step())
-            return real(commit)
-        c1.catalog.commit = commit_after_n2
+        raced = race(monkeypatch, c2)
         with pytest.raises(CatalogConflict):
             c1.step()
         assert raced[0].stored == 1
@@ -238,18 +239,27 @@ def test_a_deletion_on_one_node_of_a_trip_another_node_stores_meanwhile(cluster)
     cat.close()
 
 
-def test_a_stalled_compactor_whose_lease_moved_cannot_commit(cluster):
+def test_a_stalled_compactor_whose_lease_moved_cannot_commit(cluster, monkeypatch):
+    """The compactor stalls between writing its files and committing, past its lease; another
+    machine (a copy of the node's disk) takes the lease over: the stalled commit is refused."""
+    from pushlake import failpoints
     t = itin_id(4)
     cluster.push("n1", Kind.TRIP, t, trip(t), received_us=1_000)
+    real = failpoints.hit
+
+    def stall(name: str) -> None:
+        if name == "compactor.before_commit":
+            time.sleep(0.4)  # past its 0.3 s lease
+            thief = Catalog(cluster.lake, url=cluster.url)
+            assert thief.acquire_lease(partitions_lease("n1"), "n1@elsewhere:1:z", ttl=30).epoch == 2
+            thief.close()
+        real(name)
+    monkeypatch.setattr(failpoints, "hit", stall)
     old = cluster.compactor("n1", lease_ttl=0.3)
     try:
-        old.hold_partitions()
-        time.sleep(0.4)  # stalled past its lease; another machine (a copy of the node's disk) takes it
-        thief = Catalog(cluster.lake, url=cluster.url)
-        assert thief.acquire_lease(partitions_lease("n1"), "n1@elsewhere:1:z", ttl=30).epoch == 2
-        thief.close()
         with pytest.raises(LeaseLost):
             old.step()
+        monkeypatch.setattr(failpoints, "hit", real)
         with pytest.raises(CompactorBusy):  # and cannot take it back while the other holds it
             old.drain()
     finally:
@@ -257,7 +267,9 @@ def test_a_stalled_compactor_whose_lease_moved_cannot_commit(cluster):
     assert cluster.rows(t) == 0  # nothing committed by the fenced compactor
     cat = Catalog(cluster.lake, readonly=True)
     assert cat.positions() == {}
+    assert cat.leases()[0][1:3] == ("n1@elsewhere:1:z", 2)
     cat.close()
+    assert not list((cluster.lake / "files").rglob("*.parquet"))  # its files removed with the refused commit
 
 
 def test_a_data_directory_of_another_node_is_refused(cluster):
@@ -277,3 +289,36 @@ def test_an_outage_of_the_catalog_or_the_store_retries_the_batch_and_fails_no_re
     assert transient(boto.EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
     assert not transient(psycopg.DataError("a value out of range"))  # a record's own fault: isolated
     assert not transient(ValueError("bad record"))
+
+
+def test_nodes_list_and_remove_from_the_cli(cluster, tmp_path):
+    """`pushlake nodes` shows the nodes erasure waits for and who holds the leases; a running
+    node cannot be removed, a stopped one can, and erasure stops waiting for it."""
+    import json
+
+    from tests.helpers import run_cli
+    t = itin_id(6)
+    cluster.push("n1", Kind.TRIP, t, trip(t), received_us=1_000)
+    cluster.push("n2", Kind.EVENT, f"{t}:TRIP_DELETION", deletion(t), received_us=2_000)
+    reader = tmp_path / "reader"
+    reader.mkdir()
+    env = {"PUSHLAKE_CATALOG": cluster.url}
+    with cluster.compactor("n1") as c1:
+        c1.drain()
+        with cluster.compactor("n2") as c2:
+            c2.drain()
+        out = json.loads(run_cli("nodes", "list", "--json", data=reader, env=env).stdout)
+        assert [n["node"] for n in out["nodes"]] == ["n1", "n2"]
+        assert out["nodes"][0]["compactor"].startswith("n1@") and out["nodes"][1]["compactor"] is None
+        busy = run_cli("nodes", "remove", "n1", data=reader, env=env, check=False)
+        assert busy.returncode != 0 and "running" in busy.stderr
+    cat = Catalog(cluster.lake, readonly=True)
+    assert cat.uncleaned_nodes("acme", t) == ["n1", "n2"]
+    cat.close()
+    assert run_cli("nodes", "remove", "n2", data=reader, env=env).returncode == 0
+    missing = run_cli("nodes", "remove", "n9", data=reader, env=env, check=False)
+    assert missing.returncode != 0 and "no node 'n9'" in missing.stderr
+    cat = Catalog(cluster.lake, readonly=True)
+    assert cat.uncleaned_nodes("acme", t) == ["n1"]
+    cat.close()
+    assert list(reader.iterdir()) == []  # a reader machine's data directory stays empty
