@@ -11,6 +11,9 @@ from lake.receiver import ReceiverLake
 from lake.compactor import Compactor
 from pushlake.config import Settings
 from pushlake.teams import Teams
+# one PostgreSQL and one S3 server for the whole session (a fixture imported by each test module
+# would be one fixture per module, so one server per module)
+from tests.services import postgres, s3  # noqa: F401
 
 
 @pytest.fixture

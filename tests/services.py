@@ -2,7 +2,7 @@
 
 Session-scoped pytest fixtures, one server of each per test session, started on first use:
 
-    from tests.services import postgres, s3  # noqa: F401   (in a test module or in conftest.py)
+    from tests.services import postgres, s3  # noqa: F401   (in tests/conftest.py: one server per session)
 
 or, in tests/conftest.py, ``pytest_plugins = ["tests.services"]``.
 

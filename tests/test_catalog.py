@@ -10,7 +10,7 @@ import pytest
 from ingest.record import Kind
 from lake.catalog import (Catalog, CatalogConflict, Commit, FailedRow, NewFile, Order, ResolvedRow, StatKey,
                           TombstoneRow, Version, VersionRow)
-from tests.services import backend_url, postgres  # noqa: F401  (the session's PostgreSQL server)
+from tests.services import backend_url
 
 
 def new_file(n: int) -> NewFile:

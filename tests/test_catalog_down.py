@@ -27,7 +27,6 @@ from ingest.record import Kind
 from pushlake.db import open_db
 from tests.cluster import TcpProxy
 from tests.helpers import ServerProcess, deletion, fixture, itin_id, run_cli, trip
-from tests.services import postgres  # noqa: F401  (the session's PostgreSQL server)
 
 
 def push(server: ServerProcess, route: str, body: dict, key: str) -> tuple[int, dict, dict]:

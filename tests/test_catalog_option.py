@@ -12,7 +12,6 @@ import pytest
 
 from pushlake.cli import build_parser
 from tests.helpers import run_cli
-from tests.services import postgres  # noqa: F401  (the session's PostgreSQL server)
 
 
 def _leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):

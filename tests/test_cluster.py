@@ -22,7 +22,6 @@ import pytest
 
 from tests.cluster import Cluster, TcpProxy, cmdline, wait_for
 from tests.helpers import PUSHLAKE, ROOT, deletion, trip
-from tests.services import postgres, s3  # noqa: F401  (the session's servers)
 
 NODES = ["n1", "n2", "n3"]
 

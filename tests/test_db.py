@@ -7,7 +7,6 @@ import re
 import pytest
 
 from pushlake.db import open_db, pg_sql, redact
-from tests.services import postgres  # noqa: F401  (the session's PostgreSQL server)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

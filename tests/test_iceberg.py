@@ -23,7 +23,6 @@ from lake.iceberg import MIRRORED, NAME, Mirror, _current_files, mirror_loop, pr
 from lake.schema import TABLES
 from tests.conftest import compact
 from tests.helpers import deletion, fixture, fixture_bytes, itin_id, run_cli, trip
-from tests.services import postgres, s3  # noqa: F401  (the session's PostgreSQL and S3 servers)
 
 KEYS = {"trips": ("itin_id",), "trip_samples": ("itin_id", "seq"), "trip_events": ("itin_id", "event_type", "seq"),
         "crashes": ("crash_id",), "diagnoses": ("body_sha256",), "trip_deletions": ("itin_id",)}

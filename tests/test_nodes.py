@@ -20,7 +20,7 @@ from ingest.record import Kind
 from lake.catalog import Catalog, CatalogConflict, Commit, Key, LeaseLost, Order, TripRef, VersionRow
 from lake.compactor import Compactor, CompactorBusy, partitions_lease
 from tests.helpers import deletion, itin_id, trip
-from tests.services import backend_url, postgres  # noqa: F401
+from tests.services import backend_url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

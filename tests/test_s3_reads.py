@@ -36,7 +36,6 @@ from queries.connection import _WRITTEN
 from queries.export import export
 from tests.conftest import compact
 from tests.helpers import ROOT, ServerProcess, itin_id, run_cli, trip
-from tests.services import postgres, s3  # noqa: F401
 
 T0 = 1_750_000_000_000_000
 ADMIN_PW = "PnsPYthv4N?zI%CK"

@@ -6,7 +6,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.services import postgres, s3  # noqa: F401
 
 
 

@@ -12,7 +12,7 @@ from ingest.auth import AuthError, PushAuth
 from pushlake import tokens
 from pushlake.hyperadmins import HyperAdmins
 from pushlake.teams import SCHEMA, Conflict, Invalid, NotFound, QuotaExceeded, TeamError, Teams, hash_key
-from tests.services import backend_url, postgres  # noqa: F401  (the session's PostgreSQL server)
+from tests.services import backend_url
 
 PASSWORD = "Very-secret-12"
 

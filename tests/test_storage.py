@@ -21,7 +21,6 @@ from lake.schema import SCHEMAS
 from lake.storage import open_storage, parse_s3_url
 from tests.conftest import compact
 from tests.helpers import deletion, itin_id, trip
-from tests.services import postgres, s3  # noqa: F401
 
 REL = "files/trips/team=acme/date=2025-01-20/part-{}.parquet"
 
