@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compactor", action="store_true", help="receive only (run `pushlake compact` yourself)")
     p.add_argument("--iceberg-interval", type=float, default=5.0, metavar="SECONDS",
                    help="sync the Iceberg mirror this often (default 5; 0: no mirror)")
+    p.add_argument("--maintenance-interval", type=float, default=30.0, metavar="SECONDS",
+                   help="run vacuum and the log cleaner this often (default 30)")
 
     p = sub.add_parser("compact", help="project the log into the lake now, then merge, vacuum and clean")
     _data(p)
@@ -241,6 +243,8 @@ def cmd_serve(a) -> int:
         raise CliError("--retention must be >= 0")
     if a.iceberg_interval < 0:
         raise CliError("--iceberg-interval must be >= 0")
+    if a.maintenance_interval <= 0:
+        raise CliError("--maintenance-interval must be > 0")
     setup_logging()
     private_data_dir(a.data)
     from pushlake import location
@@ -262,7 +266,8 @@ def cmd_serve(a) -> int:
     serve(Settings(data_dir=a.data, host=a.host, port=a.port, workers=a.workers, retention_days=a.retention,
                    max_body_bytes=a.max_body, min_free_bytes=a.min_free, segment_bytes=a.segment_bytes,
                    segment_age_s=a.segment_age, compactor=not a.no_compactor,
-                   iceberg_interval_s=a.iceberg_interval, node=a.node))
+                   iceberg_interval_s=a.iceberg_interval, maintenance_interval_s=a.maintenance_interval,
+                   node=a.node))
     return 0
 
 

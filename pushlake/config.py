@@ -22,6 +22,7 @@ class Settings:
     segment_age_s: float = 600.0
     compact_interval_s: float = 0.2
     iceberg_interval_s: float = 5.0        # the Iceberg mirror's sync interval (0: no mirror)
+    maintenance_interval_s: float = 30.0   # vacuum and the log cleaner run this often
     compactor: bool = True
     node: str = ""                         # this node's name (pushlake.location.node_name); "" on one machine
     max_teams: int = 100

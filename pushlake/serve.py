@@ -74,6 +74,7 @@ def _compactor_child(settings: Settings) -> None:
             continue
         with c:
             c.run_forever(stop, interval=settings.compact_interval_s,
+                          maintain_every=settings.maintenance_interval_s,
                           mirror_every=settings.iceberg_interval_s or None)
 
 

@@ -388,16 +388,15 @@ def test_erase_verify_names_the_nodes_that_have_not_cleaned_yet(tmp_path, postgr
     n1 (whose log holds it) is down, naming n1; once n1 is back and has cleaned its log and the
     lake is vacuumed, `erase --verify` finds nothing, from a machine with an empty data dir."""
     with Cluster(tmp_path, postgres, s3, nodes=2,
-                 serve_args=("--retention", "0", "--segment-age", "1")) as c:
+                 serve_args=("--retention", "0", "--segment-age", "1", "--maintenance-interval", "2")) as c:
         [a] = c.new_ids(1)
         assert c.push("n1", "trip", trip(a)) == 200
         c.wait_visible([a])
         c.nodes["n1"].stop()
         assert c.push("n2", "trip/event", deletion(a)) == 200
 
-        # each check is retried (wait_for): with retention 0 the running nodes vacuum replaced files
-        # while `erase --verify` lists and reads the bucket, and an object listed then deleted
-        # before its read makes the command fail (a race of erase --verify, reported)
+        # each check is polled (wait_for): with retention 0 the running nodes vacuum replaced files
+        # while `erase --verify` lists and reads the bucket (an object gone before its read is gone)
         def verify() -> dict:
             p = c.cli("erase", a, "--verify", "--json", data=c.reader_dir, check=False)
             assert p.returncode in (0, 1) and p.stdout.strip(), (p.returncode, p.stdout, p.stderr)
