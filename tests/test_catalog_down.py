@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import selectors
-import socket
 import threading
 import time
 import urllib.error
@@ -51,66 +49,6 @@ def crash(n: int) -> dict:
 
 def diagnosis(user: str) -> dict:
     return {**fixture("diagnosis.json"), "userId": user}
-
-
-class StallProxy:
-    """A loopback TCP proxy that can stop forwarding while keeping every connection open: what a
-    hanging PostgreSQL looks like (frozen, or behind a stuck network path). Nothing is refused and
-    nothing times out: the calls just wait, until ``resume()``."""
-
-    def __init__(self, host: str, port: int):
-        self.target = (host, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.stalled = threading.Event()
-        self.closed = threading.Event()
-        self.socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed.is_set():
-            try:
-                client, _ = self.listener.accept()
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                return
-            self.socks += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        with selectors.DefaultSelector() as sel:
-            sel.register(a, selectors.EVENT_READ, b)
-            sel.register(b, selectors.EVENT_READ, a)
-            try:
-                while not self.closed.is_set():
-                    if self.stalled.is_set():
-                        time.sleep(0.02)
-                        continue
-                    for key, _ in sel.select(timeout=0.1):
-                        data = key.fileobj.recv(1 << 16)
-                        if not data:
-                            return
-                        key.data.sendall(data)
-            except OSError:
-                pass
-            finally:
-                a.close()
-                b.close()
-
-    def stall(self) -> None:
-        self.stalled.set()
-
-    def resume(self) -> None:
-        self.stalled.clear()
-
-    def close(self) -> None:
-        self.closed.set()
-        self.listener.close()
-        for s in self.socks:
-            try:
-                s.close()
-            except OSError:
-                pass
 
 
 @pytest.fixture
@@ -275,7 +213,7 @@ def test_pushes_while_the_catalog_hangs(postgres, tmp_path):  # noqa: F811
     once (the check before they are written failed), and everything resumes when it answers. (A
     publication that hangs after the check passed: test_a_hanging_catalog_delays_deletions_only.)"""
     direct = postgres.fresh_database("down_hangs")
-    proxy = StallProxy(postgres.host, postgres.port)
+    proxy = TcpProxy(postgres.host, postgres.port)  # pause(): connections open, nothing forwarded
     key = json.loads(run_cli("teams", "create", "acme", "--json", "--catalog", direct, data=tmp_path / "admin")
                      .stdout)["pushApiKey"]
     data = tmp_path / "node"
@@ -284,7 +222,7 @@ def test_pushes_while_the_catalog_hangs(postgres, tmp_path):  # noqa: F811
     try:
         assert push(server, "trip", trip(itin_id(1)), key)[0] == 200
         assert push(server, "trip/event", deletion(itin_id(9)), key)[0] == 200
-        proxy.stall()
+        proxy.pause()
         for n in range(2, 5):
             started = time.monotonic()
             assert push(server, "trip", trip(itin_id(n)), key)[0] == 200
