@@ -76,6 +76,9 @@ class PushAuth:
         self._probe: Future | None = None
         self._retry_at = 0.0  # while down, the next probe is sent from then on
         self._ok_at = float("-inf")  # when the store last answered (time.monotonic())
+        # loaded now, not at the first request: a node that had authenticated nobody before a
+        # catalog outage would otherwise refuse every push of it with 503
+        self.reload()
 
     def close(self) -> None:
         if self._checker is not None:

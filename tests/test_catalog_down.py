@@ -255,3 +255,21 @@ def test_pushes_while_the_catalog_hangs(postgres, tmp_path):  # noqa: F811
         server.stop()
         proxy.close()
     assert out.count("the teams' store cannot be reached") == 1, out
+
+
+def test_a_node_that_authenticated_nobody_yet_rides_an_outage_out(catalog, tmp_path):
+    """The receiver loads the teams at start: a node whose first push arrives during an outage
+    acknowledges it with the key it loaded (before: 503, the cache was filled at the first push)."""
+    direct, via_proxy, proxy = catalog
+    key = json.loads(run_cli("teams", "create", "acme", "--json", "--catalog", direct, data=tmp_path / "admin")
+                     .stdout)["pushApiKey"]
+    server = ServerProcess(tmp_path / "node", "--catalog", via_proxy, "--iceberg-interval", "0")
+    try:
+        proxy.down()
+        status, _, body = push(server, "trip", trip(itin_id(1)), key)
+        assert status == 200 and body["status"] == "OK", body
+        status, headers, body = push(server, "trip", trip(itin_id(2)), "pk_not_a_known_key")
+        assert status == 503 and int(headers["Retry-After"]) > 0, body
+    finally:
+        proxy.up()
+        server.stop()
