@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable, NamedTuple
 
 from ingest.record import Kind
-from pushlake.db import POSTGRESQL, SQLITE, Db, is_postgresql, open_db
+from pushlake.db import POSTGRESQL, SQLITE, Db, is_postgresql, open_db, pg_sql
 from pushlake.location import catalog_url
 
 from .schema import TRIP_TABLES
@@ -565,33 +565,31 @@ class Catalog:
         if self.dialect == SQLITE:
             return self.con.executemany(sql, rows).rowcount
         with self.db.con.cursor() as cur:
-            cur.executemany(sql.replace("?", "%s"), rows)
+            cur.executemany(pg_sql(sql), rows)
             return cur.rowcount
 
     def _check(self, c: Commit) -> None:
         """What the plan relied on, checked inside the commit's transaction (conflicts between
         nodes; on one machine a receiver's tombstone racing the step that stores its trip)."""
-        stored_trips = [(v.team, v.key) for v in c.versions if v.kind == Kind.TRIP]
-        by_team: dict[str, list[str]] = {}
-        for team, itin in stored_trips:
-            by_team.setdefault(team, []).append(itin)
-        for team, itins in by_team.items():
-            for chunk in _chunks(itins, 500):
-                # a pending tombstone is fine: its deletion is applied later, to this version (the
-                # tombstone's partition follows the trip, below); an applied one saw no version
-                if self.db.execute(f"SELECT 1 FROM tombstones WHERE team=? AND itin_id IN ({','.join('?' * len(chunk))}) "
-                                   "AND applied_at IS NOT NULL LIMIT 1", (team, *chunk)).fetchone():
-                    raise CatalogConflict("a trip this step stores was deleted meanwhile")
+        # a pending tombstone is fine: its deletion is applied later, to this version (the
+        # tombstone's partition follows the trip, in commit); an applied one saw no version
+        if self._any_trip("SELECT 1 FROM tombstones WHERE applied_at IS NOT NULL AND team=? AND itin_id IN",
+                          [TripRef(v.team, v.key) for v in c.versions if v.kind == Kind.TRIP]):
+            raise CatalogConflict("a trip this step stores was deleted meanwhile")
         dropped = {(k.team, k.key) for k in c.drop_versions if k.kind == Kind.TRIP}
-        unseen: dict[str, list[str]] = {}
-        for t in c.applied:  # deletions applied to no stored trip: still none stored?
-            if (t.team, t.itin) not in dropped and c.previous.get(Key(Kind.TRIP, t.team, t.itin)) is None:
-                unseen.setdefault(t.team, []).append(t.itin)
-        for team, itins in unseen.items():
-            for chunk in _chunks(itins, 500):
-                if self.db.execute(f"SELECT 1 FROM versions WHERE kind=? AND team=? AND key IN ({','.join('?' * len(chunk))}) "
-                                   "LIMIT 1", (Kind.TRIP, team, *chunk)).fetchone():
-                    raise CatalogConflict("a trip this step deletes was stored meanwhile by another commit")
+        unseen = [t for t in c.applied  # deletions applied to no stored trip: still none stored?
+                  if (t.team, t.itin) not in dropped and c.previous.get(Key(Kind.TRIP, t.team, t.itin)) is None]
+        if self._any_trip(f"SELECT 1 FROM versions WHERE kind={int(Kind.TRIP)} AND team=? AND key IN", unseen):
+            raise CatalogConflict("a trip this step deletes was stored meanwhile by another commit")
+
+    def _any_trip(self, query: str, trips: list[TripRef]) -> bool:
+        """Whether ``query`` (ending in ``IN``, bound to a team then its trips) finds a row for
+        any of these trips, asked per team, 500 at a time."""
+        by_team: dict[str, list[str]] = {}
+        for team, itin in trips:
+            by_team.setdefault(team, []).append(itin)
+        return any(self.db.execute(f"{query} ({','.join('?' * len(chunk))}) LIMIT 1", (team, *chunk)).fetchone()
+                   for team, itins in by_team.items() for chunk in _chunks(itins, 500))
 
     def _store_versions(self, c: Commit) -> None:
         """Each key's new version, or its removal, only if its version is still the one the plan

@@ -16,7 +16,7 @@ from pushlake import location
 
 from . import files as lf
 from . import hive
-from .catalog import Catalog, CatalogConflict, Commit, FileRow
+from .catalog import Catalog, Commit, FileRow
 from .storage import open_storage
 
 log = logging.getLogger("pushlake.compactor")
@@ -106,20 +106,3 @@ def vacuum(out_dir: Path, catalog: Catalog, retention_s: float, now: float | Non
         catalog.forget_files([f.id for f in expired])
     return len(expired)
 
-
-def merge_loop(out_dir: Path, stop, every: float, min_files: int) -> None:
-    """Merges beside projection (own catalog connection): Parquet work releases the GIL, and a
-    step never waits for a merge. A commit that finds its input files already replaced (by the
-    other) fails cleanly and is redone."""
-    cat = Catalog(out_dir)
-    try:
-        while not stop.wait(every):
-            try:
-                while merge_small_files(out_dir, cat, min_files, max_groups=1) and not stop.is_set():
-                    pass
-            except CatalogConflict:
-                continue
-            except Exception:
-                log.exception("merge failed; retrying later")
-    finally:
-        cat.close()

@@ -394,12 +394,12 @@ class S3Storage(Storage):
         return fs_path[len(head):]
 
     @contextlib.contextmanager
-    def writer(self, rel: str, schema: pa.Schema, **parquet_options) -> Iterator[pq.ParquetWriter]:
-        opts = {k: v for k, v in parquet_options.items() if k != "row_group_size"}
+    def _upload(self, rel: str) -> Iterator[pa.NativeFile]:
+        """An output stream whose object exists, durably, once the block ends; a block that
+        raises leaves no object (the multipart upload aborted, anything written deleted)."""
         out = self.filesystem.open_output_stream(self.fs_path(rel))
         try:
-            with pq.ParquetWriter(out, schema, **opts) as w:
-                yield w
+            yield out
             out.close()  # completes the upload: the object exists, durably, from here
         except BaseException:
             with contextlib.suppress(Exception):
@@ -408,18 +408,16 @@ class S3Storage(Storage):
                 self.delete([rel])
             raise
 
+    @contextlib.contextmanager
+    def writer(self, rel: str, schema: pa.Schema, **parquet_options) -> Iterator[pq.ParquetWriter]:
+        opts = {k: v for k, v in parquet_options.items() if k != "row_group_size"}
+        with self._upload(rel) as out, pq.ParquetWriter(out, schema, **opts) as w:
+            yield w
+
     def write_table(self, rel: str, table: pa.Table, **parquet_options) -> int:
-        out = self.filesystem.open_output_stream(self.fs_path(rel))
-        try:
+        with self._upload(rel) as out:
             pq.write_table(table, out, **parquet_options)
             n = out.tell()
-            out.close()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                out.abort() if hasattr(out, "abort") else out.close()
-            with contextlib.suppress(Exception):
-                self.delete([rel])
-            raise
         return n
 
     def delete(self, rels: Iterable[str]) -> None:
