@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from pushlake.fsutil import DIR_MODE, FILE_MODE, fsync_dir, try_lock
+from pushlake.location import NODE_NAME, node_name
 
 from . import record as rec
 
@@ -60,22 +61,13 @@ def segment_name(base: int) -> str:
 # names this module writes, matched whole: str.isdigit() also takes non-ASCII digits ('p١' was
 # partition 1), and 'p01' or '5.log' are not names a writer makes
 SEGMENT_NAME = re.compile(r"([0-9]{20})" + re.escape(SEGMENT_SUFFIX))
-PARTITION_NAME = re.compile(r"(?:(?P<node>[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?)\.)?p(?P<n>0|[1-9][0-9]{0,5})")
+PARTITION_NAME = re.compile(rf"(?:(?P<node>{NODE_NAME.pattern})\.)?p(?P<n>0|[1-9][0-9]{{0,5}})")
 
 
 def partition_name(index: int, node: str | None = None) -> str:
     """``p<index>``, or ``<node>.p<index>`` on a named node (``pushlake.location.node_name``)."""
-    if node is None:
-        from pushlake.location import node_name
-        node = node_name()
+    node = node_name() if node is None else node
     return f"{node}.p{index}" if node else f"p{index}"
-
-
-def partition_index(name: str) -> int:
-    m = PARTITION_NAME.fullmatch(name)
-    if m is None:
-        raise ValueError(f"not a log partition name: {name!r}")
-    return int(m["n"])
 
 
 class WrongNode(Exception):
@@ -85,9 +77,7 @@ class WrongNode(Exception):
 
 def check_node(data_dir: Path, node: str | None = None) -> None:
     """Refuse a data directory whose partitions belong to another node name."""
-    if node is None:
-        from pushlake.location import node_name
-        node = node_name()
+    node = node_name() if node is None else node
     root = Path(data_dir) / "log"
     if not root.is_dir():
         return
@@ -168,9 +158,7 @@ class LogWriter:
         the partition lock, which a cleaner or ``check`` may hold for a moment. ``node``: the
         node's name (default ``pushlake.location.node_name()``), the prefix of the partition's.
         ``any_node``: the directory may hold several nodes' logs (gathered for ``rebuild``)."""
-        if node is None:
-            from pushlake.location import node_name
-            node = node_name()
+        node = node_name() if node is None else node
         if not any_node:
             check_node(data_dir, node)
         self.partition = partition_name(partition, node)

@@ -37,7 +37,7 @@ from pushlake import failpoints, location
 from . import files as lf
 from . import hive, maintenance, status, tasks, upgrade
 from .batches import Batch, BatchReader
-from .catalog import Catalog, CatalogConflict, Commit, Lease, LeaseLost
+from .catalog import Catalog, CatalogConflict, Commit, LeaseLost
 from .isolation import Isolating, Isolation, transient
 from .plan import StepStats, look_up, plan
 from .splitter import Splitter
@@ -163,13 +163,11 @@ class Compactor:
                 return True
             if cat.lease is not None:
                 log.info("the maintenance lease moved to another node")
-                cat.lease = None
-                self.maintaining.clear()
+                self._drop_maintenance(cat)
             lease = cat.acquire_lease(MAINTENANCE, self.holder, self.lease_ttl)
         except Exception:  # noqa: BLE001 - the catalog unreachable: not holding it
             log.warning("could not renew the maintenance lease", exc_info=True)
-            cat.lease = None
-            self.maintaining.clear()
+            self._drop_maintenance(cat)
             return False
         if lease is None:
             return False
@@ -181,6 +179,10 @@ class Compactor:
             log.exception("tidying the lake after taking the maintenance lease failed")
         self.maintaining.set()
         return True
+
+    def _drop_maintenance(self, cat: Catalog) -> None:
+        cat.lease = None
+        self.maintaining.clear()
 
     def release_idle_workers(self, after: float = 60.0) -> bool:
         return self.splitter.release_idle(after)
@@ -381,8 +383,7 @@ class Compactor:
                 cat.release_lease(cat.lease)
             except Exception:  # noqa: BLE001 - it expires anyway
                 log.debug("could not release the maintenance lease", exc_info=True)
-            cat.lease = None
-            self.maintaining.clear()
+            self._drop_maintenance(cat)
         cat.close()
 
     def _merge_loop(self, stop, every: float) -> None:
@@ -402,8 +403,7 @@ class Compactor:
                     continue
                 except LeaseLost:
                     log.info("the maintenance lease moved to another node during a merge")
-                    cat.lease = None
-                    self.maintaining.clear()
+                    self._drop_maintenance(cat)
                 except Exception:  # noqa: BLE001 - logged, retried later
                     log.exception("merge failed; retrying later")
         finally:
@@ -447,8 +447,10 @@ class Compactor:
         # the Iceberg tables): started when this compactor takes the lease, stopped when it loses it
         mirror = None
         while not stop.is_set():
-            if mirror_every and (mirror is None) == self.maintaining.is_set():
-                mirror = self._start_mirror(mirror_every) if mirror is None else self._stop_mirror(mirror)
+            if mirror_every and mirror is None and self.maintaining.is_set():
+                mirror = self._start_mirror(mirror_every)
+            elif mirror is not None and not self.maintaining.is_set():
+                mirror = self._stop_mirror(mirror)
             try:
                 s = self.step()
                 if s.records:
@@ -485,6 +487,7 @@ class Compactor:
 
     @staticmethod
     def _stop_mirror(mirror) -> None:
+        """Stops it; returns None (no mirror any more)."""
         proc, mstop = mirror
         mstop.set()
         proc.join(10)
