@@ -322,3 +322,11 @@ def test_nodes_list_and_remove_from_the_cli(cluster, tmp_path):
     assert cat.uncleaned_nodes("acme", t) == ["n1"]
     cat.close()
     assert list(reader.iterdir()) == []  # a reader machine's data directory stays empty
+
+
+@pytest.mark.parametrize("name", ["n1\n", "n1.", "../n1", "N1", "-n1", "n1-", "a" * 41, "n 1", "n1\x00"])
+def test_a_node_name_that_could_escape_or_collide_is_refused(name):
+    """The name is part of partition directory names and catalog keys: matched whole."""
+    from pushlake.location import node_name
+    with pytest.raises(ValueError):
+        node_name(name)
