@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import _default_expect_handler as _aiohttp_expect
 
 from pushlake.config import Settings
+from pushlake.metrics import M
 
 from .auth import RETRY_S, AuthError, PushAuth
 from .groupcommit import GroupCommit, Item, NotPublished, Overloaded, WriteFailed
@@ -28,6 +29,7 @@ from .log import LogWriter, partition_name
 from .record import Kind
 
 log = logging.getLogger("pushlake.receiver")
+refused = logging.getLogger("pushlake.refused")  # one line per refused push: team, route, reason
 
 SETTINGS = web.AppKey("settings", Settings)
 COMMIT = web.AppKey("commit", GroupCommit)
@@ -46,6 +48,9 @@ class Lake(Protocol):
 
 
 LAKE = web.AppKey("lake", Lake)
+# an error response's code and message, kept on it for make_handler (plain keys before aiohttp 3.12)
+_KEY = getattr(web, "ResponseKey", lambda name, t: name)
+CODE, MESSAGE = _KEY("code", str), _KEY("message", str)
 ACCEPTED_ENCODINGS = {"identity", "gzip", "x-gzip", "deflate"}
 NOT_PUBLISHED_RETRY_S = 5  # Retry-After of a deletion refused while the catalog is unreachable
 
@@ -56,8 +61,10 @@ def is_deletion(item: Item) -> bool:
 
 
 def error(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status, headers=headers,
+    resp = web.json_response({"error": code, "message": message}, status=status, headers=headers,
                              dumps=lambda o: orjson.dumps(o).decode())
+    resp[CODE], resp[MESSAGE] = code, message  # for the refusal's log line and metrics
+    return resp
 
 
 def auth_error(e: AuthError) -> web.Response:
@@ -197,12 +204,55 @@ async def _json_expectations(app: web.Application) -> None:
 
 
 def make_handler(kind: int):
+    """The push route of ``kind``: ``_push`` answers, this counts and times the answer and logs
+    a refusal with its team, route and reason (``pushlake.metrics``; the logger
+    ``pushlake.refused``)."""
+    label = Kind(kind).label
+    push = _push_handler(kind)
+    counted: dict[tuple[str, int, str], object] = {}  # label children, looked up once each
+
+    def count(team: str, status: int, code: str) -> None:
+        child = counted.get((team, status, code))
+        if child is None:
+            child = counted[(team, status, code)] = M().pushes.labels(team, label, str(status), code)
+        child.inc()
+
     async def handler(request: web.Request) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        who = {"team": ""}
+        try:
+            resp = await push(request, who)
+        except web.HTTPException as e:  # aiohttp's own refusals (e.g. a body over the limit)
+            count(who["team"], e.status, error_code(e.status))
+            raise
+        except Exception:
+            count(who["team"], 500, "internal_error")
+            raise
+        if resp.status == 200:
+            count(who["team"], 200, "ok")
+            ack.observe(time.perf_counter() - t0)
+        else:
+            code = resp.get(CODE, "error")
+            count(who["team"], resp.status, code)
+            refused.info("refused %s %s: %d %s (team %s): %s", request.method, request.path, resp.status, code,
+                         who["team"] or "-", resp.get(MESSAGE, ""),
+                         extra={"team": who["team"] or None, "route": request.path, "status": resp.status,
+                                "code": code, "reason": resp.get(MESSAGE, ""), "remote": request.remote})
+        return resp
+
+    ack = M().ack.labels(label)
+    return handler
+
+
+def _push_handler(kind: int):
+    async def handler(request: web.Request, who: dict) -> web.StreamResponse:
         s: Settings = request.app[SETTINGS]
         try:
             team = request.app[AUTH].authenticate(request.headers.get("Authorization"))
         except AuthError as e:
+            who["team"] = e.team
             return auth_error(e)
+        who["team"] = team
         if request.content_type != "application/json" and not request.content_type.endswith("+json"):
             return error(415, "unsupported_media_type",
                          f"Content-Type must be application/json, got '{request.content_type}'")
@@ -277,16 +327,39 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def _watch_disk(app: web.Application) -> None:
+    """Every second: the free disk (503 below ``--min-free``) and the gauges of this receiver's
+    partition (free disk, the compactor's lag, degraded), which ``GET /metrics`` reads."""
     s = app[SETTINGS]
+    m = M()
     while True:
         try:
-            low = shutil.disk_usage(s.data_dir).free < s.min_free_bytes
+            free = shutil.disk_usage(s.data_dir).free
         except OSError:
-            low = True
+            free = None
+        low = free is None or free < s.min_free_bytes
         if low != app[STATE]["disk_low"]:
             log.warning("free disk %s the threshold of %d bytes", "below" if low else "back above", s.min_free_bytes)
         app[STATE]["disk_low"] = low
+        if free is not None:
+            m.disk_free.set(free)
+        try:
+            _measure_lag(app, m)
+        except Exception:  # noqa: BLE001 - a gauge is never worth stopping the disk watch
+            log.debug("could not measure the compactor's lag", exc_info=True)
         await asyncio.sleep(1.0)
+
+
+def _measure_lag(app: web.Application, m) -> None:
+    gc = app[COMMIT]
+    part = gc.writer.partition
+    problems: list[str] = []
+    if app[SETTINGS].compactor:
+        problems, compactor = app[LAKE].compactor_health(part, gc.writer.next_offset)
+        behind = compactor["lagRecords"]
+        m.lag_records.labels(part).set(behind)
+        since = gc.received_at(gc.writer.next_offset - behind) if behind else None
+        m.lag_seconds.labels(part).set(max(0.0, time.time() - (since or app[STATE]["started_at"])) if behind else 0.0)
+    m.degraded.labels(part).set(1 if problems or app[STATE]["disk_low"] else 0)
 
 
 class ReceiverRoute(NamedTuple):
@@ -319,7 +392,7 @@ def build_app(settings: Settings, partition: int = 0, *, lake: Lake) -> web.Appl
     app = web.Application(client_max_size=settings.max_body_bytes + 1, handler_args={"auto_decompress": False},
                           middlewares=[json_errors])
     app[SETTINGS] = settings
-    app[STATE] = {"disk_low": False}
+    app[STATE] = {"disk_low": False, "started_at": time.time()}
     app[AUTH] = PushAuth(settings.data_dir)
     app[LAKE] = lake
 

@@ -40,9 +40,10 @@ RELOAD_TIMEOUT_S = 5.0
 
 
 class AuthError(Exception):
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, team: str = ""):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.team = team  # the team the credentials proved (a disabled one), for logs and metrics
 
 
 def unavailable() -> AuthError:
@@ -227,7 +228,7 @@ class PushAuth:
         if team is None:
             raise self.unknown(AuthError(401, "invalid_credentials", "unknown or revoked push key"))
         if not team.enabled:
-            raise AuthError(403, "team_disabled", f"team '{team.team_id}' is disabled")
+            raise AuthError(403, "team_disabled", f"team '{team.team_id}' is disabled", team.team_id)
         return team.team_id
 
     def client_credentials(self, team_id: str, key: str) -> CachedTeam:

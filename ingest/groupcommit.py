@@ -9,15 +9,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Callable, NamedTuple
+
+from pushlake.metrics import M
 
 from .log import LogWriter
 
 log = logging.getLogger("pushlake.groupcommit")
 PROBE_S = 1.0  # while publishing fails, how often it is tried again (deletions in between: 503 at once)
 PUBLISH_TIMEOUT_S = 5.0  # a deletion waits this long at most for its publication (then 503)
+MARK_S = 0.1  # resolution of received_at (the compactor's lag in seconds)
 
 
 
@@ -71,6 +75,8 @@ class GroupCommit:
         self._closed = False
         self.batches = 0
         self.records = 0
+        self._metrics = M()
+        self._marks: deque[tuple[int, float]] = deque()  # (first offset of a batch, time.time())
 
     @property
     def publishing_hangs(self) -> bool:
@@ -167,6 +173,7 @@ class GroupCommit:
                     continue
                 self.batches += 1
                 self.records += len(batch)
+                self._measure(first, len(batch))
                 # durable: the pushes that need no publication are acked now; the others when
                 # the publisher thread has published their batch (in batch order), so a slow or
                 # unreachable catalog delays deletions only, never the log's fsyncs
@@ -186,6 +193,28 @@ class GroupCommit:
                     self._publishing.add(pub)
                     timer = loop.call_later(PUBLISH_TIMEOUT_S, self._too_slow, waiting)
                     pub.add_done_callback(partial(self._published, first, waiting, timer))
+
+    def _measure(self, first: int, n: int) -> None:
+        """The batch's metrics, and when its records arrived (``received_at``'s marks): at most
+        one mark per ``MARK_S``, so a compactor stuck for hours costs a few thousand of them."""
+        m = self._metrics
+        m.fsync.observe(self.writer.last_sync_s)
+        m.batch.observe(n)
+        now = time.time()
+        if not self._marks or now - self._marks[-1][1] >= MARK_S:
+            self._marks.append((first, now))
+
+    def received_at(self, offset: int) -> float | None:
+        """About when the record at ``offset`` (of this receiver's partition) was received: the
+        mark of its batch or the one before (``MARK_S`` early at most); None before this process.
+        Marks below ``offset`` but the last one are dropped: the caller asks for the compactor's
+        position, which only moves forward."""
+        marks = self._marks
+        while len(marks) > 1 and marks[1][0] <= offset:
+            marks.popleft()
+        if not marks or marks[0][0] > offset:
+            return None
+        return marks[0][1]
 
     async def _roll_by_age(self) -> None:
         loop = asyncio.get_running_loop()

@@ -162,6 +162,7 @@ class LogWriter:
         if not any_node:
             check_node(data_dir, node)
         self.partition = partition_name(partition, node)
+        self.last_sync_s = 0.0  # the last fdatasync's duration (the receiver's metrics)
         self.dir = Path(data_dir) / "log" / self.partition
         self.segment_bytes = segment_bytes
         self.segment_age = segment_age
@@ -230,7 +231,9 @@ class LogWriter:
             parts.append(body)
         try:
             size = write_all(self._fd, parts)
+            t0 = time.perf_counter()
             os.fdatasync(self._fd)
+            self.last_sync_s = time.perf_counter() - t0
         except OSError:
             try:
                 os.ftruncate(self._fd, self._size)

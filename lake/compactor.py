@@ -33,6 +33,7 @@ from pathlib import Path
 from ingest.log import check_node, list_partitions, recover_idle_partitions
 from pushlake.fsutil import try_lock
 from pushlake import failpoints, location
+from pushlake.metrics import M
 
 from . import files as lf
 from . import hive, maintenance, status, tasks, upgrade
@@ -104,6 +105,7 @@ class Compactor:
         self.writer = Writer(self.out_dir, self.catalog)
         self.isolation = Isolation()
         self.status = status.Status()
+        self._counted_at = float("-inf")
         self._ahead: Batch | None = None  # the next batch, split
         self._next: Batch | None = None   # the one after it, read
         self._failing: Batch | None = None
@@ -300,6 +302,7 @@ class Compactor:
         """Keep ``compactor.status`` current: at every step that did something or failed, and
         at least every 2 s when idle (a heartbeat), never failing the step itself."""
         st = self.status
+        self._measure(stats, error)
         if error is not None:
             st.failed(error, isolating=self.isolation.active)
         else:
@@ -313,6 +316,29 @@ class Compactor:
             status.write(self.out_dir, st)
         except OSError:
             log.debug("could not write the compactor status", exc_info=True)
+
+    COUNTS_EVERY_S = 5.0  # the catalog-wide counts behind the FAILED and pending-tombstone gauges
+
+    def _measure(self, stats: StepStats | None, error: BaseException | None) -> None:
+        """The step's metrics (``pushlake.metrics``); never fails the step."""
+        try:
+            m = M()
+            if error is not None:
+                m.steps.labels("failed").inc()
+            elif stats is not None and stats.records:
+                m.steps.labels("ok").inc()
+                m.step_seconds.observe(stats.seconds)
+                for fate in ("stored", "stale", "deleted", "failed"):
+                    if getattr(stats, fate):
+                        m.projected.labels(fate).inc(getattr(stats, fate))
+            now = time.monotonic()
+            if now - self._counted_at >= self.COUNTS_EVERY_S or (stats is not None and stats.failed):
+                self._counted_at = now
+                failed, pending = self.catalog.health_counts()
+                m.failed_items.set(failed)
+                m.pending_tombstones.set(pending)
+        except Exception:  # noqa: BLE001 - metrics are never worth a failed step
+            log.debug("could not update the compactor's metrics", exc_info=True)
 
     def drain(self, progress=None) -> StepStats:
         """Project everything in the log, then finish any queued retry task."""

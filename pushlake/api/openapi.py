@@ -39,6 +39,9 @@ SECURITY_SCHEMES = {
     "enterpriseKey": {"type": "apiKey", "in": "header", "name": "x-dq-enterprise-api-key",
                       "description": "The enterprise API key: `PUSHLAKE_ENTERPRISE_KEY`, or `data/enterprise.key` "
                                      "(created at first start). Compared in constant time."},
+    "enterpriseBearer": {"type": "http", "scheme": "bearer",
+                         "description": "`Authorization: Bearer <enterprise key>` (or Basic `enterprise:<enterprise "
+                                        "key>`): the operators' pages, e.g. Prometheus' `authorization` setting."},
     "adminBearer": {"type": "http", "scheme": "bearer",
                     "description": "`Authorization: Bearer <adminApiKey>` (`ak_...`): reads that team's data only."},
     "hyperadminBasic": {"type": "http", "scheme": "basic",

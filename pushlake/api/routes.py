@@ -24,7 +24,7 @@ from queries.export import FORMATS
 from queries.worker import ARROW, PARQUET
 
 from . import bodies as b
-from . import enterprise, oauth, openapi, reads
+from . import enterprise, oauth, openapi, operators, reads
 from .bodies import DQ_DATE_EXAMPLE
 from .pushbodies import BODIES
 
@@ -343,6 +343,25 @@ READS = [
 ]
 
 
+# -- operators ------------------------------------------------------------------------------------------
+OPERATOR_SECURITY = [{"enterpriseKey": []}, {"enterpriseBearer": []}, {"hyperadminBasic": []}]
+OPERATOR_ERRORS = {
+    401: err("No or wrong enterprise key, unknown hyper-admin or wrong password (with a `WWW-Authenticate: Basic` "
+             "challenge, for browsers)", "unauthorized missing_credentials invalid_credentials", ("WWW-Authenticate",)),
+    403: err("A team's key: these pages show every team", "forbidden team_disabled"),
+    429: err("Too many failed password checks in a row for this hyper-admin", "too_many_requests", ("Retry-After",)),
+    503: err("Too many password checks waiting", "overloaded", ("Retry-After",)),
+}
+OPERATORS = [
+    Route("get", "/metrics", operators.metrics_handler, "metrics", "service", "Prometheus metrics",
+          "Every process of the service (receivers, compactor) in the Prometheus text format: pushes by team, kind, "
+          "status and code; ack and fsync latency; group-commit sizes; the compactor's lag per log partition (records "
+          "and seconds), step durations, FAILED items and pending tombstones; queries by route and status; free "
+          "disk. Scrape it with the enterprise key (`authorization: {type: Bearer, credentials_file: ...}`).",
+          OPERATOR_SECURITY, {200: ok("The metrics.", content={"text/plain": TEXT}), **OPERATOR_ERRORS}),
+]
+
+
 # -- this documentation ---------------------------------------------------------------------------------
 SERVICE = [
     Route("get", "/openapi.json", openapi.openapi_json, "openapi", "service", "This document",
@@ -352,5 +371,5 @@ SERVICE = [
           {200: ok("HTML.", content={"text/html": TEXT})}),
 ]
 
-API: list[Route] = [OAUTH, *ENTERPRISE, *READS, *SERVICE]
+API: list[Route] = [OAUTH, *ENTERPRISE, *READS, *OPERATORS, *SERVICE]
 ROUTES: list[Route] = RECEIVER + API
