@@ -7,17 +7,24 @@ PORT ?= 8080
 
 .PHONY: run test test-services bench bench-quick bench-tools profile-tools install clean
 
+PIP := $(BIN)/pip --quiet --disable-pip-version-check
+
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(PIP) install --upgrade pip
+
+# `make run` needs the package alone; `make install` (and `make test`) add the test extras
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	touch $@
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $@
+	$(PIP) install -e '.[test]'
+	touch $@ $(VENV)/.runtime
 
 install: $(VENV)/.installed
 
-run: install
+run: $(VENV)/.runtime
 	$(BIN)/pushlake serve --data $(DATA) --port $(PORT)
 
 test: install test-services
