@@ -315,7 +315,7 @@ async def health(request: web.Request) -> web.Response:
     reasons = ["free disk space is below the safety threshold"] if request.app[STATE]["disk_low"] else []
     compactor = None
     if s.compactor:
-        problems, compactor = request.app[LAKE].compactor_health(gc.writer.partition, gc.writer.next_offset)
+        problems, compactor = compactor_view(request.app)
         reasons += problems
     body = {"status": "degraded" if reasons else "ok", "reasons": reasons,
             "partition": gc.writer.partition, "nextOffset": gc.writer.next_offset,
@@ -349,16 +349,33 @@ async def _watch_disk(app: web.Application) -> None:
         await asyncio.sleep(1.0)
 
 
-def _measure_lag(app: web.Application, m) -> None:
+def compactor_view(app: web.Application) -> tuple[list[str], dict]:
+    """What is wrong with the compactor over this receiver's partition, and its lag: records not
+    yet projected, and how long the oldest of them has waited (``lagSeconds``; counted from this
+    receiver's start for a record received before it). Waiting over ``health_max_lag_s`` is a
+    problem of its own: a compactor that advances, but too slowly to catch up."""
     gc = app[COMMIT]
-    part = gc.writer.partition
+    problems, compactor = app[LAKE].compactor_health(gc.writer.partition, gc.writer.next_offset)
+    behind = compactor["lagRecords"]
+    waited = 0.0
+    if behind:
+        since = gc.received_at(gc.writer.next_offset - behind) or app[STATE]["started_at"]
+        waited = max(0.0, time.time() - since)
+    compactor["lagSeconds"] = round(waited, 3)
+    limit = app[SETTINGS].health_max_lag_s
+    if waited > limit and not problems:
+        problems.append(f"compactor far behind: {behind} record(s) waiting, the oldest for {waited:.0f} s "
+                        f"(more than {limit:.0f} s)")
+    return problems, compactor
+
+
+def _measure_lag(app: web.Application, m) -> None:
+    part = app[COMMIT].writer.partition
     problems: list[str] = []
     if app[SETTINGS].compactor:
-        problems, compactor = app[LAKE].compactor_health(part, gc.writer.next_offset)
-        behind = compactor["lagRecords"]
-        m.lag_records.labels(part).set(behind)
-        since = gc.received_at(gc.writer.next_offset - behind) if behind else None
-        m.lag_seconds.labels(part).set(max(0.0, time.time() - (since or app[STATE]["started_at"])) if behind else 0.0)
+        problems, compactor = compactor_view(app)
+        m.lag_records.labels(part).set(compactor["lagRecords"])
+        m.lag_seconds.labels(part).set(compactor["lagSeconds"])
     m.degraded.labels(part).set(1 if problems or app[STATE]["disk_low"] else 0)
 
 

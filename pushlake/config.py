@@ -37,6 +37,9 @@ class Settings:
     query_write_timeout_s: float = 30.0    # a client that reads nothing for this long is cut off
     password_checks: int = 16              # scrypt checks queued at once (beyond: 503)
     password_max_failures: int = 5         # failed checks of one user before it is slowed down
+    health_max_lag_s: float = 300.0        # /health is degraded when a record waits longer to be projected
+    log_format: str = "text"               # text | json (pushlake.logs), in every process of serve
+    access_log: bool = False               # one line per request (pushlake.access)
 
 
 def enterprise_key(data_dir: Path) -> tuple[str, bool]:

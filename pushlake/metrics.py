@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -35,6 +36,9 @@ def enable(data_dir: Path) -> Path:
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(mode=0o700, parents=True)
     os.environ[ENV] = str(d)
+    if "prometheus_client.values" in sys.modules and _M is None:  # imported early, but nothing measured yet
+        from prometheus_client import values
+        values.ValueClass = values.get_value_class()
     return d
 
 

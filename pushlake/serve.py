@@ -20,6 +20,9 @@ from dataclasses import replace
 
 from aiohttp import web
 
+from ingest.log import partition_name
+
+from . import logs, metrics
 from .config import Settings
 from .db import redact
 from .location import catalog_url, lake_url
@@ -28,10 +31,8 @@ from .procs import die_with_parent
 log = logging.getLogger("pushlake.serve")
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
+    logs.setup(fmt, level)
 
 
 def event_loop_factory():
@@ -48,19 +49,23 @@ def run_receiver(settings: Settings, partition: int, reuse_port: bool) -> None:
     app = make_app(settings, partition)
     factory = event_loop_factory()
     loop = factory() if factory else None
+
+    def bound(_aiohttp_banner: str) -> None:  # run_app calls it once every site is listening
+        log.info("receiver %s listening on http://%s:%d", partition_name(partition), settings.host, settings.port)
     web.run_app(app, host=settings.host, port=settings.port, reuse_port=reuse_port or None,
-                print=None, access_log=None, handle_signals=True, loop=loop)
+                print=bound, access_log=logs.ACCESS_LOGGER if settings.access_log else None,
+                access_log_class=logs.AccessLog, handle_signals=True, loop=loop)
 
 
 def _receiver_child(settings: Settings, partition: int) -> None:
     die_with_parent()
-    setup_logging()
+    setup_logging(settings.log_format)
     run_receiver(settings, partition, reuse_port=True)
 
 
 def _compactor_child(settings: Settings) -> None:
     die_with_parent()
-    setup_logging()
+    setup_logging(settings.log_format)
     from lake.compactor import Compactor, CompactorBusy
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
@@ -104,6 +109,7 @@ class Supervisor:
                 p = self.children[name]
                 if not p.is_alive() and not self.stopping.is_set():
                     log.error("%s exited (code %s); starting it again", name, p.exitcode)
+                    metrics.process_dead(p.pid)
                     self._spawn(name, target, args)
 
     def stop(self) -> None:
@@ -118,6 +124,9 @@ class Supervisor:
 
 
 def serve(settings: Settings) -> None:
+    """Runs until SIGTERM/SIGINT. ``metrics.enable`` comes first: every process started after it
+    (and this one) writes its metrics where ``GET /metrics`` gathers them."""
+    metrics.enable(settings.data_dir)
     specs: list[tuple[str, object, tuple]] = []
     if settings.compactor:
         specs.append(("compactor", _compactor_child, (settings,)))
@@ -125,8 +134,10 @@ def serve(settings: Settings) -> None:
         specs += [(f"receiver-{i}", _receiver_child, (replace(settings), i)) for i in range(settings.workers)]
     sup = Supervisor(specs)
     sup.start()
-    log.info("pushlake listening on http://%s:%d (data %s, node %s, catalog %s, lake %s, %d worker(s), "
-             "compactor %s)", settings.host, settings.port, settings.data_dir, settings.node or "(none)",
+    stop_history = threading.Event()
+    threading.Thread(target=_history, args=(settings.data_dir, stop_history), name="history", daemon=True).start()
+    log.info("pushlake starting on port %d (data %s, node %s, catalog %s, lake %s, %d worker(s), compactor %s)",
+             settings.port, settings.data_dir, settings.node or "(none)",
              redact(catalog_url() or "") or "embedded SQLite", lake_url() or "under the data directory",
              settings.workers, "on" if settings.compactor else "off")
     try:
@@ -138,4 +149,18 @@ def serve(settings: Settings) -> None:
         else:
             run_receiver(settings, 0, reuse_port=False)
     finally:
+        stop_history.set()
         sup.stop()
+
+
+def _history(data_dir, stop: threading.Event) -> None:
+    """The status page's time series (``pushlake.history``), sampled by the supervisor: one
+    writer whatever the number of receivers."""
+    try:
+        from pushlake import history
+    except ImportError:  # not there yet
+        return
+    try:
+        history.run(data_dir, stop)
+    except Exception:  # noqa: BLE001 - the status page's history is never worth the service
+        log.exception("the status page's history stopped")

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("ingest", "lake", "queries", "pushlake")
 # the lowest layer: what every layer may use (files, SQLite, settings, the stores of team keys)
 BASE = {"pushlake", "pushlake.location", "pushlake.config", "pushlake.failpoints", "pushlake.procs", "pushlake.fsutil",
-        "pushlake.sqlite", "pushlake.db", "pushlake.teams", "pushlake.tokens", "pushlake.hyperadmins"}
+        "pushlake.sqlite", "pushlake.db", "pushlake.teams", "pushlake.tokens", "pushlake.hyperadmins",
+        "pushlake.metrics", "pushlake.logs"}
 LAYERS = ["base", "ingest", "lake", "queries", "top"]
 
 

@@ -59,6 +59,8 @@ class PushAck(Response):
 class CompactorState(Response):
     """The compactor over this receiver's partition."""
     lagRecords: Annotated[int, text("Records of this partition not compacted yet.")]
+    lagSeconds: Annotated[float, text("How long the oldest of them has waited (0 when caught up); over "
+                                      "`health_max_lag_s` (300 s) the status is `degraded`.")]
     failures: Annotated[int | None, text("Failed steps in a row.")]
     lastError: Annotated[str | None, text("The error of the last failed step.")]
     lastStep: Annotated[dict[str, Any] | None, text(
@@ -78,7 +80,7 @@ class Health(Response):
     """State of this receiver process."""
     status: Annotated[Literal["ok", "degraded"], text(
         "`ok`, or `degraded` (with a 503) while free disk is below the threshold (pushes then get 503) or the "
-        "compactor is failing or not advancing.")]
+        "compactor is failing, not advancing, or far behind (a record waiting over `health_max_lag_s`).")]
     reasons: Annotated[list[str], text("Why the status is `degraded`, one sentence each (empty when `ok`).")]
     compactor: Annotated[CompactorState | None, text(
         "The compactor over this receiver's partition (null with `--no-compactor`).")]
@@ -200,6 +202,12 @@ class TripReportItem(CrashReportItem):
     discarded: Annotated[int, text("Trip pushes received after that trip's deletion, never made visible.")]
 
 
+class DiagnosisReportItem(CrashReportItem):
+    """Counts per receive day and team; counters are committed with the records they count. A
+    diagnosis's key is its `userId` and the SHA-256 of its body: a push of the same body again is a
+    duplicate, any other body is a new diagnosis (stored), never an update."""
+
+
 _Day = Annotated[str, Meta(extra_json_schema={"format": "date"})]
 _ITEMS = "One item per day and team with any activity, sorted by day then team."
 
@@ -217,6 +225,35 @@ class CrashesReport(_Report):
     items: Annotated[list[CrashReportItem], text(_ITEMS)]
 
 
+class DiagnosesReport(_Report):
+    items: Annotated[list[DiagnosisReportItem], text(_ITEMS)]
+
+
+# -- FAILED items ---------------------------------------------------------------------------------
+class FailedPush(Response):
+    """A push accepted into the log (it was answered 200) that the compactor could not project."""
+    id: Annotated[int, text("The FAILED item's id. A retry that fails again keeps it (with the new `reason` and one "
+                            "more `attempts`); a retry that succeeds takes the item off this list.", ge=1)]
+    teamId: TeamId
+    kind: Annotated[Literal["trip", "crash", "diagnosis"], text("What was pushed.")]
+    key: Annotated[str, text("The push's idempotency key: `itinId` (trip), `crashId` (crash), `userId:` + SHA-256 "
+                             "of the body (diagnosis).")]
+    receivedAt: Annotated[str, dq_date("When the push was received; its receive day is the report's `date`")]
+    partition: Annotated[str, text("Log partition that holds the push.", examples=["p0"])]
+    offset: Annotated[int, text("Offset of the push in that partition.", ge=0)]
+    reason: Annotated[str, text("Why the projection failed the last time, naming the field (and the index in an "
+                                "array).", examples=["route.longitude: has 2 samples, route.latitude has 3"])]
+    failedAt: Annotated[str, dq_date("When its projection last failed")]
+    attempts: Annotated[int, text("Projections of this push that failed: 1, plus one per retry that failed again.",
+                                  ge=1)]
+
+
+class FailedPushes(Response):
+    items: Annotated[list[FailedPush], text("The items still FAILED, by id, at most `limit`.")]
+    nextAfterId: Annotated[int | None, text(
+        "More items may follow: pass this value as `afterId` for the next page. Null on the last page.")]
+
+
 # -- retry tasks ----------------------------------------------------------------------------------
 class RetryTask(Response):
     taskId: Annotated[str, text("Task id (24 hex characters).", examples=["6753030831fe9826412bac5c"])]
@@ -224,16 +261,27 @@ class RetryTask(Response):
 
 
 class Task(Response):
+    """A retry task. Every item ends fixed or still failed: `nbFixedItems + nbStillFailedItems +
+    nbRemainingItems = nbItems`."""
     taskId: str
     createdAt: Annotated[str, dq_date("Creation date")]
-    completedAt: Annotated[str | None, dq_date("Completion date, null until COMPLETED")]
+    completedAt: Annotated[str | None, dq_date("Completion date, null until COMPLETED or FAILED")]
     type: Annotated[Literal[tuple(Catalog.TASK_KINDS)], text("Task type.")]
     status: Annotated[Literal["PENDING", "IN_PROGRESS", "COMPLETED", "CANCELED", "FAILED"], text(
-        "`PENDING` (queued), `IN_PROGRESS` (`nbRemainingItems` decreases), `COMPLETED` (`nbRemainingItems` = 0, "
-        "`completedAt` set). `CANCELED` and `FAILED` are part of DriveQuant's vocabulary; pushlake does not set them "
-        "today.")]
-    nbItems: Annotated[int, text("Items to process.")]
+        "`PENDING` (queued), `IN_PROGRESS` (`nbRemainingItems` decreases), `COMPLETED` (every item processed: "
+        "`nbRemainingItems` = 0, `completedAt` set; COMPLETED says the task ran to its end, not that every item was "
+        "fixed: read `nbStillFailedItems`), `FAILED` (the task itself stopped on an error, see `error`; its "
+        "remaining items were not processed). `CANCELED` is part of DriveQuant's vocabulary; pushlake does not set "
+        "it.")]
+    nbItems: Annotated[int, text("Items to process: the FAILED items of that kind when the task was created.")]
     nbRemainingItems: Annotated[int, text("Items not processed yet.")]
+    nbFixedItems: Annotated[int, text(
+        "Items processed that are no longer FAILED: re-projected and stored, or settled meanwhile (a newer push of "
+        "the same key was stored, or the trip was deleted).")]
+    nbStillFailedItems: Annotated[int, text(
+        "Items processed that are still FAILED: their projection failed again (each keeps its id, with the new "
+        "reason: `GET /v1/enterprise/push/{trips|crashes|diagnoses}/failed`).")]
+    error: Annotated[str | None, text("Why the task stopped, when `status` is FAILED; else null.")]
 
 
 # -- reads ----------------------------------------------------------------------------------------

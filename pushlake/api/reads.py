@@ -26,6 +26,7 @@ from aiohttp import web
 
 from ingest.app import AUTH, SETTINGS, auth_error, error
 from ingest.auth import AuthError
+from pushlake.metrics import M
 from queries.export import FORMATS
 from queries.worker import ARROW, PARQUET, WORKERS, job_frame, read_frame
 
@@ -192,6 +193,30 @@ def _no_workers(e: OSError) -> web.Response:
     return error(503, "overloaded", "no query process could be started; retry shortly", {"Retry-After": "1"})
 
 
+def measured(route: str):
+    """Counts and times a read handler's answers by HTTP status (``pushlake.metrics``); an export
+    cut off after its first byte counts as 500."""
+    def wrap(handler):
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            t0 = time.perf_counter()
+            status = 500
+            try:
+                resp = await handler(request)
+                status = resp.status
+                return resp
+            except web.HTTPException as e:
+                status = e.status
+                raise
+            finally:
+                m = M()
+                m.queries.labels(route, str(status)).inc()
+                m.query_seconds.labels(route, str(status)).observe(time.perf_counter() - t0)
+        wrapped.__name__, wrapped.__doc__ = handler.__name__, handler.__doc__
+        return wrapped
+    return wrap
+
+
+@measured("query")
 async def query(request: web.Request) -> web.StreamResponse:
     try:
         who = await _principal(request)
@@ -259,6 +284,7 @@ async def query(request: web.Request) -> web.StreamResponse:
         lim.give(slot)
 
 
+@measured("export")
 async def export(request: web.Request) -> web.StreamResponse:
     table = request.match_info["table"]
     fmt = request.query.get("format", "parquet")
