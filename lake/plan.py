@@ -25,6 +25,7 @@ from typing import Callable, NamedTuple, Protocol
 
 from ingest.keys import deleted_itin
 from ingest.record import Kind, Record
+from pushlake import failpoints
 
 from .catalog import (STAT_FIELDS, Commit, FailedRow, Key, LogRef, Order, ResolvedRow, StatKey, TombstoneRow,
                       TripRef, Version, VersionRow)
@@ -161,6 +162,7 @@ def plan(records: list[tuple[str, Record]], project: Projector, sha256: Hasher, 
             try:
                 if (part, r.offset) in poison:
                     raise ProjectionError(poison[(part, r.offset)])
+                failpoints.hit("plan.project")  # tests: =bug makes every projection fail while set
                 projected = project(part, r, k)
             except Exception as e:  # noqa: BLE001 - whatever a record raises is its own FAILED reason
                 reason = str(e) if isinstance(e, ProjectionError) else f"{type(e).__name__}: {e}"

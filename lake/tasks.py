@@ -2,7 +2,9 @@
 
 A task re-reads its items' records from the log and plans them like a step (``retry=True``: not
 counted again as received; an item a newer push has replaced is SUPERSEDED), a chunk at a time,
-each chunk its own commit that also advances the task.
+each chunk its own commit that also advances the task. An item whose projection fails again keeps
+its id (new reason, one more attempt); the commit records each item as fixed (no longer FAILED) or
+still failed, and the task counts both (``Catalog._finish_task_items``).
 """
 from __future__ import annotations
 

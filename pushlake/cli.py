@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data(p)
     _location(p)
     p.add_argument("action", choices=("list", "retry"))
-    p.add_argument("--kind", choices=("trips", "crashes"), default="trips", help="what to retry (default trips)")
+    p.add_argument("--kind", choices=tuple(FAILED_KINDS),
+                   help="list: only this kind (default every kind); retry: what to retry (default trips)")
     _json_flag(p)
 
     p = sub.add_parser("nodes", help="the nodes of a cluster: their leases and log cleaning; retire a node")
@@ -572,9 +573,13 @@ def _iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
 
 
+# `failed --kind`: the retry task's type (lake.catalog.Catalog.TASK_KINDS gives its kind of push)
+FAILED_KINDS = {"trips": "PUSH_FAILED_TRIPS", "crashes": "PUSH_FAILED_CRASHES", "diagnoses": "PUSH_FAILED_DIAGNOSES"}
+
+
 def cmd_failed(a) -> int:
     """List FAILED items, or retry them: a task that re-projects them (run here and now when no
-    compactor is running, else by the running one)."""
+    compactor is running, else by the running one), and how many it fixed and how many still fail."""
     import secrets
 
     from ingest.record import kind_label
@@ -584,8 +589,7 @@ def cmd_failed(a) -> int:
     if a.action == "retry":
         cat = Catalog(a.data)
         try:
-            task_id, n = cat.create_task("PUSH_FAILED_TRIPS" if a.kind == "trips" else "PUSH_FAILED_CRASHES",
-                                         secrets.token_hex(12))
+            task_id, n = cat.create_task(FAILED_KINDS[a.kind or "trips"], secrets.token_hex(12))
             try:
                 with Compactor(a.data) as c:
                     while c.run_tasks_safely():
@@ -597,19 +601,25 @@ def cmd_failed(a) -> int:
             raise CliError(str(e)) from None
         finally:
             cat.close()
-        out = {"taskId": task_id, "nbItems": n, "status": row.status, "nbRemainingItems": row.nb_remaining}
+        out = {"taskId": task_id, "nbItems": n, "status": row.status, "nbRemainingItems": row.nb_remaining,
+               "nbFixedItems": row.nb_fixed, "nbStillFailedItems": row.nb_still_failed}
+        if row.error:
+            out["error"] = row.error
         _print_json(out) if a.json else print(" ".join(f"{k}={v}" for k, v in out.items()))
         return 0
     cat = Catalog(a.data, readonly=True)
     try:
+        kind = Catalog.TASK_KINDS[FAILED_KINDS[a.kind]] if a.kind else None
         rows = [{"id": f.id, "kind": kind_label(f.kind), "team": f.team, "key": f.key, "part": f.part,
-                 "offset": f.offset, "reason": f.reason} for f in cat.failed_items("FAILED")]
+                 "offset": f.offset, "received": _iso(f.received_us / 1e6), "attempts": f.attempts,
+                 "reason": f.reason} for f in cat.failed_items("FAILED", kind)]
     finally:
         cat.close()
     if a.json:
         _print_json(rows)
     else:
-        _print_table(["id", "kind", "team", "key", "part", "offset", "reason"], [tuple(r.values()) for r in rows])
+        _print_table(["id", "kind", "team", "key", "part", "offset", "received", "attempts", "reason"],
+                     [tuple(r.values()) for r in rows])
     return 0
 
 
