@@ -1,4 +1,4 @@
-"""``/v1/enterprise/*``: teams, hyper-admins, push reports, retry of FAILED items, tasks.
+"""``/v1/enterprise/*``: teams, hyper-admins, push reports, FAILED items and their retry, tasks.
 
 Every call needs the enterprise key in ``x-dq-enterprise-api-key`` (compared in constant time).
 Dates follow DriveQuant: ``yyyy-MM-dd'T'HH:mm:ss.SSSZ``.
@@ -17,10 +17,11 @@ import orjson
 from aiohttp import web
 
 from ingest.app import AUTH, SETTINGS, error
+from ingest.record import kind_label
 from lake.catalog import Catalog, TaskRunning
 from pushlake.config import enterprise_key
 from pushlake.hyperadmins import HyperAdmins
-from pushlake.teams import TeamError, Teams, format_date
+from pushlake.teams import NotFound, TeamError, Teams, format_date
 
 from . import bodies as b
 
@@ -141,7 +142,8 @@ def _day(request: web.Request, name: str) -> str:
         raise TeamError(f"{name} must be a date yyyy-MM-dd, got '{v}'") from None
 
 
-def report_handler(kind: int, item: type[b.CrashReportItem], body: type[b.TripsReport | b.CrashesReport]):
+def report_handler(kind: int, item: type[b.CrashReportItem],
+                   body: type[b.TripsReport | b.CrashesReport | b.DiagnosesReport]):
     """The report of one kind: the counts ``item`` has, per day and team."""
     fields = item.__struct_fields__
 
@@ -150,15 +152,51 @@ def report_handler(kind: int, item: type[b.CrashReportItem], body: type[b.TripsR
         start, end = _day(request, "startDate"), _day(request, "endDate")
         if start > end:
             raise TeamError("startDate is after endDate")
-        team = request.query.get("teamId")
-        if team is not None and request.app[AUTH].team(team) is None:
-            return error(404, "not_found", f"unknown team '{team}'")
+        team = _team(request)
         rows = await _run(request, request.app[ADMIN]["catalog"]().report, kind, start, end, team)
         return json(body(startDate=start, endDate=end, items=[item(**{k: r[k] for k in fields}) for r in rows]))
     return report
 
 
+def _team(request: web.Request) -> str | None:
+    """The optional ``teamId`` query parameter, which must name a team (404)."""
+    team = request.query.get("teamId")
+    if team is not None and request.app[AUTH].team(team) is None:
+        raise NotFound(f"unknown team '{team}'")
+    return team
+
+
 # -- FAILED items and retry tasks -------------------------------------------------------------------
+PAGE_DEFAULT, PAGE_MAX = 100, 1000
+
+
+def _int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    v = request.query.get(name)
+    if v is None:
+        return default
+    if not re.fullmatch(r"[0-9]{1,19}", v) or not low <= int(v) <= high:
+        raise TeamError(f"{name} must be an integer from {low} to {high}, got '{v}'")
+    return int(v)
+
+
+def failed_handler(kind: int):
+    """The FAILED items of one kind, by id, a page at a time."""
+    @enterprise
+    async def failed(request: web.Request) -> web.Response:
+        limit = _int(request, "limit", PAGE_DEFAULT, 1, PAGE_MAX)
+        after = _int(request, "afterId", 0, 0, 2**63 - 1)
+        team = _team(request)
+        # one more than the page: whether a next page exists
+        rows = await _run(request, partial(request.app[ADMIN]["catalog"]().failed_items, "FAILED", kind, team, after,
+                                           limit + 1))
+        page = rows[:limit]
+        return json(b.FailedPushes(items=[b.FailedPush(
+            id=f.id, teamId=f.team, kind=kind_label(f.kind), key=f.key, receivedAt=format_date(f.received_us / 1e6),
+            partition=f.part, offset=f.offset, reason=f.reason, failedAt=format_date(f.failed_at),
+            attempts=f.attempts) for f in page], nextAfterId=page[-1].id if len(rows) > limit else None))
+    return failed
+
+
 def retry_handler(task_type: str):
     @enterprise
     async def retry(request: web.Request) -> web.Response:
@@ -177,7 +215,8 @@ async def get_task(request: web.Request) -> web.Response:
         return error(404, "not_found", f"unknown task '{request.match_info['taskId']}'")
     return json(b.Task(taskId=row.task_id, createdAt=format_date(row.created_at),
                        completedAt=format_date(row.completed_at) if row.completed_at else None, type=row.type,
-                       status=row.status, nbItems=row.nb_items, nbRemainingItems=row.nb_remaining))
+                       status=row.status, nbItems=row.nb_items, nbRemainingItems=row.nb_remaining,
+                       nbFixedItems=row.nb_fixed, nbStillFailedItems=row.nb_still_failed, error=row.error))
 
 
 def setup(app: web.Application) -> None:

@@ -214,13 +214,37 @@ def report_route(what: str, plural: str, kind: int, item, report, counts: str) -
                     Param("teamId", "query", "Only this team.", b.TeamId)))
 
 
-def retry_route(what: str, task_type: str) -> Route:
+TEAM_404 = err("`teamId` names no team", "not_found")
+
+
+def failed_route(what: str, plural: str, kind: int) -> Route:
     return enterprise_route(
-        "post", f"/v1/enterprise/push/{what}/failed/retry", enterprise.retry_handler(task_type),
-        f"retryFailed{what.capitalize()}", f"Retry the FAILED {what}",
-        f"Queues a `{task_type}` task that re-projects every {what[:-1]} push currently FAILED (accepted into the "
+        "get", f"/v1/enterprise/push/{plural}/failed", enterprise.failed_handler(kind),
+        f"listFailed{plural.capitalize()}", f"List the FAILED {plural}",
+        f"The {what} pushes still FAILED: accepted into the log (answered `200`) but not projectable, with the "
+        "reason, where the push is in the log and how many projections of it failed. By id, a page of at most "
+        "`limit` at a time: pass `nextAfterId` as `afterId` for the next page. An item keeps its id across "
+        f"retries (`POST /v1/enterprise/push/{plural}/failed/retry`) and leaves this list once it is fixed.",
+        {200: ok("A page of FAILED items.", b.FailedPushes),
+         400: err("`limit` or `afterId` is not an integer in its range", "bad_request"),
+         404: TEAM_404},
+        parameters=(Param("teamId", "query", "Only this team.", b.TeamId),
+                    Param("limit", "query", "Items per page.",
+                          {"type": "integer", "minimum": 1, "maximum": enterprise.PAGE_MAX,
+                           "default": enterprise.PAGE_DEFAULT}),
+                    Param("afterId", "query", "Only items with a greater id: the `nextAfterId` of the previous page.",
+                          {"type": "integer", "minimum": 0, "default": 0})))
+
+
+def retry_route(what: str, plural: str, task_type: str) -> Route:
+    return enterprise_route(
+        "post", f"/v1/enterprise/push/{plural}/failed/retry", enterprise.retry_handler(task_type),
+        f"retryFailed{plural.capitalize()}", f"Retry the FAILED {plural}",
+        f"Queues a `{task_type}` task that re-projects every {what} push currently FAILED (accepted into the "
         "log but not projectable); the compactor runs it asynchronously. Follow it with "
-        "`GET /v1/enterprise/task/{taskId}`. No body.",
+        "`GET /v1/enterprise/task/{taskId}`: once COMPLETED, `nbFixedItems` were fixed and `nbStillFailedItems` "
+        f"failed again (they keep their ids, with the new reason, in `GET /v1/enterprise/push/{plural}/failed`). "
+        "No body.",
         {200: ok("The task.", b.RetryTask),
          409: err(f"A {task_type} task is already PENDING or IN_PROGRESS", "conflict")})
 
@@ -272,11 +296,18 @@ ENTERPRISE = [
                  "after their deletion)"),
     report_route("crash", "crashes", Kind.CRASH, b.CrashReportItem, b.CrashesReport,
                  "received, stored, duplicates and still FAILED"),
-    retry_route("trips", "PUSH_FAILED_TRIPS"),
-    retry_route("crashes", "PUSH_FAILED_CRASHES"),
+    report_route("diagnosis", "diagnoses", Kind.DIAGNOSIS, b.DiagnosisReportItem, b.DiagnosesReport,
+                 "received, stored, duplicates and still FAILED"),
+    failed_route("trip", "trips", Kind.TRIP),
+    failed_route("crash", "crashes", Kind.CRASH),
+    failed_route("diagnosis", "diagnoses", Kind.DIAGNOSIS),
+    retry_route("trip", "trips", "PUSH_FAILED_TRIPS"),
+    retry_route("crash", "crashes", "PUSH_FAILED_CRASHES"),
+    retry_route("diagnosis", "diagnoses", "PUSH_FAILED_DIAGNOSES"),
     enterprise_route(
         "get", "/v1/enterprise/task/{taskId}", enterprise.get_task, "getTask", "Task status",
-        "Progress of a retry task.",
+        "Progress and result of a retry task: `nbFixedItems` and `nbStillFailedItems` say how its items ended. "
+        "COMPLETED means every item was processed, not that every item was fixed.",
         {200: ok("The task.", b.Task),
          404: err("No such task", "not_found")},
         parameters=(Param("taskId", "path", "The task id returned by a retry call."),)),
