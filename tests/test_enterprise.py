@@ -50,8 +50,10 @@ async def test_enterprise_key_is_created_0600_and_required(api, data):
               ("PUT", "/v1/enterprise/teams/x/status"), ("POST", "/v1/enterprise/hyperadmin"),
               ("GET", "/v1/enterprise/hyperadmins"), ("DELETE", "/v1/enterprise/hyperadmin/x"),
               ("GET", "/v1/enterprise/push/trips/report"), ("GET", "/v1/enterprise/push/crashes/report"),
+              ("GET", "/v1/enterprise/push/diagnoses/report"), ("GET", "/v1/enterprise/push/trips/failed"),
+              ("GET", "/v1/enterprise/push/crashes/failed"), ("GET", "/v1/enterprise/push/diagnoses/failed"),
               ("POST", "/v1/enterprise/push/trips/failed/retry"), ("POST", "/v1/enterprise/push/crashes/failed/retry"),
-              ("GET", "/v1/enterprise/task/x")]
+              ("POST", "/v1/enterprise/push/diagnoses/failed/retry"), ("GET", "/v1/enterprise/task/x")]
     for method, path in routes:
         for key in (None, "wrong", a.key[:-1]):
             status, body = await a.call(method, path, {}, key=key)
@@ -264,7 +266,10 @@ async def test_retry_task_turns_failed_items_into_rows_once_the_cause_is_fixed(a
     await a.push("crash", {"crashId": "c1", "probability": "high"}, t["pushApiKey"])
     compact(data)
     assert (await _report(a))[0]["failed"] == 1
-    # retried while the cause is still there: the item stays FAILED
+    _, listed = await a.call("GET", "/v1/enterprise/push/trips/failed")
+    (item,) = listed["items"]
+    assert (item["key"], item["attempts"]) == (odd["itinId"], 1) and "fifteen km" in item["reason"]
+    # retried while the cause is still there: the item stays FAILED, and the task says so
     status, task = await a.call("POST", "/v1/enterprise/push/trips/failed/retry")
     assert status == 200 and task["nbItems"] == 1 and len(task["taskId"]) == 24
     status, again = await a.call("POST", "/v1/enterprise/push/trips/failed/retry")
@@ -277,6 +282,9 @@ async def test_retry_task_turns_failed_items_into_rows_once_the_cause_is_fixed(a
     compact(data)
     status, body = await a.call("GET", f"/v1/enterprise/task/{task['taskId']}")
     assert (body["status"], body["nbRemainingItems"]) == ("COMPLETED", 0) and body["completedAt"]
+    assert (body["nbFixedItems"], body["nbStillFailedItems"]) == (0, 1)
+    _, listed = await a.call("GET", "/v1/enterprise/push/trips/failed")
+    assert [(x["id"], x["attempts"]) for x in listed["items"]] == [(item["id"], 2)]  # the same item, not a new one
     _, failed = compact(data)
     assert len(failed) == 2
     # the cause is fixed (a new release that reads "fifteen km"), the retry stores the trip
@@ -286,6 +294,9 @@ async def test_retry_task_turns_failed_items_into_rows_once_the_cause_is_fixed(a
     status, task = await a.call("POST", "/v1/enterprise/push/trips/failed/retry")
     assert status == 200 and task["nbItems"] == 1
     compact(data)
+    _, body = await a.call("GET", f"/v1/enterprise/task/{task['taskId']}")
+    assert (body["status"], body["nbFixedItems"], body["nbStillFailedItems"]) == ("COMPLETED", 1, 0)
+    assert (await a.call("GET", "/v1/enterprise/push/trips/failed"))[1] == {"items": [], "nextAfterId": None}
     import queries
     con = queries.connect(data)
     assert con.execute("SELECT itin_id, distance_m FROM trips").fetchall() == [(odd["itinId"], 15000.0)]
@@ -314,5 +325,7 @@ async def test_an_interrupted_task_is_resumed(api, data):
     run_cli("compact", data=data)  # the next compactor resumes it
     _, body = await a.call("GET", f"/v1/enterprise/task/{task['taskId']}")
     assert (body["status"], body["nbRemainingItems"]) == ("COMPLETED", 0)
-    out = run_cli("failed", "retry", "--kind", "crashes", "--json", data=data)
-    assert orjson.loads(out.stdout)["nbItems"] == 3  # still failing: the cause was not fixed
+    _, body = await a.call("GET", f"/v1/enterprise/task/{task['taskId']}")
+    assert (body["nbFixedItems"], body["nbStillFailedItems"]) == (0, 3)  # the chunk before the kill counted once
+    out = orjson.loads(run_cli("failed", "retry", "--kind", "crashes", "--json", data=data).stdout)
+    assert (out["nbItems"], out["nbFixedItems"], out["nbStillFailedItems"]) == (3, 0, 3)  # the cause was not fixed
