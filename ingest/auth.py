@@ -8,7 +8,7 @@ per-request query on the hot path. The same cache answers the admin plane's look
 (``team``, ``by_admin_key``); who may *read* (admin keys, hyper-admins) is decided above the
 receiver, in ``pushlake.api.auth``.
 
-When the admin stores cannot be reached (PostgreSQL down or cut off: SPEC §8, catalog outage) the
+When the admin stores cannot be reached (PostgreSQL down or cut off) the
 cache keeps serving what it holds: known keys and tokens are accepted or refused as before, and
 credentials it cannot check (not in the cache) get 503 with Retry-After, not 401: a client must
 retry them, not drop its key. On PostgreSQL the store is asked on a thread of its own and a request

@@ -1,4 +1,5 @@
-"""Idempotency keys of each push kind (SPEC §3), shared by the receiver and the compactor."""
+"""Idempotency keys of each push kind (a trip: ``itinId``; a deletion: ``itinId:event``; a crash:
+``crashId``; a diagnosis: ``userId`` and a hash of the body), shared by the receiver and the compactor."""
 from __future__ import annotations
 
 import hashlib

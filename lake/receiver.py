@@ -6,7 +6,7 @@ receiver, a layer below the lake, never opens the catalog itself.
 - ``republish_tombstones``: tombstones of the log tail the compactor has not reached, inserted
   again before the receiver takes traffic (an OS crash may have dropped an unsynced insert);
 - ``tombstone_sink``: publishes a batch's deletions in the catalog after its fsync and before
-  its ack (SPEC §4);
+  its ack (no query returns a deleted trip from its ``200``);
 - ``compactor_health``: what ``/health`` says of the compactor over a partition (``lake.status``).
 """
 from __future__ import annotations

@@ -47,7 +47,8 @@ def shared() -> bool:
 
 def node_name(explicit: str | None = None) -> str:
     """This node's name: ``--node`` / ``PUSHLAKE_NODE``; with a shared catalog the host name
-    by default (SPEC §8); on the embedded default none (``""``: partitions stay ``p0``…)."""
+    by default (nodes sharing a catalog need distinct names); on the embedded default none (``""``:
+    partitions stay ``p0``…)."""
     name = explicit if explicit is not None else os.environ.get(NODE_ENV)
     if name is None:
         if not shared():

@@ -1,4 +1,4 @@
-"""The receiver while the catalog (PostgreSQL) cannot be reached, SPEC §8: trips, crashes and
+"""The receiver while the catalog (PostgreSQL) cannot be reached (README, Many machines): trips, crashes and
 diagnoses are still acked (the fsynced log is enough), deletions get 503 + Retry-After (their
 tombstone must be in the catalog before the ack), known keys keep working and unknown ones get
 503 rather than 401. When PostgreSQL is back the same processes reconnect by themselves, and after

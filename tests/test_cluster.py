@@ -1,4 +1,4 @@
-"""Several nodes on one catalog and one lake (SPEC §8), as real processes: ``pushlake serve
+"""Several nodes on one catalog and one lake (README, Many machines), as real processes: ``pushlake serve
 --node nK`` on its own data directory, PostgreSQL (the catalog) and moto_server (S3, the lake)
 behind proxies a test can take down, and readers on an empty data directory (tests/cluster.py).
 
