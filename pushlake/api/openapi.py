@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import html
 import re
+import urllib.parse
 
 import msgspec
 import orjson
@@ -76,9 +77,11 @@ INFO = {
                    "(OAuth2: `{error, error_description}`).",
     "license": {"name": "see the repository"},
 }
-TAGS = [{"name": "push", "description": "What DriveQuant calls (SPEC §3)."},
+TAGS = [{"name": "push", "description": "What DriveQuant calls: trips, trip deletions, crashes and diagnoses, each "
+                                        "answered `200` once it is durable."},
         {"name": "oauth", "description": "OAuth2 client credentials for the push endpoints."},
-        {"name": "enterprise", "description": "Teams, hyper-admins, push reports, retry tasks (SPEC §5)."},
+        {"name": "enterprise", "description": "Teams, hyper-admins, push reports and retry tasks, as in DriveQuant's "
+                                              "enterprise API."},
         {"name": "reads", "description": "Team-scoped SQL and exports."},
         {"name": "service", "description": "Health and this documentation."}]
 
@@ -205,6 +208,7 @@ td,th{border:1px solid #ddd;padding:.25rem .5rem;vertical-align:top;text-align:l
 .m{display:inline-block;min-width:4.5em;font-weight:bold;text-transform:uppercase}
 .get{color:#0a6}.post{color:#06c}.put{color:#a60}.delete{color:#c22}
 nav li{list-style:none}nav ul{padding-left:1rem}.muted{color:#777}
+pre.example{background:#f6f6f6;padding:.5rem .75rem;border-radius:4px;overflow-x:auto;margin-top:-.6rem}
 """
 METHODS = ("get", "post", "put", "patch", "delete")
 
@@ -263,6 +267,8 @@ def _operation(path: str, method: str, o: dict) -> str:
         out.append("<p><b>Request body:</b> " + "; ".join(
             f"<code>{html.escape(ct)}</code> {_ref_name(m.get('schema'))}" for ct, m in rb["content"].items())
             + "</p>")
+        out.extend(f'<p class="muted">Example:</p><pre class="example">{html.escape(_example(ct, m["example"]))}</pre>'
+                   for ct, m in rb["content"].items() if "example" in m)
     rows = []
     for status, r in o["responses"].items():
         content = "<br>".join(f"<code>{html.escape(ct)}</code> {_ref_name(m.get('schema'))}"
@@ -271,6 +277,13 @@ def _operation(path: str, method: str, o: dict) -> str:
         rows.append((f"<b>{status}</b>", _text(r["description"]), content, headers))
     out.append("<p><b>Responses</b></p>" + _table(("status", "description", "body", "headers"), rows))
     return "\n".join(out)
+
+
+def _example(media: str, example) -> str:
+    """A request body example as it is sent: a form urlencoded, JSON indented."""
+    if media == "application/x-www-form-urlencoded":
+        return urllib.parse.urlencode(example)
+    return orjson.dumps(example, option=orjson.OPT_INDENT_2).decode()
 
 
 def _schema(name: str, s: dict) -> str:
