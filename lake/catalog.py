@@ -81,8 +81,9 @@ CREATE TABLE IF NOT EXISTS log_cleaning(
 # The same tables on PostgreSQL (created by pushlake at the first open by a writer): BIGINT identity
 # keys, DOUBLE PRECISION times, "offset" quoted (a reserved word there), the same partial indexes;
 # ``meta`` holds the schema version (for migrations) and the lake's layout (``lake.upgrade``).
-# Columns added later come with defaults an older release need not know of (``ADD COLUMN IF NOT
-# EXISTS`` at the end): the catalog stays readable and writable by it, so the version stays 1.
+# Columns added later come with defaults (``ADD COLUMN IF NOT EXISTS`` at the end), so the version
+# stays 1: an older release still runs on the catalog, except for creating a retry task (its INSERT
+# into ``tasks`` names no columns); upgrade every node before retrying FAILED items.
 PG_SCHEMA_VERSION = 1
 PG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BIGINT NOT NULL);
