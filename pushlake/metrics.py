@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -88,12 +89,15 @@ class _Metrics:
 
 
 _M: _Metrics | None = None
+_LOCK = threading.Lock()  # the supervisor's history thread and the receiver may ask first at once
 
 
 def M() -> _Metrics:
     global _M
     if _M is None:
-        _M = _Metrics()
+        with _LOCK:
+            if _M is None:
+                _M = _Metrics()
     return _M
 
 
