@@ -33,7 +33,17 @@ test: install test-services
 # the PostgreSQL server of tests/services.py, from Debian, only when no server binary is found
 # (PATH or /usr/lib/postgresql/*/bin). Without root/apt: a message, no failure; the fixtures then
 # fail under CI=true and skip otherwise. moto_server (S3) comes with the test extra.
+# Debian's chromium too (tests/test_status_page.py drives it with Playwright), same rules.
 test-services:
+	@if command -v chromium >/dev/null || [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "test-services: installing Debian's chromium"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	    || echo "test-services: apt-get install chromium failed; the status page's browser test will fail under CI=true, skip otherwise"; \
+	else \
+	  echo "test-services: no chromium found and apt-get needs root; install Debian's chromium" \
+	       "(apt-get install chromium). The status page's browser test will fail under CI=true, skip otherwise"; \
+	fi
 	@if command -v initdb >/dev/null && (command -v pg_ctl >/dev/null || command -v postgres >/dev/null); then :; \
 	elif ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
