@@ -24,7 +24,7 @@ from queries.export import FORMATS
 from queries.worker import ARROW, PARQUET
 
 from . import bodies as b
-from . import enterprise, oauth, openapi, operators, reads
+from . import enterprise, oauth, openapi, operators, reads, status
 from .bodies import DQ_DATE_EXAMPLE
 from .pushbodies import BODIES
 
@@ -390,6 +390,38 @@ OPERATORS = [
           "and seconds), step durations, FAILED items and pending tombstones; queries by route and status; free "
           "disk. Scrape it with the enterprise key (`authorization: {type: Bearer, credentials_file: ...}`).",
           OPERATOR_SECURITY, {200: ok("The metrics.", content={"text/plain": TEXT}), **OPERATOR_ERRORS}),
+    Route("get", "/status", status.status_page, "statusPage", "service", "Status page",
+          "One self-contained HTML page for a person in a browser (log in as a hyper-admin when it asks): pushes per "
+          "minute by team and kind, ack latency (p50, p99) and the compactor's lag over the last hours (one point per "
+          "minute, SVG drawn by the server, times in UTC), and the current FAILED items, pending tombstones, free "
+          "disk, lag per log partition and health reasons. No external resource (`Content-Security-Policy: "
+          "default-src 'none'`); it refreshes itself every `refresh` seconds from `/status.json`.",
+          OPERATOR_SECURITY,
+          {200: ok("The page.", content={"text/html": TEXT}),
+           400: err("`hours` is not a whole number from 1 to 6, or `refresh` not one from 1 to 3600",
+                    "invalid_request"),
+           **OPERATOR_ERRORS},
+          parameters=(Param("hours", "query", "Hours the charts span at most (they start at the first sampled "
+                                              "minute, and span at least one hour).",
+                            {"type": "integer", "minimum": 1, "maximum": 6, "default": 6}),
+                      Param("refresh", "query", "Seconds between the page's refreshes.",
+                            {"type": "integer", "minimum": 1, "maximum": 3600, "default": 10}))),
+    Route("get", "/status.json", status.status_json, "status", "service", "Status page data",
+          "What `/status` shows, as JSON: the history's minutes in the window (pushes by team, kind and outcome, ack "
+          "latency quantiles, compactor lag, FAILED items, pending tombstones, free disk), the totals per team and "
+          "kind, the current numbers and this receiver's health. `revision` changes whenever the data does.",
+          OPERATOR_SECURITY,
+          {200: ok("The data.", status.StatusReport),
+           400: err("`hours` is not a whole number from 1 to 6, or `refresh` not one from 1 to 3600",
+                    "invalid_request"),
+           **OPERATOR_ERRORS},
+          parameters=(Param("hours", "query", "As for `/status`.",
+                            {"type": "integer", "minimum": 1, "maximum": 6, "default": 6}),
+                      Param("refresh", "query", "Accepted (and checked) as for `/status`, unused.",
+                            {"type": "integer", "minimum": 1, "maximum": 3600, "default": 10}))),
+    Route("get", "/", status.root, "root", "service", "Where a browser lands",
+          "Redirects to the status page (`/status`), which asks for the credentials.", PUBLIC,
+          {302: ok("To `/status` (`Location: /status`).", content={"text/plain": TEXT})}),
 ]
 
 
