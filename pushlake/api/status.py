@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 
 from ingest.app import SETTINGS, error, health
-from pushlake import history, metrics
+from pushlake import history
 
 from .bodies import Response, text
 from .operators import operator
@@ -125,7 +125,7 @@ def report(data_dir, hours: int, health_body: dict, now: float | None = None) ->
     """The document, from the history, every process's metrics and the disk (blocking: reads files)."""
     now = time.time() if now is None else now
     hist = history.load(data_dir)
-    snap = history.Snapshot(metrics.exposition().decode()).current()
+    snap = history.Snapshot(history.exposition().decode()).current()
     disk = shutil.disk_usage(data_dir)
     end = int(now // 60) * 60
     first = min((m["t"] for m in hist["minutes"] if m["t"] <= end), default=end)
