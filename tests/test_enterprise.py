@@ -1,4 +1,4 @@
-"""The enterprise API (SPEC §5): teams, OAuth2, hyper-admins, push reports, retry tasks."""
+"""The enterprise API, which mirrors DriveQuant's: teams, OAuth2, hyper-admins, push reports, retry tasks."""
 from __future__ import annotations
 
 import asyncio
