@@ -456,8 +456,8 @@ def page(doc: StatusReport, who: str, hours: int, refresh: int) -> str:
 <span id="refreshed">updated {_e(doc.generatedAt[11:19])} UTC</span><span>signed in as {_e(who)}</span></header>
 <main>
 <div class="cards">{"".join(cards)}</div>
-<section><h2>Pushes per minute <small>by team and kind; refusals in red; UTC, {_e(doc.window.start[:16].replace("T", " "))}
-to {_e(doc.window.end[11:16])}</small></h2>{chart}
+<section><h2>Pushes per minute <small>by team and kind; refusals in red; UTC,
+{_e(doc.window.start[:16].replace("T", " "))} to {_e(doc.window.end[11:16])}</small></h2>{chart}
 <ul class="legend" id="legend-pushes">{legend_html}</ul>
 {f'<table id="totals"><tr><th>team</th><th>kind</th><th class=n>ok</th><th class=n>refused</th></tr>{totals}</table>'
  if totals else ""}</section>
