@@ -312,3 +312,15 @@ def test_command_table_lists_every_command_and_option():
                 continue
             arg = "|".join(a.choices) if a.choices else (a.metavar or a.dest).upper()
             assert arg in command, f"{name}: {arg} missing from {command}"
+
+
+def test_operating_it(walk):
+    """The metrics name acme's pushes as the README pushed them; the status page opens with the
+    enterprise login; /health shows the compactor caught up."""
+    out = walk.out("/metrics")
+    ok = {kind: float(n) for kind, n in re.findall(
+        r'^pushlake_pushes_total\{code="ok",kind="(\w+)",status="200",team="acme"\} (\S+)$', out, re.M)}
+    assert ok == {"trip": 3.0, "event": 1.0, "crash": 1.0, "diagnosis": 1.0}
+    assert re.search(r"^200$", out, re.M)  # GET /status with -u enterprise:$EK
+    health = _json_at(out, '{"status":"ok"', last=True)
+    assert health["compactor"]["lagRecords"] == 0
