@@ -251,6 +251,15 @@ def chromium() -> str:
     return path
 
 
+def totals(page) -> dict[str, list[int]]:
+    """The totals table: team -> pushes accepted per kind (trip, event, crash, diagnosis), refused."""
+    assert page.eval_on_selector_all("#totals th", "hs => hs.map(h => h.innerText)") == [
+        "team", "trip", "event", "crash", "diagnosis", "refused"]
+    rows = page.eval_on_selector_all("#totals tr[data-team]", "rs => rs.map(r => [r.dataset.team, "
+                                     "Array.from(r.cells).slice(1).map(c => Number(c.innerText))])")
+    return dict(rows)
+
+
 def test_the_status_page_in_a_real_browser(site, tmp_path):
     exe = chromium()
     from playwright.sync_api import expect, sync_playwright
@@ -279,9 +288,9 @@ def test_the_status_page_in_a_real_browser(site, tmp_path):
                 drawn[key] = drawn.get(key, 0) + value
             assert drawn == {**{(t, k): ok for t, kinds in PUSHED.items() for k, (ok, _) in kinds.items()},
                              ("refused",): 2}
-            legend = page.inner_text("#legend-pushes")
-            assert "acme · trip 3" in legend and "globex · trip 2" in legend and "refused (all) 2" in legend
-            assert "globex\ttrip\t2\t1" in page.inner_text("#totals")
+            assert page.inner_text("#legend-pushes li[data-team=acme]") == "acme: trip 3 crash 2 diagnosis 1"
+            assert page.inner_text("#legend-pushes li[data-team='']") == "refused 2"
+            assert totals(page) == {"acme": [3, 0, 2, 1, 0], "globex": [2, 0, 0, 0, 1], "": [0, 0, 0, 0, 1]}
 
             # the latency and lag charts drew their series (a line, or a dot for a lone minute)
             for chart, series in (("ack", ("ackP50", "ackP99")), ("lag-records", ("lagRecords",)),
@@ -304,7 +313,8 @@ def test_the_status_page_in_a_real_browser(site, tmp_path):
             # it refreshes itself: a new push shows within seconds, without a reload
             auth = {"Authorization": f"Bearer {site['teams']['acme']['pushApiKey']}"}
             assert site["call"]("POST", "/push/crash", {"crashId": "late"}, auth)[0] == 200
-            expect(page.locator("#legend-pushes")).to_contain_text("acme · crash 3", timeout=10_000)
+            expect(page.locator("#totals tr[data-team=acme] td[data-kind=crash]")).to_have_text("3", timeout=10_000)
+            assert totals(page)["acme"] == [3, 0, 3, 1, 0]
 
             shots = [tmp_path / "status.png"]
             if os.environ.get("PUSHLAKE_SCREENSHOT_DIR"):

@@ -24,6 +24,7 @@ import orjson
 from aiohttp import web
 
 from ingest.app import SETTINGS, error, health
+from ingest.record import Kind
 from pushlake import history
 
 from .bodies import Response, text
@@ -201,8 +202,9 @@ def _team(team: str) -> str:
 W, HALF, H = 960, 470, 200  # the viewBox: a full-width chart, a half-width one, and their height
 LEFT, RIGHT, TOP, BOTTOM = 64, 12, 10, 24
 PH = H - TOP - BOTTOM
-PALETTE = ("#2563eb", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777", "#4d7c0f", "#7c3aed",
-           "#0f766e", "#b45309", "#475569")
+HUES = (217, 142, 27, 271, 188, 45, 325, 95, 250, 165)  # one per team: blue, green, orange, purple...
+SHADES = {"trip": 34, "event": 84, "crash": 70, "diagnosis": 56}  # lightness per kind, darkest for trips
+KINDS = [k.label for k in Kind]
 REFUSED = "#dc2626"
 
 
@@ -258,36 +260,69 @@ def _svg(name: str, title: str, body: list[str], empty: str | None = None, width
             f'xmlns="http://www.w3.org/2000/svg">{"".join(body)}{note}</svg>')
 
 
-def pushes_chart(doc: StatusReport, start: int, end: int) -> tuple[str, list[tuple[str, str, str]]]:
-    """Stacked bars per minute: accepted pushes by team and kind, then every refusal (red) on top.
-    Returns the SVG and the legend (CSS class, label, total)."""
-    series = [(c.team, c.kind) for c in doc.totals if c.ok]
-    color = {s: f"s{i % len(PALETTE)}" for i, s in enumerate(series)}
-    per_minute = {_parse(m.time): m for m in doc.minutes}
+def series_colors(doc: StatusReport) -> dict[tuple[str, str], str]:
+    """A colour per team and kind: a hue per team (never the refusals' red), a shade per kind."""
+    teams = sorted({c.team for c in doc.totals if c.ok})
+    return {(c.team, c.kind): f"hsl({HUES[teams.index(c.team) % len(HUES)]} 68% {SHADES.get(c.kind, 60)}%)"
+            for c in doc.totals if c.ok}
+
+
+def pushes_chart(doc: StatusReport, start: int, end: int) -> str:
+    """Stacked bars per minute: accepted pushes by team and kind, then every refusal (red) on top."""
+    color = series_colors(doc)
     peak = max((sum(c.ok + c.refused for c in m.pushes) for m in doc.minutes), default=0)
     ax = Axes(start, end, nice_ticks(peak, integer=True))
     body = ax.frame(lambda v: f"{v:g}")
     width = max(ax.slot * 0.8, 1.0)
-    for t, m in sorted(per_minute.items()):
-        x, base = ax.x(t) + (ax.slot - width) / 2, 0
-        stack = [(c.team, c.kind, "ok", c.ok, color.get((c.team, c.kind), "s0")) for c in m.pushes if c.ok]
+    for m in doc.minutes:
+        x, base = ax.x(_parse(m.time)) + (ax.slot - width) / 2, 0
+        stack = [(c.team, c.kind, "ok", c.ok, color[(c.team, c.kind)]) for c in m.pushes if c.ok]
         refused = sum(c.refused for c in m.pushes)
         if refused:
-            stack.append(("", "", "refused", refused, "refused"))
-        for team, kind, outcome, n, cls in stack:
+            stack.append(("", "", "refused", refused, REFUSED))
+        for team, kind, outcome, n, fill in stack:
             y0, y1 = ax.y(base), ax.y(base + n)
             base += n
             what = f"{_team(team)} {kind}" if outcome == "ok" else "refused (every team and kind)"
-            body.append(f'<rect class="{cls}" x="{x:.1f}" y="{y1:.1f}" width="{width:.1f}" height="{y0 - y1:.1f}" '
+            body.append(f'<rect fill="{fill}" x="{x:.1f}" y="{y1:.1f}" width="{width:.1f}" height="{y0 - y1:.1f}" '
                         f'data-team="{_e(team)}" data-kind="{_e(kind)}" data-outcome="{outcome}" '
                         f'data-minute="{m.time}" data-value="{n}"><title>{m.time[11:16]} UTC, {_e(what)}: {n}'
                         f'</title></rect>')
-    legend = [(color[s], f"{_team(s[0])} · {s[1]}", fmt_int(sum(c.ok for c in doc.totals if (c.team, c.kind) == s)))
-              for s in series]
-    refused_total = sum(c.refused for c in doc.totals)
-    if refused_total:
-        legend.append(("refused", "refused (all)", fmt_int(refused_total)))
-    return _svg("pushes", "Pushes per minute", body, None if peak else "no pushes in this window"), legend
+    return _svg("pushes", "Pushes per minute", body, None if peak else "no pushes in this window")
+
+
+def pushes_legend(doc: StatusReport) -> str:
+    """One entry per team: a swatch and the total of each kind it pushed; then the refusals."""
+    color, out = series_colors(doc), []
+    for team in sorted({c.team for c in doc.totals if c.ok}):
+        kinds = " ".join(f'<span class="sw" style="background:{color[(c.team, c.kind)]}"></span>{_e(c.kind)} '
+                         f'<b>{fmt_int(c.ok)}</b>' for c in _by_kind(doc.totals, team) if c.ok)
+        out.append(f'<li data-team="{_e(team)}"><b>{_e(_team(team))}</b>: {kinds}</li>')
+    refused = sum(c.refused for c in doc.totals)
+    if refused:
+        out.append(f'<li data-team=""><span class="sw" style="background:{REFUSED}"></span>refused '
+                   f'<b>{fmt_int(refused)}</b></li>')
+    return "".join(out)
+
+
+def totals_table(doc: StatusReport) -> str:
+    """Teams by kinds: the pushes accepted over the window, and every refusal of the team."""
+    rows = []
+    for team in sorted({c.team for c in doc.totals}):
+        ok = {c.kind: c.ok for c in doc.totals if c.team == team}
+        refused = sum(c.refused for c in doc.totals if c.team == team)
+        cells = "".join(f'<td class=n data-kind="{k}">{fmt_int(ok.get(k, 0))}</td>' for k in KINDS)
+        rows.append(f'<tr data-team="{_e(team)}"><td>{_e(_team(team))}</td>{cells}'
+                    f'<td class="n{" bad" if refused else ""}" data-kind="refused">{fmt_int(refused)}</td></tr>')
+    if not rows:
+        return ""
+    head = "".join(f"<th class=n>{k}</th>" for k in KINDS)
+    return f'<table id="totals"><tr><th>team</th>{head}<th class=n>refused</th></tr>{"".join(rows)}</table>'
+
+
+def _by_kind(counts: list[PushCount], team: str) -> list[PushCount]:
+    order = {k: i for i, k in enumerate(KINDS)}
+    return sorted((c for c in counts if c.team == team), key=lambda c: (order.get(c.kind, len(order)), c.kind))
 
 
 def line_chart(name: str, title: str, doc: StatusReport, start: int, end: int,
@@ -350,7 +385,7 @@ h2{font-size:1rem;margin:.1rem 0 .3rem}h2 small{color:var(--mute);font-weight:no
 .grid{stroke:#eef0f3}.axis,.tick{stroke:#9ca3af}
 .ylab,.xlab{font-size:11px;fill:var(--mute)}.ylab{text-anchor:end}.xlab{text-anchor:middle}
 .empty{font-size:14px;fill:#9ca3af;text-anchor:middle}
-.line{fill:none;stroke-width:2}.hit{fill:transparent}.hit:hover{fill:rgba(15,23,42,.06)}
+path.line{fill:none;stroke-width:2}td.bad{color:var(--bad)}.hit{fill:transparent}.hit:hover{fill:rgba(15,23,42,.06)}
 .legend{display:flex;flex-wrap:wrap;gap:.3rem 1rem;margin:.3rem 0 0;padding:0;list-style:none;font-size:.85rem}
 .sw{display:inline-block;width:.8rem;height:.8rem;border-radius:2px;margin-right:.3rem;vertical-align:-1px}
 table{border-collapse:collapse;margin:.5rem 0 0;font-size:.85rem}
@@ -362,12 +397,11 @@ footer{color:var(--mute);font-size:.8rem}
 """
 
 
+LINES = {"p50": "#2563eb", "p99": "#ea580c", "lagr": "#9333ea", "lags": "#0891b2"}  # the line charts' series
+
+
 def _palette_css() -> str:
-    rules = [f".s{i}{{fill:{c};stroke:{c}}}.sw.s{i}{{background:{c}}}" for i, c in enumerate(PALETTE)]
-    rules += [f".refused{{fill:{REFUSED};stroke:{REFUSED}}}.sw.refused{{background:{REFUSED}}}",
-              ".p50{stroke:#2563eb;fill:#2563eb}.p99{stroke:#ea580c;fill:#ea580c}.sw.p50{background:#2563eb}"
-              ".sw.p99{background:#ea580c}.lagr{stroke:#9333ea;fill:#9333ea}.lags{stroke:#0891b2;fill:#0891b2}"]
-    return "".join(rules)
+    return "".join(f".line.{n}{{stroke:{c}}}.dot.{n}{{fill:{c}}}.sw.{n}{{background:{c}}}" for n, c in LINES.items())
 
 
 SCRIPT = """
@@ -422,15 +456,11 @@ def page(doc: StatusReport, who: str, hours: int, refresh: int) -> str:
               "tombstones"),
         _card("Free disk", fmt_bytes(cur.diskFreeBytes),
               f"{free_pct:.0f} % of {_e(fmt_bytes(cur.diskTotalBytes))}", "bad" if free_pct < 10 else "", "disk"),
-        _card("Compactor lag", f"{fmt_int(cur.lagRecords)} records", f"oldest waiting {_e(fmt_age(cur.lagSeconds))}",
+        _card("Compactor lag", f"{fmt_int(cur.lagRecords)} record{'' if cur.lagRecords == 1 else 's'}", f"oldest waiting {_e(fmt_age(cur.lagSeconds))}",
               "bad" if (cur.lagSeconds or 0) > 60 else "", "lag"),
         _card(f"Pushes, last {doc.window.minutes} min", fmt_int(pushed), f"{fmt_int(refused)} refused", "", "pushes"),
     ]
-    chart, legend = pushes_chart(doc, start, end)
-    legend_html = "".join(f'<li><span class="sw {cls}"></span>{_e(name)} <b>{total}</b></li>'
-                          for cls, name, total in legend)
-    totals = "".join(f"<tr><td>{_e(_team(c.team))}</td><td>{_e(c.kind)}</td><td class=n>{fmt_int(c.ok)}</td>"
-                     f"<td class=n>{fmt_int(c.refused)}</td></tr>" for c in doc.totals)
+    chart = pushes_chart(doc, start, end)
     ack = line_chart("ack", "Ack latency", doc, start, end, [("ackP50", "p50", "p50"), ("ackP99", "p99", "p99")],
                      fmt_latency, lambda m: f"p50 {fmt_latency(m.ackP50)}, p99 {fmt_latency(m.ackP99)}, "
                                             f"{m.acks} acks", floor=0.001)
@@ -458,9 +488,8 @@ def page(doc: StatusReport, who: str, hours: int, refresh: int) -> str:
 <div class="cards">{"".join(cards)}</div>
 <section><h2>Pushes per minute <small>by team and kind; refusals in red; UTC,
 {_e(doc.window.start[:16].replace("T", " "))} to {_e(doc.window.end[11:16])}</small></h2>{chart}
-<ul class="legend" id="legend-pushes">{legend_html}</ul>
-{f'<table id="totals"><tr><th>team</th><th>kind</th><th class=n>ok</th><th class=n>refused</th></tr>{totals}</table>'
- if totals else ""}</section>
+<ul class="legend" id="legend-pushes">{pushes_legend(doc)}</ul>
+{totals_table(doc)}</section>
 <section><h2>Ack latency <small>time from a push's arrival to its 200, per minute, every kind</small></h2>{ack}
 <ul class="legend"><li><span class="sw p50"></span>p50</li><li><span class="sw p99"></span>p99</li></ul></section>
 <div class="grid2">
