@@ -27,8 +27,19 @@ class Report:
         return not self.errors
 
 
+class NoData(Exception):
+    """The data directory given is not one: a wrong path, not a healthy empty lake."""
+
+
 def check(data_dir: Path) -> Report:
+    """Raises NoData for a missing directory, or one with neither a log nor a catalog (with a
+    shared catalog, an empty data directory is a reader's: its catalog is checked)."""
     data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise NoData(f"no data directory at {data_dir}")
+    if not location.shared() and not (data_dir / "log").is_dir() and not (data_dir / "catalog.db").exists():
+        raise NoData(f"no pushlake data in {data_dir}: no log and no catalog.db "
+                     "(a reader of a shared deployment needs --catalog postgresql://… or $PUSHLAKE_CATALOG)")
     rep = Report()
     log_records = 0
     next_offsets: dict[str, int] = {}
@@ -134,7 +145,7 @@ def _check_compactor(data_dir: Path, rep: Report, ends: dict[str, int], position
         (rep.errors if behind else rep.warnings).append(
             f"the last compactor run ended failing ({st.failures} failed steps): {st.last_error}")
     if behind and not running:
-        rep.warnings.append(f"{behind} log record(s) not compacted yet and no compactor running "
+        rep.warnings.append(f"{behind} log {'record' if behind == 1 else 'records'} not compacted yet and no compactor running "
                             "(`pushlake compact`, or `pushlake serve`)")
     if st is not None:
         rep.info["compactor"] = "running" if running else "stopped"

@@ -25,6 +25,10 @@ def rebuild(data_dir: Path, into: Path | None = None, progress=None) -> StepStat
     """Rebuild into ``into`` (a new directory), or in place: build aside, then swap the lake and
     catalog. In place requires the service to be stopped (no receiver, no compactor)."""
     data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise RebuildRefused(f"no data directory at {data_dir}: the lake is rebuilt from the log kept there")
+    if not (data_dir / "log").is_dir():
+        raise RebuildRefused(f"no log in {data_dir} (nothing was ever received there): nothing to rebuild from")
     if into is None and location.shared():
         raise RebuildRefused("a shared catalog holds every node's lake: rebuild --into a new data directory "
                              "with --catalog an empty database (and --lake an empty prefix)")

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from pathlib import Path
 
-import orjson
-
 from .config import Settings, enterprise_key
+from .output import TABLE_MAX_ROWS, json_text, plural, write_table
 
 QUERIES_DIR = Path(__file__).resolve().parent.parent / "queries" / "sql"  # queries/sql/*.sql ships as package data
 
@@ -37,23 +35,33 @@ def _location(p: argparse.ArgumentParser, node: bool = False, default=None) -> N
                             "else the host name with a PostgreSQL catalog, none with the embedded one)")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("pushlake")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def _json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
 def _print_json(obj) -> None:
-    sys.stdout.write(orjson.dumps(obj, default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.write(json_text(obj))
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pushlake", description="Data lake for telematics push data.")
+    ap.add_argument("--version", action="version", version=f"pushlake {_version()}",
+                    help="print pushlake's version and exit")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="receive pushes and compact them continuously")
     _data(p)
     _location(p, node=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     p.add_argument("--workers", type=int, default=1, help="receiver processes (SO_REUSEPORT), one log partition each")
     p.add_argument("--retention", type=float, default=7.0, metavar="DAYS",
                    help="keep replaced files and deleted trips' log records this long (default 7, 0 allowed)")
@@ -71,30 +79,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compact", help="project the log into the lake now, then merge, vacuum and clean")
     _data(p)
     _location(p, node=True)
-    p.add_argument("--retention", type=float, default=7.0, metavar="DAYS")
+    p.add_argument("--retention", type=float, default=7.0, metavar="DAYS",
+                   help="keep replaced files and deleted trips' log records this long (default 7, 0 allowed)")
     p.add_argument("--no-maintenance", action="store_true", help="only project new records")
     _json_flag(p)
 
-    p = sub.add_parser("sql", help="run SQL against the lake's views")
+    p = sub.add_parser("sql", help="run SQL on the lake's views (no statement: an interactive shell)",
+                       description="Run read-only SQL on the lake's views: the statements given, those piped on "
+                                   "stdin, or an interactive shell when there are none and stdin is a terminal.")
     _data(p)
     _location(p)
-    p.add_argument("--team", help="confine the query to one team's data")
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--team", help="confine the statements to one team's data (in a process that cannot write)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="how results are printed (default table)")
     p.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
+    p.add_argument("--max-rows", type=int, metavar="N",
+                   help=f"rows printed of each result, then '(N more rows)' (default {TABLE_MAX_ROWS} for a table, "
+                        "all for csv and json; 0: all)")
     p.add_argument("--query", metavar="NAME", help="run a named query from queries/sql/ (--list to see them)")
     p.add_argument("--list", action="store_true", help="list the named queries")
-    p.add_argument("sql", nargs="?", help="the SQL statement")
+    p.add_argument("sql", nargs="?", help="SQL statements, run in order ('-' or none with piped stdin: read stdin)")
 
     p = sub.add_parser("export", help="export a table to parquet, csv or jsonl")
     _data(p)
     _location(p)
-    p.add_argument("table")
-    p.add_argument("--team")
-    p.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD")
-    p.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD")
-    p.add_argument("--format", choices=("parquet", "csv", "jsonl"), default="parquet")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("table", help="the table (view) to export, e.g. trips")
+    p.add_argument("--team", help="only this team's rows")
+    p.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD", help="first date included")
+    p.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="last date included")
+    p.add_argument("--format", choices=("parquet", "csv", "jsonl"),
+                   help="default: from --out's extension (.parquet, .csv, .jsonl); csv for --out -")
+    p.add_argument("--out", required=True, metavar="PATH", help="file to write (atomically), or - for stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (shown only on a terminal)")
 
     p = sub.add_parser("rebuild", help="project the whole log into a fresh lake")
     _data(p)
@@ -105,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("erase", help="prove (or force) the physical erasure of a deleted trip")
     _data(p)
     _location(p)
-    p.add_argument("itin_id")
-    p.add_argument("--team")
+    p.add_argument("itin_id", help="the deleted trip's itinId")
+    p.add_argument("--team", help="the trip's team (default: every team)")
     p.add_argument("--verify", action="store_true", help="verify only (what erase does without --now)")
     p.add_argument("--now", action="store_true",
                    help="erase now: compact, then vacuum and clean the log with retention 0, then verify")
@@ -127,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_ in (("create", "create a team and print its keys"), ("enable", "enable a team (new keys)"),
                         ("disable", "disable a team (its keys stop working at once)")):
         q = tsub.add_parser(name, help=help_)
-        q.add_argument("team")
+        q.add_argument("team", help="the team's id (teamId)")
         _json_flag(q)
         q.add_argument("--data", type=Path, default=argparse.SUPPRESS, help="data directory")
         _location(q, default=argparse.SUPPRESS)
@@ -175,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader of stdout left (`| head`): stop quietly, as a killed pipe would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 141
     except Exception as e:  # one clear line, not a traceback
         if os.environ.get("PUSHLAKE_DEBUG"):
             raise
@@ -236,6 +255,39 @@ def require_catalog(data: Path, table: str = "meta", what: str = "catalog") -> N
         raise CliError(f"no {what} in {redact(url)} (no pushlake tables there: wrong database?)")
 
 
+def require_data_dir(data: Path) -> None:
+    """A command that works on this machine's data directory (its log) needs it to exist."""
+    if not data.is_dir():
+        raise CliError(f"no data directory at {data}")
+
+
+def require_team(data: Path, team: str) -> None:
+    """``--team`` must name a team, as the HTTP API's ``teamId`` (404 there): one in the teams'
+    store, or one the catalog holds data of (a lake rebuilt from a log has no teams' store). A
+    misspelt team is an error, not an empty result. Only reads: nothing is created."""
+    from pushlake import location
+    from pushlake.db import open_db
+    from lake.catalog import Catalog
+    url = location.catalog_url()
+    admin = url or (data / "admin.db")
+    if url is not None or admin.exists():
+        db = open_db(admin, readonly=True)
+        try:
+            there = url is None or db.execute("SELECT to_regclass('teams') IS NOT NULL").fetchone()[0]
+            if there and db.execute("SELECT 1 FROM teams WHERE team_id = ?", (team,)).fetchone():
+                return
+        finally:
+            db.close()
+    cat = Catalog(data, readonly=True)
+    try:
+        if cat.db.execute("SELECT 1 FROM push_stats WHERE team = ? UNION ALL "
+                          "SELECT 1 FROM files WHERE team = ? LIMIT 1", (team, team)).fetchone():
+            return
+    finally:
+        cat.close()
+    raise CliError(f"unknown team '{team}' (pushlake teams list shows the teams)")
+
+
 def cmd_serve(a) -> int:
     from .serve import serve, setup_logging
     if a.workers < 1:
@@ -294,19 +346,18 @@ def cmd_compact(a) -> int:
     from lake.compactor import Compactor, CompactorBusy
     if a.retention < 0:
         raise CliError("--retention must be >= 0")
+    require_data_dir(a.data)
     if not (a.data / "log").exists():
-        raise CliError(f"no log in {a.data} (nothing was ever received)")
+        raise CliError(f"no log in {a.data} (nothing was ever received there)")
     try:
         c = Compactor(a.data, retention_days=a.retention)
     except CompactorBusy:
         raise CliError("a compactor is already running on this data directory (inside pushlake serve?)") from None
     with c:
-        def prog(s):
-            if not a.json:
-                print(f"\rcompacted {s.records} records ({s.stored} stored, {s.failed} failed)", end="", file=sys.stderr)
-        s = c.drain(prog)
-        if s.records and not a.json:
-            print(file=sys.stderr)
+        bar = _progress(None if a.json else
+                        lambda s: f"compacted {plural(s.records, 'record')} ({s.stored} stored, {s.failed} failed)")
+        s = c.drain(bar)
+        bar.done()
         maint = {} if a.no_maintenance else c.maintain()
     out = {"records": s.records, "stored": s.stored, "stale": s.stale, "deleted": s.deleted, "failed": s.failed,
            "files_written": s.files_written, "files_rewritten": s.files_rewritten, **maint}
@@ -322,47 +373,55 @@ def _named_queries() -> dict[str, Path]:
 
 
 def cmd_sql(a) -> int:
-    import duckdb
-
+    """Statements from the argument, ``--query``, or piped stdin run in order and stop at the
+    first error (one line, exit 2); with none of them and a terminal on stdin, the shell."""
     import queries
+
+    from . import shell
     named = _named_queries()
     if a.list:
         for name, p in named.items():
             first = p.read_text().splitlines()[0].lstrip("- ").strip()
             print(f"{name:28} {first}")
         return 0
+    if a.max_rows is not None and a.max_rows < 0:
+        raise CliError("--max-rows must be >= 0 (0: every row)")
+    interactive = False
     if a.query:
         if a.query not in named:
             raise CliError(f"no named query '{a.query}' (have: {', '.join(named)})")
-        sql = named[a.query].read_text()
-    elif a.sql:
-        sql = a.sql
+        text = named[a.query].read_text()
+    elif a.sql is not None and a.sql != "-":
+        text = a.sql
+    elif a.sql == "-" or not sys.stdin.isatty():
+        text = sys.stdin.read()
+        if not shell.has_code(text):
+            raise CliError("no statement on stdin (give SQL, --query NAME, or run it on a terminal for the shell)")
     else:
-        raise CliError("give a SQL statement or --query NAME")
+        interactive = True
     require_catalog(a.data)
     if a.team is not None:
-        con = _team_connection(a.data, a.team)
-    else:
-        con = queries.connect(a.data)
+        require_team(a.data, a.team)
+    history = None
+    if interactive:  # opened, and readline loaded, before a team's process gives up writing files
+        history = shell.History(shell.history_path())
+        shell.load_readline()
+    con = _team_connection(a.data, a.team) if a.team is not None else queries.connect(a.data)
     try:
+        session = shell.Session(con, a.format, a.max_rows)
+        if interactive:
+            where = f"team {a.team}" if a.team is not None else "every team"
+            return shell.shell(session, history, f"pushlake {_version()} SQL on {a.data} ({where}), read-only. "
+                                                 "End statements with ';'; .help for help, Ctrl-D to quit.")
         try:
-            cur = con.execute(sql)
-        except duckdb.Error as e:
-            raise CliError(str(e).splitlines()[0]) from None
-        if cur.description is None:
-            return 0
-        cols = [d[0] for d in cur.description]
-        rows = cur.fetchall()
-        if a.format == "json":
-            _print_json([dict(zip(cols, r)) for r in rows])
-        elif a.format == "csv":
-            w = csv.writer(sys.stdout)
-            w.writerow(cols)
-            w.writerows(rows)
-        else:
-            _print_table(cols, rows)
+            shell.run_script(session, text)
+        except shell.SqlError as e:
+            sys.stdout.flush()
+            raise CliError(e.line) from None
     finally:
         con.close()
+        if history is not None:
+            history.close()
     return 0
 
 
@@ -378,45 +437,69 @@ def _team_connection(data: Path, team: str):
     return LakeConnection(data, team=team, catalog=cat, spill=False)
 
 
-def _print_table(cols: list[str], rows: list[tuple], max_width: int = 48) -> None:
-    def cell(v) -> str:
-        s = "NULL" if v is None else str(v)
-        return s if len(s) <= max_width else s[:max_width - 1] + "…"
-    body = [[cell(v) for v in r] for r in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in body]) for i, c in enumerate(cols)]
-    line = "+".join("-" * (w + 2) for w in widths)
-    print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    print(line)
-    for r in body:
-        print(" | ".join(v.ljust(w) for v, w in zip(r, widths)))
-    print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+def _print_table(cols: list[str], rows: list[tuple]) -> None:
+    write_table(sys.stdout, cols, rows)
+
+
+class _progress:
+    """A progress line redrawn in place (``\\r``) on stderr, only when stderr is a terminal: a log
+    gets no frames. ``text`` makes the line from what the callback is given (None: no line)."""
+
+    def __init__(self, text):
+        self.text = text if text is not None and sys.stderr.isatty() else None
+        self.shown = False
+
+    def __call__(self, *args) -> None:
+        if self.text is not None:
+            sys.stderr.write("\r" + self.text(*args))
+            sys.stderr.flush()
+            self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+            self.shown = False
 
 
 def cmd_export(a) -> int:
-    from queries.export import ExportError, export, progress_bar
-    require_catalog(a.data)
+    from queries.export import ExportError, export, format_for, progress_bar
+    to_stdout = a.out == "-"
     try:
-        n = export(a.data, a.table, a.out, a.format, a.team, a.date_from, a.date_to,
-                   progress=None if a.quiet else progress_bar())
+        fmt = a.format or format_for(a.out)
     except ExportError as e:
         raise CliError(str(e)) from None
-    print(f"exported {n} rows of {a.table} to {a.out}")
+    if to_stdout and fmt == "parquet" and sys.stdout.isatty():
+        raise CliError("Parquet is binary: redirect stdout (> file.parquet) or give --format csv|jsonl")
+    require_catalog(a.data)
+    if a.team is not None:
+        require_team(a.data, a.team)
+    out = sys.stdout.buffer if to_stdout else Path(a.out)
+    try:
+        n = export(a.data, a.table, out, fmt, a.team, a.date_from, a.date_to,
+                   progress=progress_bar() if not a.quiet and sys.stderr.isatty() else None)
+    except ExportError as e:
+        raise CliError(str(e)) from None
+    if not to_stdout:
+        print(f"exported {plural(n, 'row')} of {a.table} to {a.out} ({fmt})")
+    elif not a.quiet:
+        print(f"exported {plural(n, 'row')} of {a.table} ({fmt})", file=sys.stderr)
     return 0
 
 
 def cmd_rebuild(a) -> int:
     from lake.rebuild import RebuildRefused, rebuild
+    bar = _progress(None if a.json else lambda s: f"projected {plural(s.records, 'record')}")
     try:
-        s = rebuild(a.data, a.into, progress=None if a.json else
-                    lambda s: print(f"\rprojected {s.records} records", end="", file=sys.stderr))
+        s = rebuild(a.data, a.into, progress=bar)
     except RebuildRefused as e:
         raise CliError(str(e)) from None
+    finally:
+        bar.done()
     out = {"records": s.records, "stored": s.stored, "failed": s.failed, "deleted": s.deleted,
            "into": str(a.into or a.data)}
     if a.json:
         _print_json(out)
     else:
-        print(file=sys.stderr)
         print(" ".join(f"{k}={v}" for k, v in out.items()))
     return 0
 
@@ -424,6 +507,14 @@ def cmd_rebuild(a) -> int:
 def cmd_erase(a) -> int:
     from lake.compactor import Compactor, CompactorBusy
     from lake.erase import verify_erased
+    if a.now:
+        require_data_dir(a.data)
+        if not (a.data / "log").exists() and not (a.data / "catalog.db").exists():
+            raise CliError(f"no log and no catalog in {a.data}: nothing to erase there")
+    else:
+        require_catalog(a.data)
+    if a.team is not None:
+        require_team(a.data, a.team)
     if a.now:
         try:
             with Compactor(a.data, retention_days=0) as c:
@@ -439,7 +530,7 @@ def cmd_erase(a) -> int:
         for f in findings:
             print(f"  - {f}")
     else:
-        print(f"trip {a.itin_id} is erased: no trip data in the {examined} files of {a.data} "
+        print(f"trip {a.itin_id} is erased: no trip data in the {plural(examined, 'file')} of {a.data} "
               "(only its deletion record and tombstone remain)")
     return 1 if findings else 0
 
@@ -479,7 +570,7 @@ def cmd_iceberg(a) -> int:
 
 def cmd_teams(a) -> int:
     from .teams import TeamError, Teams
-    if a.action == "list":
+    if a.action != "create":  # only `teams create` (and serve) makes a data directory
         require_catalog(a.data, "teams", "teams' store")
     t = Teams(a.data)
     try:
@@ -509,8 +600,11 @@ def cmd_teams(a) -> int:
 
 
 def cmd_check(a) -> int:
-    from lake.check import check
-    rep = check(a.data)
+    from lake.check import NoData, check
+    try:
+        rep = check(a.data)
+    except NoData as e:
+        raise CliError(str(e)) from None
     if a.json:
         _print_json({"ok": rep.ok, "errors": rep.errors, "warnings": rep.warnings, "info": rep.info,
                      "failed": rep.failed})

@@ -71,7 +71,9 @@ class LakeConnection:
         self.team = team
         self.confined = team is not None or sandbox
         self.relative = relative
-        self._catalog = catalog if catalog is not None else open_catalog(self.data_dir)
+        # None: a data directory where nothing was compacted yet; the views are empty until the
+        # first commit creates the catalog (a reader creates nothing, see find_catalog)
+        self._catalog = catalog if catalog is not None else find_catalog(self.data_dir)
         self._version: int | None = None
         self._tombs: list[tuple[str, str]] = []
         self._shapes: dict[str, tuple[bool, ...]] = {}
@@ -144,6 +146,15 @@ class LakeConnection:
 
     def refresh(self) -> bool:
         """Point the views at the latest committed snapshot; return whether anything changed."""
+        if self._catalog is None:
+            if not (self.data_dir / "catalog.db").exists():
+                if self._version is not None:
+                    return False
+                for t in SCHEMAS:
+                    self._view(t, {})  # typed and empty
+                self._version = -1  # no catalog yet (a real data_version is never negative)
+                return True
+            self._catalog = _read_only_catalog(self.data_dir)
         v = self._catalog.data_version()
         if v == self._version:
             return False
@@ -212,7 +223,8 @@ class LakeConnection:
 
     def close(self) -> None:
         self.con.close()
-        self._catalog.close()
+        if self._catalog is not None:
+            self._catalog.close()
         if self._tmp is not None:
             self._tmp.cleanup()
 
@@ -241,10 +253,37 @@ def open_catalog(data_dir: Path) -> Catalog:
     return cat
 
 
+# what a pushlake data directory holds before its first compaction (``serve`` makes the rest)
+DATA_DIR_ENTRIES = ("log", "admin.db", "enterprise.key")
+
+
+def _read_only_catalog(data_dir: Path) -> Catalog:
+    cat = Catalog(data_dir, readonly=True)
+    cat.data_version()
+    return cat
+
+
+def find_catalog(data_dir: Path | str) -> Catalog | None:
+    """The lake's catalog, read-only, for a reader that creates nothing. None for a data directory
+    where nothing was compacted yet: an empty one, or one with only pushlake's log and keys. A
+    missing directory, or one that holds other things and no catalog (a wrong path), is a
+    FileNotFoundError that names it, not an empty lake."""
+    data_dir = Path(data_dir)
+    if catalog_url() is not None or (data_dir / "catalog.db").exists():
+        return _read_only_catalog(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"no pushlake data directory at {data_dir}")
+    if any(data_dir.iterdir()) and not any((data_dir / n).exists() for n in DATA_DIR_ENTRIES):
+        raise FileNotFoundError(f"no pushlake lake at {data_dir}: it holds no catalog.db (nor a log)")
+    return None
+
+
 def connect(data_dir: Path | str, team: str | None = None, sandbox: bool = False,
             settings: dict | None = None) -> LakeConnection:
-    """A DuckDB connection with the lake's views (SPEC §6). ``team`` confines it to one team;
-    ``sandbox`` confines it to the lake; ``settings`` are DuckDB options (e.g. memory_limit)."""
+    """A DuckDB connection with the lake's views. ``team`` confines it to one team;
+    ``sandbox`` confines it to the lake; ``settings`` are DuckDB options (e.g. memory_limit).
+    Nothing is created: a missing or foreign ``data_dir`` is a FileNotFoundError. Results turn
+    into DataFrames: ``con.sql(q).df()`` (pandas) and ``con.sql(q).pl()`` (Polars)."""
     return LakeConnection(data_dir, team, sandbox, settings)
 
 

@@ -1,5 +1,5 @@
-"""Batch exports of one table, streamed in record batches: to a file (CLI, with a progress bar)
-or chunk by chunk to an HTTP response."""
+"""Batch exports of one table, streamed in record batches: to a file or a stream such as stdout
+(CLI, with a progress bar on a terminal) or chunk by chunk to an HTTP response."""
 from __future__ import annotations
 
 import datetime as dt
@@ -7,7 +7,7 @@ import re
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import orjson
 import pyarrow as pa
@@ -19,6 +19,8 @@ from lake.schema import SCHEMAS
 from .connection import LakeConnection, connect
 
 FORMATS = {"parquet": "application/vnd.apache.parquet", "csv": "text/csv", "jsonl": "application/x-ndjson"}
+EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+STDOUT_FORMAT = "csv"  # ``--out -`` without ``--format``: text a pipe or a terminal can take
 
 
 class ExportError(ValueError):
@@ -38,6 +40,17 @@ def parse_date(s: str | None, what: str) -> dt.date | None:
 
 
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def format_for(out: str) -> str:
+    """The format an output path asks for by its extension (``-``, stdout: CSV)."""
+    if out == "-":
+        return STDOUT_FORMAT
+    fmt = EXTENSIONS.get(Path(out).suffix.lower())
+    if fmt is None:
+        raise ExportError(f"cannot tell the format of '{out}' from its extension "
+                          f"({', '.join(EXTENSIONS)}): give --format {'|'.join(FORMATS)}")
+    return fmt
 
 
 def progress_bar(stream=sys.stderr) -> Callable[[str, int, int], None]:
@@ -117,25 +130,32 @@ def stream(con: LakeConnection, table: str, fmt: str, date_from: str | None = No
     return total, chunks()
 
 
-def export(data_dir: Path, table: str, out: Path, fmt: str = "parquet", team: str | None = None,
+def export(data_dir: Path, table: str, out: Path | str | BinaryIO, fmt: str = "parquet", team: str | None = None,
            date_from: str | None = None, date_to: str | None = None,
            progress: Callable[[str, int, int], None] | None = None, batch_rows: int = 65_536) -> int:
-    """Write an export to ``out`` atomically (a partial file never carries the final name)."""
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.part")
+    """Write an export to ``out``: a path, written atomically (a partial file never carries the
+    final name), or a binary stream (stdout), written as it comes. Returns the row count."""
     con = connect(data_dir, team=team)
     try:
         on_rows = (lambda done, total: progress(f"export {table}", done, total)) if progress else None
         total, chunks = stream(con, table, fmt, date_from, date_to, batch_rows, on_rows)
-        with open(tmp, "wb") as f:
+        if hasattr(out, "write"):
             for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
+                out.write(chunk)
+            out.flush()
+            return total
+        out = Path(out)
+        tmp = out.with_name(f".{out.name}.part")
+        try:
+            with open(tmp, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return total
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     finally:
         con.close()
