@@ -18,6 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from pushlake import history, metrics
+from pushlake.api import status as status_page
 from pushlake.api.status import fmt_bytes
 from tests.helpers import ServerProcess, fixture, trip
 from tests.services import unavailable
@@ -169,6 +170,30 @@ def test_an_unreadable_history_is_an_empty_one(data: Path):
     (data / history.FILE).write_text(json.dumps({"version": 99, "minutes": []}))
     assert history.load(data) == history.empty()
     assert history.load(data / "missing") == history.empty()
+
+
+def test_the_window_spans_the_history_within_the_hours_asked(data: Path):
+    now = T0 + 5 * 3600 + 30  # 05:00:30
+    minutes = [{"t": now // 60 * 60 - k * 60, "pushes": {"acme": {"trip": {"ok": 1, "refused": 0}}}}
+               for k in (0, 30, 150, 299)]  # 05:00, 04:30, 02:30, 00:01
+    history.save(data, {"version": history.VERSION, "sampledAt": now, "minutes": sorted(minutes, key=lambda m: m["t"])})
+    ok = {"status": "ok", "reasons": [], "partition": "p0"}
+    for hours, start, n, pushed in ((1, "04:01", 60, 2), (3, "02:01", 180, 3), (6, "00:01", 300, 4)):
+        doc = status_page.report(data, hours, ok, now=now)
+        assert (doc.window.start[11:16], doc.window.end[11:16], doc.window.minutes) == (start, "05:00", n)
+        assert [(c.team, c.kind, c.ok) for c in doc.totals] == [("acme", "trip", pushed)]
+    history.save(data, {"version": history.VERSION, "sampledAt": now, "minutes": minutes[:1]})
+    fresh = status_page.report(data, 6, ok, now=now)  # one minute of history: the last hour all the same
+    assert fresh.window.minutes == status_page.MIN_SPAN_MINUTES
+
+
+def test_a_degraded_receiver_shows_its_reasons_escaped(data: Path):
+    doc = status_page.report(data, 6, {"status": "degraded", "partition": "p0",
+                                  "reasons": ["free disk space is below the <safety> threshold"]})
+    page = status_page.page(doc, "ops@example.com", 6, 10)
+    assert 'class="card bad" id="card-health"' in page and ">DEGRADED<" in page
+    assert "<li>free disk space is below the &lt;safety&gt; threshold</li>" in page
+    assert "no history sampled yet" in page and "no pushes in this window" in page
 
 
 # -- the page, in a real server and a real browser ------------------------------------------------------

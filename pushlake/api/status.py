@@ -17,6 +17,7 @@ import math
 import shutil
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
@@ -122,7 +123,7 @@ def _int(v) -> int | None:
     return None if v is None else int(v)
 
 
-def report(data_dir, hours: int, health_body: dict, now: float | None = None) -> StatusReport:
+def report(data_dir: Path, hours: int, health_body: dict, now: float | None = None) -> StatusReport:
     """The document, from the history, every process's metrics and the disk (blocking: reads files)."""
     now = time.time() if now is None else now
     hist = history.load(data_dir)
@@ -456,7 +457,8 @@ def page(doc: StatusReport, who: str, hours: int, refresh: int) -> str:
               "tombstones"),
         _card("Free disk", fmt_bytes(cur.diskFreeBytes),
               f"{free_pct:.0f} % of {_e(fmt_bytes(cur.diskTotalBytes))}", "bad" if free_pct < 10 else "", "disk"),
-        _card("Compactor lag", f"{fmt_int(cur.lagRecords)} record{'' if cur.lagRecords == 1 else 's'}", f"oldest waiting {_e(fmt_age(cur.lagSeconds))}",
+        _card("Compactor lag", f"{fmt_int(cur.lagRecords)} record{'' if cur.lagRecords == 1 else 's'}",
+              f"oldest waiting {_e(fmt_age(cur.lagSeconds))}",
               "bad" if (cur.lagSeconds or 0) > 60 else "", "lag"),
         _card(f"Pushes, last {doc.window.minutes} min", fmt_int(pushed), f"{fmt_int(refused)} refused", "", "pushes"),
     ]
