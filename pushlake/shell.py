@@ -179,6 +179,12 @@ class Session:
 
     def dot(self, line: str) -> bool:
         """Run a dot command; False for ``.quit``."""
+        try:
+            return self._dot(line)
+        except (duckdb.Error, RuntimeError) as e:
+            raise SqlError(str(e)) from None
+
+    def _dot(self, line: str) -> bool:
         word, _, arg = line.strip().partition(" ")
         arg = arg.strip()
         if word in (".quit", ".exit", ".q"):

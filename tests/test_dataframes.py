@@ -13,7 +13,7 @@ from ingest.log import LogWriter
 from ingest.record import Kind
 from lake.catalog import Catalog
 from tests.conftest import compact
-from tests.helpers import itin_id, trip
+from tests.helpers import ROOT, itin_id, trip
 
 
 def test_results_convert_to_pandas_and_polars(data):
@@ -41,3 +41,19 @@ def test_results_convert_to_pandas_and_polars(data):
     with queries.connect(data, team="acme") as con:  # a team's confined connection converts the same way
         assert con.sql("SELECT count(*) AS n FROM trips").pl()["n"].to_list() == [2]
         assert con.execute("SELECT count(*) AS n FROM trips").df()["n"].tolist() == [2]
+
+
+def test_the_guide_s_python_runs(data, monkeypatch):
+    """docs/sql.md's Python snippet, as written, on a lake in ./data."""
+    w = LogWriter(data, 0)
+    w.append([(Kind.TRIP, 1_750_000_000_000_000 + i, "acme", itin_id(i), orjson.dumps(trip(itin_id(i))))
+              for i in range(2)])
+    w.close()
+    compact(data)
+    text = (ROOT / "docs" / "sql.md").read_text()
+    snippet = text.split("```python\n")[1].split("```")[0]
+    monkeypatch.chdir(data.parent)
+    scope: dict = {}
+    exec(compile(snippet, "docs/sql.md", "exec"), scope)
+    assert isinstance(scope["trips"], pd.DataFrame) and len(scope["trips"]) == 2
+    assert isinstance(scope["per_day"], pl.DataFrame) and scope["per_day"]["n"].to_list() == [2]

@@ -180,6 +180,14 @@ def test_history_keeps_the_last_entries(tmp_path):
     assert again.entries == h.entries[1:] and len(path.read_bytes().splitlines()) == shell.HISTORY_KEEP
 
 
+def test_a_history_file_that_cannot_be_opened_is_said_once(tmp_path):
+    h = shell.History(tmp_path / "no" / "such" / "dir" / "history")
+    h.add("SELECT 1;")  # kept for this session's up arrow all the same
+    h.close()
+    assert h.problem == f"no history kept ({tmp_path / 'no/such/dir/history'}: No such file or directory)"
+    assert h.entries == ["SELECT 1;"] and not (tmp_path / "no").exists()
+
+
 def test_statements_piped_on_stdin_run_in_order(lake):
     p = sql(lake, stdin="SELECT 1 AS a;\n-- a comment\nSELECT\n  2 AS b;\n.tables\nSELECT 3 AS c")  # last: no ';'
     assert p.returncode == 0, p.stderr
