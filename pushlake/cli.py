@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sync the Iceberg mirror this often (default 5; 0: no mirror)")
     p.add_argument("--maintenance-interval", type=float, default=30.0, metavar="SECONDS",
                    help="run vacuum and the log cleaner this often (default 30)")
+    p.add_argument("--max-lag", type=float, default=300.0, metavar="SECONDS",
+                   help="/health turns degraded when a push waits longer than this to be projected (default 300)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="one line per event on stderr: text, or a JSON object per line (default text)")
+    p.add_argument("--access-log", action="store_true",
+                   help="also log every request: method, path, status, size, duration (no credentials)")
 
     p = sub.add_parser("compact", help="project the log into the lake now, then merge, vacuum and clean")
     _data(p)
@@ -298,7 +304,9 @@ def cmd_serve(a) -> int:
         raise CliError("--iceberg-interval must be >= 0")
     if a.maintenance_interval <= 0:
         raise CliError("--maintenance-interval must be > 0")
-    setup_logging()
+    if a.max_lag <= 0:
+        raise CliError("--max-lag must be > 0")
+    setup_logging(a.log_format)
     private_data_dir(a.data)
     from pushlake import location
     from pushlake.db import redact
@@ -320,7 +328,7 @@ def cmd_serve(a) -> int:
                    max_body_bytes=a.max_body, min_free_bytes=a.min_free, segment_bytes=a.segment_bytes,
                    segment_age_s=a.segment_age, compactor=not a.no_compactor,
                    iceberg_interval_s=a.iceberg_interval, maintenance_interval_s=a.maintenance_interval,
-                   node=a.node))
+                   node=a.node, log_format=a.log_format, access_log=a.access_log, health_max_lag_s=a.max_lag))
     return 0
 
 
