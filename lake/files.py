@@ -3,8 +3,10 @@ links the live ones into the public tree), through the lake's storage (``lake.st
 directory or S3)."""
 from __future__ import annotations
 
-import uuid
+import os
+import time
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -41,27 +43,82 @@ def partition_dir(data_dir: Path, tbl: str, team: str, date: str) -> Path:
     return Path(data_dir) / partition_rel(tbl, team, date)
 
 
+ROW_GROUP_ROWS = 256 * 1024
+# a column whose every value differs within its table (the row's key) gains nothing from a dictionary
+UNIQUE_COLUMNS = {"trips": {"itin_id"}, "crashes": {"crash_id"}, "diagnoses": {"body_sha256"}}
+JSON_COLUMNS = {"extra", "events"}  # JSON text: no min/max statistics (see _parquet_options)
+DELTA_COLUMNS = {"trip_samples": {"ts": "DELTA_BINARY_PACKED", "seq": "DELTA_BINARY_PACKED"}}
+
+
 def _parquet_options(tbl: str) -> dict:
-    """Dictionary encoding for the string columns only (it costs time and buys nothing on
-    measurements), delta encoding for the monotonic sample timestamps, zstd level 3 (the level
-    DuckDB uses). Not BYTE_STREAM_SPLIT for floats: it writes 35 % faster and smaller files, but
-    DuckDB scans such columns ~3x slower (measured on the samples of the deletions benchmark)."""
-    schema = SCHEMAS[tbl]
-    strings = [f.name for f in schema if pa.types.is_string(f.type)]
-    opts: dict = {"compression": "zstd", "compression_level": 3, "use_dictionary": strings,
-                  "row_group_size": 256 * 1024}
+    """How each table's files are written (measured against DuckDB writing the same rows:
+    bench/files_bench.py and bench/README.md, "Parquet files"). No option changes a column's
+    type or name.
+
+    - zstd level 3, DuckDB's level.
+    - Dictionaries for every text column (``date`` too: it is text in the files), except a
+      table's unique key; in ``trip_samples`` for every column but ``ts`` and ``seq``, which are
+      DELTA_BINARY_PACKED (monotonic within a trip): sensor channels repeat few values (roll,
+      pitch and yaw take a handful, accuracy and screen state fewer), which a dictionary stores
+      in a few bits where zstd on 8-byte doubles does not. A dictionary page is capped at 64 KB:
+      past it (coordinates, mostly distinct) the column chunk continues PLAIN, which compresses
+      better than a large dictionary. Not BYTE_STREAM_SPLIT for floats: it writes 35 % smaller
+      files than PLAIN, but DuckDB scans such columns ~3x slower (measured on the samples of the
+      deletions benchmark).
+    - Pages bounded by bytes (1 MB, the writer's default) rather than by pyarrow's default of
+      20,000 rows: each page is compressed alone and carries a header with statistics, so small
+      pages cost headers and lose zstd's context.
+    - No min/max statistics for JSON columns (``extra``, ``events``): nothing prunes on them,
+      and each min and max is a whole document, written in the footer and in every page header.
+    - No Arrow schema in the footer (``ARROW:schema``, 1.5 to 5.6 KB a file): Parquet's own
+      types read back as the same Arrow types (timestamps in UTC, strings, int32), which
+      tests/test_file_layout.py checks.
+    """
+    schema = FILE_SCHEMAS[tbl]
+    delta = DELTA_COLUMNS.get(tbl, {})
     if tbl == "trip_samples":
-        opts["column_encoding"] = {"ts": "DELTA_BINARY_PACKED", "seq": "DELTA_BINARY_PACKED"}
+        dictionary = [f.name for f in schema if f.name not in delta]
+    else:
+        dictionary = [f.name for f in schema
+                      if pa.types.is_string(f.type) and f.name not in UNIQUE_COLUMNS.get(tbl, ())]
+    opts: dict = {"compression": "zstd", "compression_level": 3, "use_dictionary": dictionary,
+                  "dictionary_pagesize_limit": 64 << 10, "max_rows_per_page": ROW_GROUP_ROWS,
+                  "write_statistics": [f.name for f in schema if f.name not in JSON_COLUMNS],
+                  "store_schema": False, "row_group_size": ROW_GROUP_ROWS}
+    if delta:
+        opts["column_encoding"] = dict(delta)
     return opts
 
 
 _OPTIONS = {name: _parquet_options(name) for name in SCHEMAS}
 
 
+def _file_id(now: float | None = None) -> str:
+    """A new file's name: 32 hex digits like a UUID4's, but a UUIDv7 (RFC 9562), whose first 48
+    bits are the time it was written in Unix milliseconds (then the version, 7, and 74 random
+    bits). A file's age is then in its name (``written_at``): the merge waits for a partition
+    to be quiet without asking the storage or the catalog, and names sort by age."""
+    ms = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms << 80) | (0x7 << 76) | (((rand >> 62) & 0xFFF) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return f"{value:032x}"
+
+
+def written_at(rel: str) -> float | None:
+    """When a data file was written (Unix seconds), from its name; None for the random names
+    (UUID4) of earlier versions."""
+    name = rel.rsplit("/", 1)[-1]
+    digits = name.removeprefix("part-").removesuffix(".parquet")
+    if len(digits) != 32 or digits[12] != "7" or not name.startswith("part-"):
+        return None
+    try:
+        return int(digits[:12], 16) / 1000
+    except ValueError:
+        return None
+
+
 def _new_rel(tbl: str, team: str, date: str) -> str:
-    return f"{partition_rel(tbl, team, date)}/part-{uuid.uuid4().hex}.parquet"
-
-
+    return f"{partition_rel(tbl, team, date)}/part-{_file_id()}.parquet"
 def write_file(data_dir: Path, tbl: str, team: str, date: str, table: pa.Table) -> NewFile:
     """Write and describe a new data file, durable on return (locally: fsync of the file and of
     the directories created for it)."""
@@ -71,11 +128,10 @@ def write_file(data_dir: Path, tbl: str, team: str, date: str, table: pa.Table) 
     return NewFile(tbl, team, date, rel, table.num_rows, size)
 
 
-def merge_files(data_dir: Path, tbl: str, team: str, date: str, rels: list[str]) -> NewFile:
-    """One file with the rows of several, read a row group at a time and written in full-size row groups
-    (small inputs are gathered first: one row group per small file would compress and scan badly).
-    Memory holds about one row group, however large the inputs: a whole input file decompressed
-    can be ten times its size on disk."""
+def _write_stream(data_dir: Path, tbl: str, team: str, date: str, parts: Iterable[pa.Table]) -> NewFile:
+    """One new file with the rows of ``parts``, written in full row groups: small parts are
+    gathered first (one row group per small input would compress and scan badly), and memory
+    holds about one row group however many parts come."""
     st = open_storage(data_dir)
     rel = _new_rel(tbl, team, date)
     group = _OPTIONS[tbl]["row_group_size"]
@@ -90,17 +146,58 @@ def merge_files(data_dir: Path, tbl: str, team: str, date: str, rels: list[str])
                 w.write_table(pa.concat_tables(pending), row_group_size=group)
                 pending.clear()
                 held = 0
-        for src in rels:
-            with st.parquet_file(src) as f:
-                for i in range(f.num_row_groups):  # one row group at a time (iter_batches reads ahead)
-                    t = f.read_row_group(i, use_threads=False)
-                    pending.append(t.cast(schema) if t.schema != schema else t)
-                    held += t.num_rows
-                    rows += t.num_rows
-                    if held >= group:
-                        flush()
+        for t in parts:
+            pending.append(t.cast(schema) if t.schema != schema else t)
+            held += t.num_rows
+            rows += t.num_rows
+            if held >= group:
+                flush()
         flush()
     return NewFile(tbl, team, date, rel, rows, st.size(rel))
+
+
+def _row_groups(data_dir: Path, rels: Iterable[str]) -> Iterator[pa.Table]:
+    """The row groups of these files, one at a time (``iter_batches`` reads ahead)."""
+    st = open_storage(data_dir)
+    for src in rels:
+        with st.parquet_file(src) as f:
+            for i in range(f.num_row_groups):
+                yield f.read_row_group(i, use_threads=False)
+
+
+def merge_files(data_dir: Path, tbl: str, team: str, date: str, rels: list[str]) -> NewFile:
+    """One file with the rows of several, read a row group at a time and written in full-size
+    row groups. Memory holds about one row group, however large the inputs: a whole input file
+    decompressed can be ten times its size on disk."""
+    return _write_stream(data_dir, tbl, team, date, _row_groups(data_dir, rels))
+
+
+def rewrite_without(data_dir: Path, tbl: str, team: str, date: str, rel: str,
+                    keys: pa.Array) -> tuple[bool, NewFile | None]:
+    """Copy-on-write of one file without the rows of ``keys``: (whether it holds any of them,
+    the file that replaces it: None if it held nothing else). The key columns are read a row
+    group at a time to find out; the rows are then streamed like a merge, so memory holds about
+    one row group however large the file (merged files hold millions of rows)."""
+    st = open_storage(data_dir)
+    with st.parquet_file(rel) as f:
+        hits: set[int] = set()
+        removed = 0
+        for i in range(f.num_row_groups):
+            found = pc.sum(pc.is_in(key_array(tbl, f.read_row_group(i, columns=KEY_COLUMNS[tbl])),
+                                    value_set=keys)).as_py() or 0
+            if found:
+                hits.add(i)
+                removed += found
+        if not hits:
+            return False, None
+        if removed == f.metadata.num_rows:
+            return True, None
+
+        def kept() -> Iterator[pa.Table]:
+            for i in range(f.num_row_groups):
+                t = f.read_row_group(i, use_threads=False)
+                yield t.filter(pc.invert(pc.is_in(key_array(tbl, t), value_set=keys))) if i in hits else t
+        return True, _write_stream(data_dir, tbl, team, date, kept())
 
 
 def read_file(data_dir: Path, rel: str, columns: list[str] | None = None) -> pa.Table:

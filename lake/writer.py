@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pushlake import failpoints
 
@@ -55,13 +54,9 @@ class Writer:
 
     def _rewrite(self, f: FileRow, keys: pa.Array) -> tuple[int, NewFile | None, bool]:
         """Copy-on-write: the file without the rows of these keys (a file that holds none of
-        them, found by reading its key columns only, is left alone)."""
-        probe = self.storage.read_table(f.path, columns=lf.KEY_COLUMNS[f.tbl])
-        if not pc.any(pc.is_in(lf.key_array(f.tbl, probe), value_set=keys)).as_py():
-            return f.id, None, False
-        t = lf.read_file(self.out_dir, f.path)
-        t = t.filter(pc.invert(pc.is_in(lf.key_array(f.tbl, t), value_set=keys)))
-        return f.id, (lf.write_file(self.out_dir, f.tbl, f.team, f.date, t) if t.num_rows else None), True
+        them, found by reading its key columns only, is left alone), a row group at a time."""
+        touched, new = lf.rewrite_without(self.out_dir, f.tbl, f.team, f.date, f.path, keys)
+        return f.id, new, touched
 
     def _build(self, b: Buffer, parts: list, routes: Routes | None) -> NewFile | None:
         if b.tbl == "trip_samples":
