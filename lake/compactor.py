@@ -369,7 +369,7 @@ class Compactor:
         return tasks.run_task_safely(self.data_dir, self.catalog, self.batches, self.writer)
 
     # -- maintenance --------------------------------------------------------------------------
-    def merge_small_files(self, max_groups: int | None = None, budget_bytes: int = 32 << 20) -> int:
+    def merge_small_files(self, max_groups: int | None = None, budget_bytes: int | None = None) -> int:
         return maintenance.merge_small_files(self.out_dir, self.catalog, self.merge_min_files, max_groups,
                                              budget_bytes)
 

@@ -52,29 +52,59 @@ def remove_orphans(out_dir: Path, catalog: Catalog, now: float | None = None) ->
     return n
 
 
-def merge_small_files(out_dir: Path, catalog: Catalog, min_files: int = 8, max_groups: int | None = None,
-                      budget_bytes: int = 32 << 20) -> int:
-    """Merge partitions that accumulated at least ``min_files`` small files from frequent commits.
+TARGET_BYTES = 128 << 20      # a merge writes at most this much: files grow to 64-128 MB
+TARGET_ROWS = 32 * lf.ROW_GROUP_ROWS  # ... and at most 8 M rows (what a copy-on-write rereads)
+GROWTH = 2                    # a file joins a merge only if at most twice the smaller ones together
+QUIET_S = 600.0               # a partition not written for this long is merged down to one file
 
-    Files are streamed one at a time into the merged file, and one merged file takes at most
-    ``budget_bytes`` of input: memory stays bounded by one file, and a merge is short enough to
-    run between projection steps (``max_groups`` merges per call). Returns files merged."""
+
+def _window(small: list[FileRow], need: int, budget: int) -> list[FileRow]:
+    """The merge to make among a partition's files not yet full, sorted by size: the first run
+    of at least ``need`` files in which each file is at most ``GROWTH`` times the smaller ones
+    together, within ``budget`` bytes and ``TARGET_ROWS`` (none: ``[]``)."""
+    for i in range(len(small)):
+        chosen, total, rows = [small[i]], small[i].bytes, small[i].rows
+        for f in small[i + 1:]:
+            if f.bytes > GROWTH * total or total + f.bytes > budget or rows + f.rows > TARGET_ROWS:
+                break
+            chosen.append(f)
+            total += f.bytes
+            rows += f.rows
+        if len(chosen) >= need:
+            return chosen
+    return []
+
+
+def merge_small_files(out_dir: Path, catalog: Catalog, min_files: int = 8, max_groups: int | None = None,
+                      budget_bytes: int | None = None, now: float | None = None) -> int:
+    """Merge the small files of each partition (one per partition and compaction step) into
+    files of tens of MB. Returns files merged.
+
+    A merge writes at most ``budget_bytes`` (default ``TARGET_BYTES``) and ``TARGET_ROWS``; a
+    file is full at half of them and never merged again. Among the others, a merge takes files
+    of similar sizes: sorted by size, each one at most ``GROWTH`` times the smaller ones it
+    joins, so that a big file is not rewritten for a few small ones (each rewrite grows a file
+    by half at least, so a row is rewritten a few times on its way to a full file; merging the
+    smallest files whenever 8 existed rewrote a growing file for every 7 new ones, and stopped
+    at 16 MB). A partition still written merges once ``min_files`` such files exist; one not
+    written for ``QUIET_S`` (its newest file's name says when: ``files.written_at``; ``now``
+    stands for the time) merges any two, so that a finished day ends as one file when it fits.
+    Files are streamed a row group at a time into the merged file, so memory stays bounded;
+    ``max_groups`` merges per call (the merge thread does one at a time, between steps)."""
+    now = time.time() if now is None else now
+    budget = TARGET_BYTES if budget_bytes is None else budget_bytes
     groups: dict[tuple[str, str, str], list[FileRow]] = defaultdict(list)
     for f in catalog.live_files():
         groups[(f.tbl, f.team, f.date)].append(f)
     merged = done = 0
     for (tbl, team, date), fl in groups.items():
-        small = sorted((f for f in fl if f.bytes < budget_bytes // 2), key=lambda f: f.bytes)
-        if len(small) < min_files:
+        small = sorted((f for f in fl if f.bytes < budget // 2 and f.rows < TARGET_ROWS // 2),
+                       key=lambda f: f.bytes)
+        if len(small) < 2:
             continue
-        chosen: list[FileRow] = []
-        total = 0
-        for f in small:
-            if chosen and total + f.bytes > budget_bytes:
-                break
-            chosen.append(f)
-            total += f.bytes
-        if len(chosen) < 2:
+        newest = max((lf.written_at(f.path) or 0.0) for f in fl)
+        chosen = _window(small, 2 if newest <= now - QUIET_S else min_files, budget)
+        if not chosen:
             continue
         c = Commit("merge", remove_files={f.id for f in chosen})
         c.add_files.append(lf.merge_files(out_dir, tbl, team, date, [f.path for f in chosen]))
