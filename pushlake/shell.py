@@ -362,25 +362,34 @@ def shell(session: Session, history: History, banner: str) -> int:
             session.out.write("^C\n")
             lines.buf = []
             continue
-        for line in text.split("\n"):  # an entry from the history may hold several lines
-            item = lines.push(line)
-            if item is None:
-                continue
-            kind, body = item
-            session.results = 0  # the prompt sets results apart
-            history.add(body)
-            if rl is not None:
-                rl.add_history(body)
-            try:
-                if kind == "dot":
-                    if not session.dot(body):
-                        return 0
-                else:
-                    session.run(body)
-            except SqlError as e:
-                session.out.flush()
-                session.err.write(str(e).rstrip() + "\n")
-                session.err.flush()
-            except KeyboardInterrupt:
-                session.err.write("interrupted\n")
+        try:
+            if not _enter(session, history, rl, lines, text):
+                return 0
+        except KeyboardInterrupt:  # Ctrl-C while a statement ran, or at any moment between
+            session.out.flush()
+            session.err.write("interrupted\n")
+            lines.buf = []
 
+
+def _enter(session: Session, history: History, rl, lines: Lines, text: str) -> bool:
+    """What one Enter gives: run what it completes; False for ``.quit``."""
+    for line in text.split("\n"):  # an entry from the history may hold several lines
+        item = lines.push(line)
+        if item is None:
+            continue
+        kind, body = item
+        session.results = 0  # the prompt sets results apart
+        history.add(body)
+        if rl is not None:
+            rl.add_history(body)
+        try:
+            if kind == "dot":
+                if not session.dot(body):
+                    return False
+            else:
+                session.run(body)
+        except SqlError as e:
+            session.out.flush()
+            session.err.write(str(e).rstrip() + "\n")
+            session.err.flush()
+    return True

@@ -87,8 +87,7 @@ def test_the_shell_on_a_terminal(lake, home):
         # Ctrl-C drops the statement being typed
         t.send("SELECT 'dropped' AS half\r")
         t.expect("...> ")
-        t.send("\x03")
-        t.expect(PROMPT)
+        _interrupt(t)
         t.send("SELECT 'still here' AS s;\r")
         out = t.expect(PROMPT)
         assert "still here" in out and "dropped" not in out.split("SELECT 'still here'")[1]
@@ -105,6 +104,18 @@ def test_the_shell_on_a_terminal(lake, home):
     assert entries[-3:] == ["SELECT 'still here' AS s;", ".help", ".mode markdown"]
     assert not any("dropped" in e for e in entries)
     assert os.stat(home["PUSHLAKE_HISTORY"]).st_mode & 0o777 == 0o600
+
+
+def _interrupt(t: Terminal) -> None:
+    """Ctrl-C at the prompt, until the fresh prompt shows. Python's readline can miss a SIGINT
+    that arrives between drawing the prompt and waiting for a key (it is handled at the next key):
+    a person never types that fast, a test may, so a second Ctrl-C is sent then."""
+    t.send("\x03")
+    try:
+        t.expect(PROMPT, timeout=3)
+    except AssertionError:
+        t.send("\x03")
+        t.expect(PROMPT)
 
 
 def test_history_comes_back_in_the_next_session(lake, home):
