@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("failed", help="FAILED items: pushes stored in the log that could not be projected")
     _data(p)
     _location(p)
-    p.add_argument("action", choices=("list", "retry"))
+    p.add_argument("action", choices=("list", "retry"),
+                   help="list: the FAILED items with their reasons; retry: re-project them as a task")
     p.add_argument("--kind", choices=tuple(FAILED_KINDS),
                    help="list: only this kind (default every kind); retry: what to retry (default trips)")
     _json_flag(p)

@@ -324,3 +324,10 @@ def test_operating_it(walk):
     assert re.search(r"^200$", out, re.M)  # GET /status with -u enterprise:$EK
     health = _json_at(out, '{"status":"ok"', last=True)
     assert health["compactor"]["lagRecords"] == 0
+
+
+def test_sql_from_a_pipe_and_read_only(walk):
+    out = walk.out("| .venv/bin/pushlake sql")
+    assert re.search(r"trips\s*\n-+\s*\n\s*1\s*\n\(1 row\)", out), out
+    assert re.search(r"crashes\s*\n-+\s*\n\s*1\s*\n\(1 row\)", out), out
+    assert "refused: exit 2" in out
