@@ -129,9 +129,11 @@ def write_file(data_dir: Path, tbl: str, team: str, date: str, table: pa.Table) 
 
 
 def _write_stream(data_dir: Path, tbl: str, team: str, date: str, parts: Iterable[pa.Table]) -> NewFile:
-    """One new file with the rows of ``parts``, written in full row groups: small parts are
-    gathered first (one row group per small input would compress and scan badly), and memory
-    holds about one row group however many parts come."""
+    """One new file with the rows of ``parts``, in full row groups (only the last one is
+    smaller): parts are gathered until a row group's worth is there, which is written and the
+    rest kept for the next (one row group per small input, or a small one after each big
+    input, would compress and scan worse). Memory holds about two row groups however many
+    parts come."""
     st = open_storage(data_dir)
     rel = _new_rel(tbl, team, date)
     group = _OPTIONS[tbl]["row_group_size"]
@@ -140,19 +142,23 @@ def _write_stream(data_dir: Path, tbl: str, team: str, date: str, parts: Iterabl
     pending: list[pa.Table] = []
     held = 0
     with st.writer(rel, schema, **_OPTIONS[tbl]) as w:
-        def flush() -> None:
-            nonlocal held
-            if pending:
-                w.write_table(pa.concat_tables(pending), row_group_size=group)
-                pending.clear()
-                held = 0
+        def flush(last: bool) -> None:
+            nonlocal pending, held
+            if not pending:
+                return
+            t = pa.concat_tables(pending)
+            n = t.num_rows if last else t.num_rows - t.num_rows % group
+            if n:
+                w.write_table(t.slice(0, n), row_group_size=group)
+            pending = [t.slice(n)] if n < t.num_rows else []
+            held = t.num_rows - n
         for t in parts:
             pending.append(t.cast(schema) if t.schema != schema else t)
             held += t.num_rows
             rows += t.num_rows
             if held >= group:
-                flush()
-        flush()
+                flush(last=False)
+        flush(last=True)
     return NewFile(tbl, team, date, rel, rows, st.size(rel))
 
 

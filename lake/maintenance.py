@@ -8,6 +8,7 @@ fails cleanly (``CatalogConflict``) and is redone later. The log cleaner is ``la
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -58,14 +59,14 @@ GROWTH = 2                    # a file joins a merge only if at most twice the s
 QUIET_S = 600.0               # a partition not written for this long is merged down to one file
 
 
-def _window(small: list[FileRow], need: int, budget: int) -> list[FileRow]:
+def _window(small: list[FileRow], need: int, budget: int, growth: float) -> list[FileRow]:
     """The merge to make among a partition's files not yet full, sorted by size: the first run
-    of at least ``need`` files in which each file is at most ``GROWTH`` times the smaller ones
+    of at least ``need`` files in which each file is at most ``growth`` times the smaller ones
     together, within ``budget`` bytes and ``TARGET_ROWS`` (none: ``[]``)."""
     for i in range(len(small)):
         chosen, total, rows = [small[i]], small[i].bytes, small[i].rows
         for f in small[i + 1:]:
-            if f.bytes > GROWTH * total or total + f.bytes > budget or rows + f.rows > TARGET_ROWS:
+            if f.bytes > growth * total or total + f.bytes > budget or rows + f.rows > TARGET_ROWS:
                 break
             chosen.append(f)
             total += f.bytes
@@ -86,9 +87,11 @@ def merge_small_files(out_dir: Path, catalog: Catalog, min_files: int = 8, max_g
     joins, so that a big file is not rewritten for a few small ones (each rewrite grows a file
     by half at least, so a row is rewritten a few times on its way to a full file; merging the
     smallest files whenever 8 existed rewrote a growing file for every 7 new ones, and stopped
-    at 16 MB). A partition still written merges once ``min_files`` such files exist; one not
+    at 16 MB). A partition still written merges once ``min_files`` such files exist. One not
     written for ``QUIET_S`` (its newest file's name says when: ``files.written_at``; ``now``
-    stands for the time) merges any two, so that a finished day ends as one file when it fits.
+    stands for the time) merges all its files that are not full, whatever their sizes, so that
+    a finished day ends as one file when it fits: that costs one rewrite per quiet period, and
+    only partitions that were written get one.
     Files are streamed a row group at a time into the merged file, so memory stays bounded;
     ``max_groups`` merges per call (the merge thread does one at a time, between steps)."""
     now = time.time() if now is None else now
@@ -102,8 +105,8 @@ def merge_small_files(out_dir: Path, catalog: Catalog, min_files: int = 8, max_g
                        key=lambda f: f.bytes)
         if len(small) < 2:
             continue
-        newest = max((lf.written_at(f.path) or 0.0) for f in fl)
-        chosen = _window(small, 2 if newest <= now - QUIET_S else min_files, budget)
+        quiet = max((lf.written_at(f.path) or 0.0) for f in fl) <= now - QUIET_S
+        chosen = _window(small, 2, budget, math.inf) if quiet else _window(small, min_files, budget, GROWTH)
         if not chosen:
             continue
         c = Commit("merge", remove_files={f.id for f in chosen})
