@@ -335,7 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         m = p["maintenance"]
         notes.append(f"{p['routes']} routes: {n} trips, {a.teams} teams, {a.days} days; drained in "
                      f"{p['drain']['seconds']:.1f} s; maintenance: {m['merges']} merges of {m['files_merged']} files.")
-        notes.append(" ".join(table_md(p)[3:]))
+        notes.append(f"{p['routes']} routes, MB (files, row groups) as drained / after maintenance / {PEER}: " + "; ".join(
+            f"{t} " + " / ".join(f"{_mb(s[t]['bytes']):.2f} ({s[t]['files']}, {s[t]['row_groups']})" for s in (
+                p["pushlake_as_drained"], p["pushlake_after_maintenance"], p["duckdb"]["partitioned"]))
+            for t in TABLES) + ".")
     print_rows(rows)
     if a.print_tables:
         for p in results:

@@ -28,6 +28,7 @@ SUITE = [
     ("hostile", ["bench.hostile_bench"]),
     ("openlake", ["bench.openlake_bench"]),
     ("scaleout", ["bench.scaleout_bench"]),
+    ("files", ["bench.files_bench"]),
 ]
 README = ROOT / "bench" / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
