@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -215,21 +214,8 @@ def save(data_dir: Path, doc: dict) -> None:
     os.replace(tmp, path)
 
 
-def exposition(tries: int = 3) -> bytes:
-    """``metrics.exposition()``, tried again a moment later when it fails: prometheus_client reads
-    the file a process is creating (still empty) as an error, a race of every process's start."""
-    for attempt in range(tries):
-        try:
-            return metrics.exposition()
-        except (struct.error, RuntimeError):
-            if attempt == tries - 1:
-                raise
-            time.sleep(0.01)
-    raise AssertionError("unreachable")
-
-
 def run(data_dir: Path, stop: threading.Event, every: float = 10.0,
-        read: Callable[[], bytes] = exposition) -> None:
+        read: Callable[[], bytes] = metrics.exposition) -> None:
     """Sample ``read()`` (every process's metrics) at once, then every ``every`` seconds
     (``PUSHLAKE_HISTORY_EVERY`` overrides it), writing the history after each sample, until
     ``stop`` is set. A sample that fails is logged and skipped, never the end of the history."""

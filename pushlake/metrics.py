@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import sys
 import threading
+import time
 from pathlib import Path
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -101,16 +103,25 @@ def M() -> _Metrics:
     return _M
 
 
-def exposition() -> bytes:
-    """The text format of every process's values (or this process's only, outside ``serve``)."""
+def exposition(tries: int = 3) -> bytes:
+    """The text format of every process's values (or this process's only, outside ``serve``).
+    Tried again a moment later when it fails: prometheus_client reads a file that a starting
+    process is still creating (empty) as an error."""
     from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
     M()  # every family is listed, even before its first value
     if not multiprocess():
         return generate_latest(REGISTRY)
     from prometheus_client.multiprocess import MultiProcessCollector
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry)
-    return generate_latest(registry)
+    for attempt in range(tries):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        try:
+            return generate_latest(registry)
+        except (struct.error, RuntimeError):
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.01)
+    raise AssertionError("unreachable")
 
 
 def process_dead(pid: int) -> None:

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from ingest.app import SETTINGS, error, health
 from ingest.record import Kind
-from pushlake import history
+from pushlake import history, metrics
 
 from .bodies import Response, text
 from .operators import operator
@@ -127,7 +127,7 @@ def report(data_dir: Path, hours: int, health_body: dict, now: float | None = No
     """The document, from the history, every process's metrics and the disk (blocking: reads files)."""
     now = time.time() if now is None else now
     hist = history.load(data_dir)
-    snap = history.Snapshot(history.exposition().decode()).current()
+    snap = history.Snapshot(metrics.exposition().decode()).current()
     disk = shutil.disk_usage(data_dir)
     end = int(now // 60) * 60
     first = min((m["t"] for m in hist["minutes"] if m["t"] <= end), default=end)
