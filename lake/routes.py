@@ -1,24 +1,40 @@
 """Route tables → ``trip_samples``.
 
-A trip's route is a handful of parallel arrays of ~2,000 numbers. Each array is decoded by
-msgspec straight from its raw JSON into a list of floats and turned into an Arrow array at once,
-so a batch holds 8 bytes per value, never Python floats. This costs ~1.5 ms of CPU per 170 KB
-trip; Arrow's own JSON reader, used before, took 3.5–4.5 ms of CPU for the same routes (on two
-threads), and CPU is what a compactor sharing two cores with the receiver runs out of.
+A trip's route is a handful of parallel arrays of ~2,000 numbers. Each array is read from its
+raw JSON straight into a buffer of doubles by ``lake._routes``, a small C extension that
+``pip install`` builds (setuptools ``ext-modules`` in pyproject.toml), and wrapped as a float64
+Arrow array without a copy: no number ever becomes a Python float. An array that is anything
+else (a numeric string, a word, a nested value, a number beyond a double) goes the way every
+array went before: msgspec into a list of floats, then Arrow, and, when msgspec refuses it, value
+by value, so that numeric strings are numbers and the reason of a FAILED trip names the array
+and the index. Both ways give the same doubles, bit for bit (tests/test_routes_decode.py).
+Without the extension (no compiler at install, or ``PUSHLAKE_NATIVE_ROUTES=0`` for an A/B
+measurement) everything goes the msgspec way, ~4x the CPU: bench/README.md has the numbers.
 A route that cannot be read is reported per trip (its trip becomes a FAILED item).
 """
 from __future__ import annotations
+
+import math
+import os
 
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .jsonvalues import Exact, dumps, loads
 from .schema import ROUTE_SOURCES, SAMPLE_FIELDS, SAMPLE_TS_FIELD, SCHEMAS
+
+try:
+    from . import _routes
+except ImportError:  # installed without a C compiler: the msgspec way only
+    _routes = None
 
 SOURCES = ROUTE_SOURCES
 COLUMN_OF = {SAMPLE_TS_FIELD: "ts", **{src: col for col, src in SAMPLE_FIELDS}}
 _SAMPLES = SCHEMAS["trip_samples"]
 _NUMBERS = msgspec.json.Decoder(list[float | None])
+NATIVE = _routes is not None and os.environ.get("PUSHLAKE_NATIVE_ROUTES", "1") != "0"
+"""Whether route arrays are read by the C extension (``lake._routes``)."""
 
 
 class RouteError(ValueError):
@@ -28,17 +44,70 @@ class RouteError(ValueError):
 def decode(arrays: dict[str, msgspec.Raw]) -> tuple[int, dict[str, pa.Array]]:
     """(number of samples, source -> float64 array) of one route, from its arrays' raw JSON
     (arrays that are null or absent are left out). Raises RouteError naming the first array
-    that is not an array of numbers, or whose length differs from the others."""
+    that is not an array of numbers (and the index of the value that is not one), or whose
+    length differs from the others."""
     out: dict[str, pa.Array] = {}
     for src in SOURCES:
         raw = arrays.get(src)
-        if raw is None or bytes(raw) == b"null":
+        if raw is None or (len(raw) == 4 and bytes(raw) == b"null"):
             continue
-        try:
-            out[src] = pa.array(_NUMBERS.decode(raw), pa.float64())
-        except msgspec.ValidationError as e:
-            raise RouteError(f"route.{src}: expected an array of numbers ({e})") from None
+        a = native(raw) if NATIVE else None
+        out[src] = a if a is not None else _decoded(src, raw)
     return _checked(out)
+
+
+def native(raw: bytes | msgspec.Raw) -> pa.Array | None:
+    """A JSON array of numbers and nulls as a float64 array, by the C extension; None for
+    anything else, and when the extension is not built."""
+    got = _routes.parse(raw) if _routes is not None else None
+    if got is None:
+        return None
+    values, validity, nulls = got
+    return pa.Array.from_buffers(pa.float64(), len(values) // 8,
+                                 [None if validity is None else pa.py_buffer(validity), pa.py_buffer(values)], nulls)
+
+
+def _decoded(src: str, raw: msgspec.Raw) -> pa.Array:
+    """An array the C extension did not take: msgspec's list of floats, or value by value."""
+    try:
+        return pa.array(_NUMBERS.decode(raw), pa.float64())
+    except msgspec.ValidationError as e:
+        refused = e
+    try:
+        values = loads(raw)  # numbers beyond a double or 64 bits come back as Exact
+    except (ValueError, RecursionError):
+        raise RouteError(f"route.{src}: expected an array of numbers ({refused})") from None
+    if not isinstance(values, list):
+        raise RouteError(f"route.{src}: expected an array of numbers ({refused})")
+    return pa.array([_number(src, i, v) for i, v in enumerate(values)], pa.float64())
+
+
+def _number(src: str, i: int, v: object) -> float | None:
+    """One value of a route array, read as the trip's other number fields are (a numeric string
+    is a number, README "Choices"); booleans, words and anything nested are not numbers."""
+    if v is None or isinstance(v, float):
+        return v
+    if isinstance(v, int) and not isinstance(v, bool):
+        try:
+            return float(v)
+        except OverflowError:
+            v = Exact(str(v), None)
+    elif isinstance(v, str):
+        try:
+            f = float(v)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(f) or v.strip().lower().lstrip("+-") in ("inf", "infinity", "nan"):
+                return f
+            v = Exact(v, None)
+    if isinstance(v, Exact):
+        if v.value is None:
+            raise RouteError(f"route.{src}: number beyond the range of a 64-bit float at $[{i}]")
+        return v.value
+    shown = dumps(v)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise RouteError(f"route.{src}: expected an array of numbers, got {shown} at $[{i}]")
 
 
 def from_lists(arrays: dict[str, list | None]) -> tuple[int, dict[str, pa.Array]]:
