@@ -29,6 +29,7 @@ SUITE = [
     ("openlake", ["bench.openlake_bench"]),
     ("scaleout", ["bench.scaleout_bench"]),
     ("files", ["bench.files_bench"]),
+    ("routes", ["bench.routes_bench"]),
 ]
 README = ROOT / "bench" / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
