@@ -213,13 +213,20 @@ class DuckTrip:
         return {k: t.column(i).combine_chunks().flatten() for i, k in enumerate(keys)}
 
 
-def simdjson_buffer(raw: msgspec.Raw) -> pa.Array | None:
-    import simdjson
-    try:
-        buf = simdjson.Parser().parse(bytes(raw)).as_buffer(of_type="d")
-    except (ValueError, TypeError):
-        return None
-    return pa.Array.from_buffers(pa.float64(), len(buf) // 8, [None, pa.py_buffer(buf)])
+class SimdjsonBuffer:
+    """pysimdjson's typed buffer of an array (one parser, reused; a null is refused)."""
+
+    def __init__(self) -> None:
+        import simdjson
+        self.parser = simdjson.Parser()
+
+    def __call__(self, raw: msgspec.Raw) -> pa.Array | None:
+        try:
+            buf = self.parser.parse(bytes(raw)).as_buffer(of_type="d")
+        except (ValueError, TypeError, RuntimeError):  # RuntimeError: an integer beyond 64 bits
+            return None
+        data = pa.py_buffer(buf)
+        return pa.Array.from_buffers(pa.float64(), data.size // 8, [None, data])
 
 
 def per_array(fn: Callable[[msgspec.Raw], pa.Array | None]) -> Callable[[Route], dict[str, pa.Array | None]]:
@@ -242,7 +249,7 @@ def candidates() -> dict[str, Callable[[Route], dict[str, pa.Array | None]]]:
                 "DuckDB JSON cast, a query per trip": DuckTrip()})
     try:
         import simdjson  # noqa: F401
-        out["pysimdjson as_buffer('d')"] = per_array(simdjson_buffer)
+        out["pysimdjson as_buffer('d')"] = per_array(SimdjsonBuffer())
     except ImportError:
         pass
     return out
