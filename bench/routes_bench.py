@@ -319,10 +319,12 @@ def _load() -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run")
-    ap.add_argument("--trips", type=int, default=None, help=f"bench.gen trips (default {DEFAULT_TRIPS}; --quick {QUICK_TRIPS})")
+    ap.add_argument("--trips", type=int, default=None,
+                    help=f"bench.gen trips (default {DEFAULT_TRIPS}; --quick {QUICK_TRIPS})")
     ap.add_argument("--hard-trips", type=int, default=None,
                     help=f"routes of random full-precision doubles (default {DEFAULT_HARD}; --quick {QUICK_HARD})")
-    ap.add_argument("--runs", type=int, default=None, help=f"rounds of timing (default {DEFAULT_RUNS}; --quick {QUICK_RUNS})")
+    ap.add_argument("--runs", type=int, default=None,
+                    help=f"rounds of timing (default {DEFAULT_RUNS}; --quick {QUICK_RUNS})")
     add_results_arg(ap)
     a = ap.parse_args(argv)
     n = a.trips or (QUICK_TRIPS if a.quick else DEFAULT_TRIPS)

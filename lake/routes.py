@@ -9,7 +9,7 @@ array went before: msgspec into a list of floats, then Arrow, and, when msgspec 
 by value, so that numeric strings are numbers and the reason of a FAILED trip names the array
 and the index. Both ways give the same doubles, bit for bit (tests/test_routes_decode.py).
 Without the extension (no compiler at install, or ``PUSHLAKE_NATIVE_ROUTES=0`` for an A/B
-measurement) everything goes the msgspec way, ~4x the CPU: bench/README.md has the numbers.
+measurement) everything goes the msgspec way, ~3.7x the CPU: bench/README.md has the numbers.
 A route that cannot be read is reported per trip (its trip becomes a FAILED item).
 """
 from __future__ import annotations
