@@ -14,11 +14,11 @@ $(BIN)/python:
 	$(PIP) install --upgrade pip
 
 # `make run` needs the package alone; `make install` (and `make test`) add the test extras
-$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+$(VENV)/.runtime: pyproject.toml setup.py lake/_routes.c | $(BIN)/python
 	$(PIP) install -e .
 	touch $@
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml setup.py lake/_routes.c | $(BIN)/python
 	$(PIP) install -e '.[test]'
 	touch $@ $(VENV)/.runtime
 
