@@ -29,6 +29,12 @@ RAW = msgspec.json.Decoder(dict[str, msgspec.Raw])
 NUMBERS = msgspec.json.Decoder(list[float | None])
 
 
+def native(raw: bytes | msgspec.Raw) -> pa.Array | None:
+    """``routes.native``, failing with the reason when the extension is not built."""
+    assert routes._routes is not None, "lake._routes is not built: run `make install` (needs gcc)"
+    return routes.native(raw)
+
+
 def todays(raw: bytes) -> pa.Array:
     """What ``decode`` gave for an array before the extension: msgspec's floats, then Arrow."""
     return pa.array(NUMBERS.decode(raw), pa.float64())
@@ -92,7 +98,7 @@ def test_fixture_routes_are_todays_arrays(name):
     m, one_pass = routes.from_lists(numeric_route(RAW.decode(body)["route"]))
     assert n == m and out.keys() == one_pass.keys()
     for k, a in out.items():
-        assert routes.native(arrays[k]) is not None  # read by the extension, not the fallback
+        assert native(arrays[k]) is not None  # read by the extension, not the fallback
         assert same(a, todays(bytes(arrays[k]))) and same(a, one_pass[k]), k
 
 
@@ -114,15 +120,15 @@ EDGES = ["0", "-0", "-0.0", "-0e0", "0e5", "1e-7", "1E+2", "1e007", "5e-324", "2
 def test_edge_tokens_give_todays_doubles():
     for t in EDGES:
         raw = f"[{t}]".encode()
-        assert routes.native(raw) is not None, t
-        assert same(routes.native(raw), todays(raw)), t
+        assert native(raw) is not None, t
+        assert same(native(raw), todays(raw)), t
     raw = ("[ " + " ,\n\t".join(EDGES) + " ]").encode()  # whitespace between tokens, as a pretty printer writes
-    assert same(routes.native(raw), todays(raw))
-    assert routes.native(b"[]").to_pylist() == [] and routes.native(b" [ ] ").to_pylist() == []
+    assert same(native(raw), todays(raw))
+    assert native(b"[]").to_pylist() == [] and native(b" [ ] ").to_pylist() == []
 
 
 def test_negative_zero_as_an_integer_is_zero_as_msgspec_reads_it():
-    assert bits(routes.native(b"[-0, -0.0]"))[1] == [0, -(1 << 63)]
+    assert bits(native(b"[-0, -0.0]"))[1] == [0, -(1 << 63)]
 
 
 DOUBLE = st.floats(allow_nan=False, allow_infinity=False)
@@ -148,9 +154,9 @@ def test_any_number_array_gives_msgspecs_doubles_bit_for_bit(tokens, spaces):
     try:
         want = todays(raw)
     except msgspec.ValidationError:  # a number beyond a double: the extension leaves it to the slow way
-        assert routes.native(raw) is None
+        assert native(raw) is None
         return
-    got = routes.native(raw)
+    got = native(raw)
     assert got is not None and same(got, want), raw
 
 
@@ -165,7 +171,7 @@ def decoded(**arrays) -> dict[str, list]:
 def test_numeric_strings_are_numbers():
     """README "Choices": numbers given as numeric strings are numbers, in a route as anywhere."""
     raw = b'["1234.5", 2, null, "-0.0", " 7 ", "1e-7"]'
-    assert routes.native(raw) is None  # not an array of numbers: the slow way reads it
+    assert native(raw) is None  # not an array of numbers: the slow way reads it
     got = decoded(latitude=["1234.5", 2, None, "-0.0", " 7 ", "1e-7"])["latitude"]
     assert got == [1234.5, 2.0, None, -0.0, 7.0, 1e-7] and str(got[3]) == "-0.0"
 
@@ -193,8 +199,8 @@ def test_numbers_beyond_a_double_name_their_index():
 
 def test_huge_integers_are_their_nearest_double():
     raw = b"[123456789012345678901234567890, 18446744073709551617, 9007199254740993]"
-    assert routes.native(raw).to_pylist() == [1.2345678901234568e29, 18446744073709551616.0, 9007199254740992.0]
-    assert same(routes.native(raw), todays(raw))
+    assert native(raw).to_pylist() == [1.2345678901234568e29, 18446744073709551616.0, 9007199254740992.0]
+    assert same(native(raw), todays(raw))
 
 
 def test_nulls_stay_nulls_and_null_or_absent_arrays_are_left_out():
