@@ -2,7 +2,8 @@
 
 Run by hand, from the repository root:
   .venv/bin/python -m bench.ingest_bench [--quick] [--duration S] [--connections N] [--workers N]
-                                         [--loader auto|wrk|python] [--results-dir DIR]
+                                         [--loader auto|wrk|python] [--no-deployed] [--only PARTS]
+                                         [--profile DIR] [--results-dir DIR]
 
 Why it is built this way:
 - Absolute req/s on a shared 2-core box mean little, so every load runs twice in one go: first
@@ -21,7 +22,19 @@ Why it is built this way:
   halving the number of connections until throughput falls to about half the maximum, with one
   bisection step; the run whose rate is closest to half is reported.
 - "Durable" is checked, not assumed: after each pushlake run, ``pushlake check`` must count at
-  least as many new log records as wrk got 2xx answers (requests minus 4xx/5xx).
+  least as many new log records as wrk got 2xx answers (requests minus 4xx/5xx); with the
+  compactor on (whose cleaner removes compacted segments) the log's end offset must have moved
+  at least that far.
+- Two pushlake configurations: the receiver alone (``serve --no-compactor``: what the receiver
+  itself costs) and, with ``--deployed`` (the default), ``serve`` as users run it, with its
+  compactor projecting what it receives on the same 2 cores, for small pushes and for trips,
+  each against a no-op run just before it. A run starts once every server has gone quiet (a
+  compactor merging the last run's files would take CPU from the next run, the no-op's too),
+  and a run with the compactor ends when it has caught up (/health: lag 0).
+- Over every run, the cores used by each kind of process (bench/cpu.py: the receiver's event
+  loop and its other threads, the compactor and its projection workers, the load generator,
+  the idle servers, the rest of the machine), and with ``--profile DIR`` py-spy profiles of
+  pushlake's processes (a run of its own: py-spy's sampling costs CPU).
 """
 from __future__ import annotations
 
@@ -42,8 +55,11 @@ from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-from bench.common import (FIXTURES, PUSHLAKE, ROOT, BenchError, Processes, Server, add_results_arg, free_port,
+from bench.common import (FIXTURES, PUSHLAKE, ROOT, BenchError, Processes, Server, add_results_arg, cmdline, free_port,
                           http, log_records, loop_runner, pct, row, run_main, wait_until, write_result)
+from bench.cpu import Profiler, ServeCpu, fmt_cores, top_frames, tree_cpu
+from ingest.log import list_partitions, list_segments, scan_segment
+from pushlake.serve import COMPACTOR_NICE, NICE_ENV
 
 PUSH_LUA = ROOT / "bench" / "wrk" / "push.lua"
 TRIP_FIXTURE = FIXTURES / "trip_33min.json"
@@ -78,6 +94,9 @@ class Run:
     mb_s: float
     latency_ms: dict[str, float]
     log_check: dict | None = None
+    cores: dict[str, float] | None = None   # cores busy per process kind over the run (bench/cpu.py)
+    catch_up_s: float | None = None         # serve with its compactor: until the lake had every push
+    profile: dict | None = None             # --profile: py-spy's top frames per process and thread
 
     @property
     def ok_2xx(self) -> int:
@@ -198,33 +217,75 @@ def run_python(url: str, headers: list[str], connections: int, duration: float, 
 
 # ---------------------------------------------------------------- servers
 
-def start_noop(procs: Processes, tmp: Path, workers: int) -> str:
+def start_noop(procs: Processes, tmp: Path, workers: int) -> tuple[str, list[int]]:
+    """The no-op server(s) on one port: its URL and their process ids."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    pids = []
     for i in range(workers):
         cmd = [sys.executable, "-m", "bench.noop_server", "--port", str(port)] + (["--reuse-port"] if workers > 1 else [])
         p = procs.start(f"noop-{i}", cmd, tmp / f"noop-{i}.log")
         wait_until(f"no-op server {i}", procs, p, lambda: http("GET", url + "/health")[0] == 200)
-    return url
+        pids.append(p.pid)
+    return url, pids
 
 
 # ---------------------------------------------------------------- running the loads
 
+def log_end(data: Path) -> int:
+    """The sum over log partitions of the offset after the last record on disk (the newest
+    segment that holds one): with the compactor on, the cleaner removes compacted segments, so
+    counting records (``pushlake check``) would undercount what a run added; offsets never go back."""
+    total = 0
+    for part in list_partitions(data):
+        for _, seg in reversed(list_segments(data / "log" / part)):
+            last = scan_segment(seg).last_offset
+            if last is not None:
+                total += last + 1
+                break
+    return total
+
+
+@dataclass
+class Target:
+    """A server under load: its URL, push headers, its processes (the first one's tree is measured
+    as the server), and (pushlake) its data and process."""
+    url: str
+    headers: list[str]
+    pids: list[int]
+    srv: Server | None = None
+    records: int = 0   # log records (receiver alone) or end offset (with the compactor) so far
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    @property
+    def compactor(self) -> bool:
+        return self.srv is not None and "--no-compactor" not in self.srv.proc.args
+
+
 class Bench:
-    def __init__(self, loader: str, wrk: str | None, duration: float, noop_url: str, srv: Server, team: str,
-                 settle: float) -> None:
-        self.loader, self.wrk, self.duration, self.settle = loader, wrk, duration, settle
-        self.urls = {"noop": noop_url, "pushlake": srv.url}
-        self.headers = [f"{k}: {v}" for k, v in Server.headers(srv.keys[team]).items()]
-        self.data = srv.data
-        self.records = log_records(self.data)["records"]
+    def __init__(self, loader: str, wrk: str | None, duration: float, noop: tuple[str, list[int]], settle: float,
+                 tmp: Path, quiet_s: float) -> None:
+        self.loader, self.wrk, self.duration, self.settle, self.quiet_s = loader, wrk, duration, settle, quiet_s
+        self.profile_dir: Path | None = None
+        self.targets: dict[str, Target] = {"noop": Target(noop[0], [], noop[1])}
         self.failures: list[str] = []
-        self.gzip_body = self.data.parent / "trip.json.gz"
+        self.gzip_body = tmp / "trip.json.gz"
         self.gzip_body.write_bytes(gzip.compress(TRIP_FIXTURE.read_bytes()))
+
+    def add(self, name: str, srv: Server, team: str) -> None:
+        """``pushlake`` (the receiver alone) or ``deployed`` (serve with its compactor)."""
+        t = Target(srv.url, [f"{k}: {v}" for k, v in Server.headers(srv.keys[team]).items()], [srv.pid], srv)
+        t.records = log_end(srv.data) if t.compactor else log_records(srv.data)["records"]
+        self.targets[name] = t
+        self.targets["noop"].headers = t.headers
 
     def run(self, target: str, scenario: str, connections: int, duration: float | None = None) -> Run:
         duration = duration or self.duration
-        headers = list(self.headers)
+        tgt = self.targets[target]
+        headers = list(tgt.headers)
         if scenario == "trip":
             mode, path, body_bytes, body_file = "trip", TRIP_PATH, TRIP_FIXTURE.stat().st_size, TRIP_FIXTURE
         elif scenario == "gzip":  # MB/s of the inflated body
@@ -232,11 +293,17 @@ class Bench:
             headers.append("Content-Encoding: gzip")
         else:
             mode, path, body_bytes, body_file = "event", EVENT_PATH, EVENT_BODY_BYTES, None
-        url, nonce = self.urls[target] + path, secrets.token_hex(4)
+        url, nonce = tgt.url + path, secrets.token_hex(4)
+        self.quiet()
+        prof = self.profiler(target, scenario, connections, duration)
+        meter = self.meter(target)
+        before = meter.sample()
         if self.wrk:
             res = run_wrk(self.wrk, url, headers, connections, duration, mode, nonce, body_file)
         else:
             res = run_python(url, headers, connections, duration, mode, nonce, body_file)
+        cores = ServeCpu.cores(before, meter.sample())
+        profile = {k: {"file": str(v), "top": top_frames(v)} for k, v in prof.wait().items()} if prof else None
         secs = res["duration_us"] / 1e6
         errors = res["errors"]
         rps = res["requests"] / secs
@@ -245,31 +312,89 @@ class Bench:
                   requests=res["requests"], non_2xx=errors["status"],
                   socket_errors={k: v for k, v in errors.items() if k != "status"},
                   rps=round(rps, 1), mb_s=round(rps * body_bytes / 1e6, 2),
-                  latency_ms={k: round(v / 1000, 3) for k, v in res["latency_us"].items()})
-        if target == "pushlake":
-            self.verify_durable(run)
+                  latency_ms={k: round(v / 1000, 3) for k, v in res["latency_us"].items()},
+                  cores={k: round(v, 3) for k, v in cores.items()} if cores else None, profile=profile)
+        if tgt.srv is not None:
+            self.verify_durable(run, tgt)
         print(f"  {target:8} {scenario:6} c={connections:<3} {run.rps:9.1f} req/s {run.mb_s:8.2f} MB/s  "
               f"p50 {run.latency_ms['p50']:8.2f} ms  p99 {run.latency_ms['p99']:8.2f} ms  "
               f"non-2xx {run.non_2xx}  socket errors {sum(run.socket_errors.values())}"
               + (f"  log +{run.log_check['new_records']} >= 2xx {run.ok_2xx}: "
                  f"{'OK' if run.log_check['ok'] else 'FAIL'}" if run.log_check else ""), flush=True)
+        if run.cores:
+            print(f"           cores: {fmt_cores(run.cores)}", flush=True)
+        if tgt.compactor:
+            run.catch_up_s = self.catch_up(tgt)
+            print(f"           compactor caught up {run.catch_up_s:.1f} s after the load", flush=True)
         return run
 
-    def verify_durable(self, run: Run) -> None:
-        """Every 2xx must be in the log: count the records this run added."""
+    def profiler(self, target: str, scenario: str, connections: int, duration: float) -> Profiler | None:
+        """--profile: py-spy on a pushlake target's receiver, and its compactor with the
+        compactor's children (projection workers, Iceberg mirror), for the load's duration."""
+        tgt = self.targets[target]
+        if self.profile_dir is None or tgt.srv is None:
+            return None
+        pids = {"receiver": tgt.srv.pid}
+        kids = [k for k in tgt.srv.child_pids() if "resource_tracker" not in cmdline(k)]
+        if tgt.compactor and len(kids) == 1:
+            pids["compactor"] = kids[0]
+        out = self.profile_dir / f"{target}-{scenario}-c{connections}"
+        return Profiler(out, pids, duration, subprocesses=("compactor",))
+
+    def meter(self, target: str) -> ServeCpu:
+        """The CPU of the target's processes by kind (for the no-op: its event loop under the
+        receiver's name), and of the servers not under load (which should idle)."""
+        tgt = self.targets[target]
+        extra = {f"{target} {i + 1}": p for i, p in enumerate(tgt.pids[1:])}
+        extra |= {f"idle {n}": p for n, t in self.targets.items() if n != target for p in t.pids[:1]}
+        return ServeCpu(tgt.pids[0], tgt.port, extra)
+
+    def quiet(self) -> float:
+        """Wait (at most ``quiet_s``) until every server together uses under 0.1 cores over half a
+        second (a compactor still merging the last run's files would take CPU from the next)."""
+        t0 = time.monotonic()
+        pids = [p for t in self.targets.values() for p in t.pids]
+        while time.monotonic() - t0 < self.quiet_s:
+            a = sum(tree_cpu(p) for p in pids)
+            time.sleep(0.5)
+            if sum(tree_cpu(p) for p in pids) - a < 0.05:
+                break
+        return time.monotonic() - t0
+
+    def catch_up(self, tgt: Target, timeout: float = 300.0) -> float:
+        """Seconds until /health says the compactor has projected every record (so the next run
+        does not share the cores with this one's backlog)."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            try:
+                comp = json.loads(http("GET", tgt.url + "/health", timeout=5)[1]).get("compactor") or {}
+            except (OSError, ValueError):
+                comp = {}
+            if comp.get("lagRecords") == 0:
+                return time.monotonic() - t0
+            time.sleep(0.2)
+        raise BenchError(f"the compactor of {tgt.url} had not caught up {timeout:.0f} s after the load")
+
+    def verify_durable(self, run: Run, tgt: Target) -> None:
+        """Every 2xx must be in the log: count the records this run added (receiver alone), or
+        how far the log's end offset moved (with the compactor, whose cleaner removes segments)."""
         time.sleep(self.settle)  # let requests still in flight when the load stopped reach the log (they only add records)
-        rep = log_records(self.data)
-        new = rep["records"] - self.records
-        self.records = rep["records"]
+        if tgt.compactor:
+            rep = {"records": log_end(tgt.srv.data), "ok": True, "errors": []}
+        else:
+            rep = log_records(tgt.srv.data)
+        new = rep["records"] - tgt.records
+        tgt.records = rep["records"]
         ok = new >= run.ok_2xx and rep["ok"]
         run.log_check = {"new_records": new, "acknowledged_2xx": run.ok_2xx, "ok": ok,
                          "check_errors": rep["errors"]}
         if not ok:
-            self.failures.append(f"{run.scenario} c={run.connections}: log gained {new} records but the client saw "
-                                 f"{run.ok_2xx} 2xx answers" + (f"; check errors: {rep['errors']}" if rep["errors"] else ""))
+            self.failures.append(f"{run.target} {run.scenario} c={run.connections}: log gained {new} records but "
+                                 f"the client saw {run.ok_2xx} 2xx answers"
+                                 + (f"; check errors: {rep['errors']}" if rep["errors"] else ""))
 
-    def pair(self, scenario: str, connections: int) -> tuple[Run, Run]:
-        return self.run("noop", scenario, connections), self.run("pushlake", scenario, connections)
+    def pair(self, scenario: str, connections: int, target: str = "pushlake") -> tuple[Run, Run]:
+        return self.run("noop", scenario, connections), self.run(target, scenario, connections)
 
     def half_load(self, target: str, max_run: Run, max_halvings: int = 99) -> tuple[Run, list[Run]]:
         """Closed-loop stand-in for a fixed half rate: see HALF_LOAD_METHOD."""
@@ -311,19 +436,43 @@ def fmt_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def disk_fsync_mb_s(tmp: Path, mb: int = 512) -> float:
+def disk_fsync_mb_s(tmp: Path, mb: int = 512, runs: int = 1) -> list[float]:
     """The disk's fsynced sequential write bandwidth, measured like `dd ... conv=fdatasync`
-    from a file of random bytes (zeros compress or dedupe on some disks and mislead)."""
+    from a file of random bytes (zeros compress or dedupe on some disks and mislead), ``runs``
+    times (the median is the peer)."""
     src, dst = tmp / "random.bin", tmp / "dd.out"
     with open(src, "wb") as f:
         for _ in range(max(1, mb // 16)):
             f.write(os.urandom(16 << 20))
-    t = time.perf_counter()
-    subprocess.run(["dd", f"if={src}", f"of={dst}", "bs=1M", "conv=fdatasync"], check=True, capture_output=True)
-    el = time.perf_counter() - t
+        os.fsync(f.fileno())  # else the first dd shares the disk with this file's writeback (382 vs 1,900 MB/s)
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(["dd", f"if={src}", f"of={dst}", "bs=1M", "conv=fdatasync"], check=True, capture_output=True)
+        out.append(max(1, mb // 16) * 16 * 1.048576 / (time.perf_counter() - t))
+        dst.unlink()
     src.unlink()
-    dst.unlink()
-    return max(1, mb // 16) * 16 * 1.048576 / el
+    return out
+
+
+PARTS = ("small", "half", "trip", "gzip", "deployed")  # the default run; "nice" only when asked for
+DEPLOYED_SMALL = "small, max load, serve with compactor"
+DEPLOYED_TRIP = "trip 170KB, max load, serve with compactor"
+
+
+def nice_rows(ab: dict[str, dict[str, list[Run]]]) -> list[dict]:
+    """The niceness A/B: medians over the rounds, the default against nice 0."""
+    out = []
+    for scenario, by in ab.items():
+        base, new = by["nice-0"], by["nice-default"]
+        label = "trip 170KB" if scenario == "trip" else "small"
+        med = lambda runs, f: statistics.median(f(r) for r in runs)  # noqa: E731
+        out.append(row(f"ingest {label}, max load, serve with compactor: req/s, compactor nice {COMPACTOR_NICE} vs 0",
+                       "req/s", "compactor nice 0", med(base, lambda r: r.rps), med(new, lambda r: r.rps)))
+        out.append(row(f"ingest {label}, max load, serve with compactor: p99, compactor nice {COMPACTOR_NICE} vs 0",
+                       "ms", "compactor nice 0", med(base, lambda r: r.latency_ms["p99"]),
+                       med(new, lambda r: r.latency_ms["p99"]), higher_is_better=False))
+    return out
 
 
 def summary_rows(rows: list[Row], disk: float, workers: int, tag: str) -> list[dict]:
@@ -336,6 +485,18 @@ def summary_rows(rows: list[Row], disk: float, workers: int, tag: str) -> list[d
         r = by.get(name)
         if r:
             out.append(row(f"ingest {name}: req/s{w}", "req/s", "no-op aiohttp", r.noop.rps, r.pushlake.rps, target=target))
+    dep = by.get(DEPLOYED_SMALL)
+    if dep:
+        out.append(row(f"ingest small, max load, serve with compactor: req/s{w}", "req/s", "no-op aiohttp",
+                       dep.noop.rps, dep.pushlake.rps, target=0.6))
+        out.append(row(f"ingest small, max load, serve with compactor: p99{w}", "ms", "20 ms target", 20.0,
+                       dep.pushlake.latency_ms["p99"], higher_is_better=False, target=1.0))
+    dep = by.get(DEPLOYED_TRIP)
+    if dep:
+        out.append(row(f"ingest trip 170KB, max load, serve with compactor: req/s{w}", "req/s", "no-op aiohttp",
+                       dep.noop.rps, dep.pushlake.rps))
+        out.append(row(f"ingest trip 170KB, max load, serve with compactor: MB/s vs disk{w}", "MB/s",
+                       "dd conv=fdatasync", disk, dep.pushlake.mb_s))
     half = by.get("small, ~half load")
     if half:
         out.append(row(f"ingest small, ~half load: p99{w}", "ms", "10 ms target", 10.0, half.pushlake.latency_ms["p99"],
@@ -355,6 +516,18 @@ def main(argv: list[str] | None = None) -> int:
                          "towards half load, a 32 MB disk check")
     ap.add_argument("--duration", type=float, help="seconds per load run (default 15, or 0.5 with --quick)")
     ap.add_argument("--connections", type=int, help="connections at max load (default 64, or 8 with --quick)")
+    ap.add_argument("--deployed", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run small pushes and trips against `pushlake serve` with its compactor, as deployed "
+                         "(default on; the receiver-alone runs use --no-compactor)")
+    ap.add_argument("--profile", type=Path, metavar="DIR",
+                    help="py-spy profiles (raw collapsed stacks) of pushlake's processes during each of its runs "
+                         "into DIR, their top frames in the result file (py-spy's sampling costs some CPU: "
+                         "profile in a run of its own)")
+    ap.add_argument("--only", help="comma-separated parts to run: small, half (with small), trip, gzip, deployed, "
+                                   "and nice (not in the default run: the compactor's default niceness against "
+                                   "none, --rounds interleaved rounds of trips and small pushes at max load); "
+                                   "the result file then holds only their rows")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the nice A/B (default 3)")
     ap.add_argument("--workers", type=int, default=1, help="pushlake serve --workers (and no-op processes), default 1")
     ap.add_argument("--loader", choices=("auto", "wrk", "python"), default="auto",
                     help="load generator: wrk (installed with apt-get if missing), python (aiohttp), or auto "
@@ -365,12 +538,16 @@ def main(argv: list[str] | None = None) -> int:
     connections = a.connections or (8 if a.quick else 64)
     if connections < 1 or a.workers < 1 or duration <= 0:
         ap.error("--connections, --workers and --duration must be positive")
+    parts = set(PARTS) if not a.only else {p.strip() for p in a.only.split(",") if p.strip()}
+    if not parts or parts - set(PARTS) - {"nice"}:
+        ap.error(f"--only takes some of: {', '.join(PARTS)}, nice")
     if not Path(PUSHLAKE).exists():
         print(f"{PUSHLAKE} is missing: run `make install` in {ROOT}", file=sys.stderr)
         return 2
 
     procs = Processes()
     srv: Server | None = None
+    deployed: list[Server] = []
     tmp = Path(tempfile.mkdtemp(prefix="pushlake-bench-"))
     try:
         if a.loader == "wrk" or (a.loader == "auto" and shutil.which("wrk")):
@@ -380,58 +557,110 @@ def main(argv: list[str] | None = None) -> int:
             wrk, loader = None, f"python aiohttp {version('aiohttp')} client (no wrk: bounded by the client itself)"
         meta = {"nproc": os.cpu_count(), "pushlake_version": version("pushlake"), "loader": loader,
                 "aiohttp": version("aiohttp"), "duration_s": duration, "connections": connections,
-                "workers": a.workers, "quick": a.quick, "trip_body_bytes": TRIP_FIXTURE.stat().st_size,
+                "workers": a.workers, "quick": a.quick, "deployed": a.deployed, "only": a.only, "trip_body_bytes": TRIP_FIXTURE.stat().st_size,
                 "event_body_bytes": EVENT_BODY_BYTES, "half_load_method": HALF_LOAD_METHOD}
         print(f"nproc {meta['nproc']} | pushlake {meta['pushlake_version']} | load: {loader} | aiohttp {meta['aiohttp']}")
         print(f"{duration:g} s per run, {connections} connections at max load, {a.workers} worker(s); "
               "other work on this machine makes the numbers noisy", flush=True)
 
-        noop_url = start_noop(procs, tmp, a.workers)
+        noop = start_noop(procs, tmp, a.workers)
         srv = Server(tmp / "data", tmp, ["bench"], compactor=False, extra_args=["--workers", str(a.workers)])
-        bench = Bench(loader, wrk, duration, noop_url, srv, "bench", settle=0.2 if a.quick else 0.5)
+        bench = Bench(loader, wrk, duration, noop, settle=0.2 if a.quick else 0.5, tmp=tmp,
+                      quiet_s=0.0 if a.quick else 30.0)
+        bench.add("pushlake", srv, "bench")
         for target in () if a.quick else ("noop", "pushlake"):  # first requests pay for imports, catalog creation...
             bench.run(target, "small", connections, duration=1.0)
+        bench.profile_dir = a.profile
 
-        print("\n(i) small pushes: TRIP_DELETION events, max load", flush=True)
-        small = bench.pair("small", connections)
-        rows = [Row("small, max load", *small)]
-
-        print(f"\n(ii) small pushes at about half load\n    {HALF_LOAD_METHOD}", flush=True)
-        half = {}
-        sweeps = {}
-        for target, max_run in zip(("noop", "pushlake"), small):
-            half[target], sweeps[target] = bench.half_load(target, max_run, 1 if a.quick else 99)
-        notes = "; ".join(f"{t}: c={half[t].connections} gives {half[t].rps / m.rps:.0%} of max"
-                          + (" (even one connection is above half)" if all(r.rps > m.rps / 2 for r in sweeps[t]) else "")
-                          for t, m in zip(("noop", "pushlake"), small))
-        rows.append(Row("small, ~half load", half["noop"], half["pushlake"], notes,
-                        {"sweep": {t: [asdict(r) for r in sweeps[t]] for t in sweeps}}))
-
-        print(f"\n(iii) ~{TRIP_FIXTURE.stat().st_size // 1000} KB trips, max load", flush=True)
-        rows.append(Row("trip 170KB, max load", *bench.pair("trip", connections)))
-        print("\n(iv) the same trip gzip-encoded, max load", flush=True)
-        rows.append(Row("trip 170KB gzip, max load", *bench.pair("gzip", connections)))
-        disk = disk_fsync_mb_s(tmp, 32 if a.quick else 512)
-        print(f"\ndisk: sequential write + fdatasync of random data (dd conv=fdatasync): {disk:.0f} MB/s")
+        rows: list[Row] = []
+        notes = ""
+        sweeps: dict[str, list[Run]] = {"pushlake": []}
+        if {"small", "half"} & parts:
+            print("\n(i) small pushes: TRIP_DELETION events, max load", flush=True)
+            small = bench.pair("small", connections)
+            rows.append(Row("small, max load", *small))
+        if "half" in parts:
+            print(f"\n(ii) small pushes at about half load\n    {HALF_LOAD_METHOD}", flush=True)
+            half = {}
+            for target, max_run in zip(("noop", "pushlake"), small):
+                half[target], sweeps[target] = bench.half_load(target, max_run, 1 if a.quick else 99)
+            notes = "; ".join(f"{t}: c={half[t].connections} gives {half[t].rps / m.rps:.0%} of max"
+                              + (" (even one connection is above half)" if all(r.rps > m.rps / 2 for r in sweeps[t]) else "")
+                              for t, m in zip(("noop", "pushlake"), small))
+            rows.append(Row("small, ~half load", half["noop"], half["pushlake"], notes,
+                            {"sweep": {t: [asdict(r) for r in sweeps[t]] for t in sweeps}}))
+        if "trip" in parts:
+            print(f"\n(iii) ~{TRIP_FIXTURE.stat().st_size // 1000} KB trips, max load", flush=True)
+            rows.append(Row("trip 170KB, max load", *bench.pair("trip", connections)))
+        if "gzip" in parts:
+            print("\n(iv) the same trip gzip-encoded, max load", flush=True)
+            rows.append(Row("trip 170KB gzip, max load", *bench.pair("gzip", connections)))
+        if "deployed" in parts and a.deployed:
+            print("\n(v) `pushlake serve` as deployed, with its compactor: small pushes, then trips, max load "
+                  "(each waits for the compactor to catch up with the run before)", flush=True)
+            dep = Server(tmp / "deployed", tmp, ["bench"], compactor=True, extra_args=["--workers", str(a.workers)])
+            deployed.append(dep)
+            bench.add("deployed", dep, "bench")
+            if not a.quick:  # its first steps import and open what an idle compactor has not needed yet
+                bench.run("deployed", "small", connections, duration=1.0)
+            bench.profile_dir = a.profile
+            rows.append(Row(DEPLOYED_SMALL, *bench.pair("small", connections, "deployed")))
+            rows.append(Row(DEPLOYED_TRIP, *bench.pair("trip", connections, "deployed")))
+            dep.stop()
+        ab: dict[str, dict[str, list[Run]]] = {}
+        if "nice" in parts:
+            print(f"\n(vi) the compactor's niceness, A/B: serve with its compactor at nice {COMPACTOR_NICE} (the "
+                  f"default) and at 0 ({NICE_ENV}=0), interleaved, {a.rounds} rounds", flush=True)
+            for name, nice in (("nice-default", None), ("nice-0", "0")):
+                env_before = os.environ.get(NICE_ENV)
+                if nice is not None:
+                    os.environ[NICE_ENV] = nice
+                try:
+                    s = Server(tmp / name, tmp, ["bench"], compactor=True, extra_args=["--workers", str(a.workers)])
+                finally:
+                    if nice is not None:
+                        os.environ.pop(NICE_ENV) if env_before is None else os.environ.__setitem__(NICE_ENV, env_before)
+                deployed.append(s)
+                bench.add(name, s, "bench")
+                if not a.quick:
+                    bench.run(name, "small", connections, duration=1.0)
+            for _ in range(a.rounds):
+                for scenario in ("trip", "small"):
+                    for name in ("nice-0", "nice-default"):
+                        ab.setdefault(scenario, {}).setdefault(name, []).append(bench.run(name, scenario, connections))
+        disks = disk_fsync_mb_s(tmp, 32 if a.quick else 512, 1 if a.quick else 3)
+        disk = statistics.median(disks)
+        print(f"\ndisk: sequential write + fdatasync of random data (dd conv=fdatasync): {disk:.0f} MB/s "
+              f"(median of {', '.join(f'{d:.0f}' for d in disks)})")
 
         print("\nResults (latencies in ms; ratio = pushlake req/s / no-op req/s; MB/s = request bodies)")
-        print(fmt_table(rows))
+        if rows:
+            print(fmt_table(rows))
         print(f"half load: {notes}")
-        all_pl = [r.pushlake for r in rows] + sweeps["pushlake"]
+        all_pl = [r.pushlake for r in rows] + sweeps["pushlake"] + [r for d in ab.values() for v in d.values() for r in v]
+        for scenario, by in ab.items():
+            for name, runs in by.items():
+                print(f"{scenario:5} {name:12} req/s " + ", ".join(f"{r.rps:.0f}" for r in runs) + "; p99 ms "
+                      + ", ".join(f"{r.latency_ms['p99']:.1f}" for r in runs))
         print(f"durability: {'OK' if not bench.failures else 'FAILED'} - after every pushlake run the log gained "
               f">= as many records as 2xx answers (non-2xx total: {sum(r.non_2xx for r in all_pl)})")
         for f in bench.failures:
             print(f"  FAIL {f}")
 
         name = "ingest" if a.workers == 1 else f"ingest-w{a.workers}"
-        write_result(name, summary_rows(rows, disk, a.workers, "" if wrk else " (python client)"), args=meta,
+        summary = summary_rows(rows, disk, a.workers, "" if wrk else " (python client)") + nice_rows(ab)
+        write_result(name, summary, args=meta,
                      notes=[f"load generator: {loader}", f"half load: {notes}"], results_dir=a.results_dir,
                      extra={"durable_ok": not bench.failures, "durability_failures": bench.failures,
-                            "disk_fsync_mb_s": disk, "runs": [r.as_dict() for r in rows]})
+                            "disk_fsync_mb_s": disk, "disk_fsync_runs_mb_s": disks,
+                            "nice_ab": {sc: {k: [asdict(r) for r in v] for k, v in d.items()} for sc, d in ab.items()},
+                            "runs": [r.as_dict() for r in rows]})
         return 1 if bench.failures else 0
     finally:
         if srv is not None:
             srv.stop()
+        for d in deployed:
+            d.stop()
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
 

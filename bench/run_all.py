@@ -23,6 +23,7 @@ SUITE = [
     ("ingest-w2", ["bench.ingest_bench", "--workers", "2"]),
     ("compaction", ["bench.compaction_bench"]),
     ("freshness", ["bench.freshness_bench"]),
+    ("sustained", ["bench.sustained_bench"]),
     ("queries", ["bench.queries_bench"]),
     ("deletions", ["bench.deletions_bench"]),
     ("hostile", ["bench.hostile_bench"]),
