@@ -526,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated parts to run: small, half (with small), trip, gzip, deployed, "
                                    "and nice (not in the default run: the compactor's default niceness against "
                                    "none, --rounds interleaved rounds of trips and small pushes at max load); "
-                                   "the result file then holds only their rows")
+                                   "the result file is then ingest-<parts>.json")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the nice A/B (default 3)")
     ap.add_argument("--workers", type=int, default=1, help="pushlake serve --workers (and no-op processes), default 1")
     ap.add_argument("--loader", choices=("auto", "wrk", "python"), default="auto",
@@ -647,7 +647,8 @@ def main(argv: list[str] | None = None) -> int:
         for f in bench.failures:
             print(f"  FAIL {f}")
 
-        name = "ingest" if a.workers == 1 else f"ingest-w{a.workers}"
+        name = ("ingest" if a.workers == 1 else f"ingest-w{a.workers}") + (
+            "-" + "-".join(sorted(parts)) if a.only else "")  # a partial run never replaces the full one's file
         summary = summary_rows(rows, disk, a.workers, "" if wrk else " (python client)") + nice_rows(ab)
         write_result(name, summary, args=meta,
                      notes=[f"load generator: {loader}", f"half load: {notes}"], results_dir=a.results_dir,
