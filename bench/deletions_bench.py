@@ -285,12 +285,32 @@ def run_level(k: int, ids: list[int], base: Path, info: dict, wd: Path, a: argpa
         print(f"  {name:32} no tombstones {fmt_ms(b):>8} ms   {k} pending {fmt_ms(w):>8} ms   "
               f"ratio {b / w:.2f}", flush=True)
 
+    # the compactor projects the deletions and finds their rows (position deletes), with no
+    # budget for rewriting them: the state readers see while a mass deletion is rewritten
+    t0 = time.monotonic()
+    with Compactor(work, cow_rows=0) as c:
+        st = c.drain(apply_deletes=False)
+    resolve_s = time.monotonic() - t0
+    print(f"  compactor found their rows in {resolve_s:.2f} s ({st.records} log records)", flush=True)
+    con = queries.connect(work)
+    try:
+        vt, vs = visible_deleted(con, deleted)
+        if vt or vs:
+            raise BenchError(f"with position deletes: {vt} trips / {vs} samples visible")
+        found = time_overhead(base_con, con, a.runs)
+    finally:
+        con.close()
+    for name, (b, w) in found.items():
+        print(f"  {name:32} no tombstones {fmt_ms(b):>8} ms   {k} position deletes {fmt_ms(w):>8} ms   "
+              f"ratio {b / w:.2f}", flush=True)
+
     t0 = time.monotonic()
     with Compactor(work) as c:
-        st = c.drain()
-    apply_s = time.monotonic() - t0
-    print(f"  compactor applied them in {apply_s:.2f} s ({st.files_rewritten} files rewritten, "
-          f"{st.records} log records)", flush=True)
+        rewritten = 0
+        while n := c.apply_deletes():
+            rewritten += n
+    apply_s = resolve_s + time.monotonic() - t0
+    print(f"  compactor applied them in {apply_s:.2f} s in all ({rewritten} files rewritten)", flush=True)
     peer_s = full_rewrite_peer(base, wd / "rewrite", deleted)
     print(f"  peer: DuckDB rewrite of the trip tables without them {peer_s:.2f} s", flush=True)
 
@@ -316,8 +336,11 @@ def run_level(k: int, ids: list[int], base: Path, info: dict, wd: Path, a: argpa
     rows.append(common.row(f"{k} deletions: ack p99", "ms", "same pushes, no tombstone",
                            pct(peer.latencies_ms(), 99), pct(lat, 99), higher_is_better=False))
     for name, (b, w) in pending.items():
-        rows.append(common.row(f"{name}, {k} pending", "ms", "same lake, no tombstones", b, w,
-                               higher_is_better=False, target=0.95))
+        rows.append(common.row(f"{name}, {k} pending (by key)", "ms", "same lake, no tombstones", b, w,
+                               higher_is_better=False, target=0.5))
+    for name, (b, w) in found.items():
+        rows.append(common.row(f"{name}, {k} pending (by position)", "ms", "same lake, no tombstones", b, w,
+                               higher_is_better=False, target=0.5))
     rows.append(common.row(f"first query after a deletion, {k} pending", "ms", "same query, no refresh",
                            median(before), median(after), higher_is_better=False))
     rows.append(common.row(f"{k} tombstones physically applied", "s", "DuckDB full rewrite", peer_s, apply_s,

@@ -68,11 +68,13 @@ class Compactor:
     def __init__(self, data_dir: Path, out_dir: Path | None = None, retention_days: float = 7.0,
                  batch_records: int = 200_000, batch_bytes: int = 64 << 20, merge_min_files: int = 8,
                  recover: bool = True, workers: int | None = None, parallel_min_trips: int = 64,
-                 lease_ttl: float = LEASE_TTL, every_node: bool = False):
+                 lease_ttl: float = LEASE_TTL, every_node: bool = False, cow_rows: int | None = None):
         """``recover``: first run log recovery on partitions no receiver holds (on by default for
         the CLI; ``serve`` turns it off, its receivers recover their own partitions).
         ``workers``: processes that split trips of batches of at least ``parallel_min_trips``
-        trips (default: one per core; 0 or 1: none)."""
+        trips (default: one per core; 0 or 1: none). ``cow_rows``: rows of files a step rewrites
+        for the deletions it projects (default ``lake.writer.COW_ROWS``; 0: every deletion waits
+        as position deletes for ``apply_deletes``)."""
         self.data_dir = Path(data_dir)
         self.out_dir = Path(out_dir) if out_dir else self.data_dir
         self.retention = retention_days * 86400.0
@@ -102,7 +104,7 @@ class Compactor:
         self._registered = every_node
         self.splitter = Splitter(workers, parallel_min_trips)
         self.batches = BatchReader(self.data_dir, self.splitter, batch_records, batch_bytes)
-        self.writer = Writer(self.out_dir, self.catalog)
+        self.writer = Writer(self.out_dir, self.catalog, cow_rows)
         self.isolation = Isolation()
         self.status = status.Status()
         self._counted_at = float("-inf")
@@ -340,8 +342,9 @@ class Compactor:
         except Exception:  # noqa: BLE001 - metrics are never worth a failed step
             log.debug("could not update the compactor's metrics", exc_info=True)
 
-    def drain(self, progress=None) -> StepStats:
-        """Project everything in the log, then finish any queued retry task."""
+    def drain(self, progress=None, apply_deletes: bool = True) -> StepStats:
+        """Project everything in the log, then finish any queued retry task and (unless told
+        not to) rewrite the files holding position deletes."""
         total = StepStats()
         while True:
             try:
@@ -354,6 +357,8 @@ class Compactor:
                 raise CompactorBusy(str(e)) from e
             if not s.records:
                 while self.run_tasks_safely():
+                    pass
+                while apply_deletes and self.apply_deletes():
                     pass
                 return total
             total.add(s)
@@ -372,6 +377,14 @@ class Compactor:
     def merge_small_files(self, max_groups: int | None = None, budget_bytes: int | None = None) -> int:
         return maintenance.merge_small_files(self.out_dir, self.catalog, self.merge_min_files, max_groups,
                                              budget_bytes)
+
+    def apply_deletes(self) -> int:
+        """Rewrite the files holding position deletes (deletions beyond their step's budget)."""
+        while True:
+            try:
+                return maintenance.apply_deletes(self.out_dir, self.catalog)
+            except CatalogConflict:
+                continue  # a step rewrote one of the files meanwhile
 
     def vacuum(self, now: float | None = None) -> int:
         return maintenance.vacuum(self.out_dir, self.catalog, self.retention, now)
@@ -422,6 +435,9 @@ class Compactor:
                 if not self.hold_maintenance(cat):
                     continue
                 try:
+                    # deletions beyond their step's budget first: readers filter them until then
+                    while maintenance.apply_deletes(self.out_dir, cat) and not stop.is_set():
+                        pass
                     while (maintenance.merge_small_files(self.out_dir, cat, self.merge_min_files, max_groups=1)
                            and not stop.is_set()):
                         pass

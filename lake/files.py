@@ -181,31 +181,91 @@ def merge_files(data_dir: Path, tbl: str, team: str, date: str, rels: list[str])
 
 
 def rewrite_without(data_dir: Path, tbl: str, team: str, date: str, rel: str,
-                    keys: pa.Array) -> tuple[bool, NewFile | None]:
-    """Copy-on-write of one file without the rows of ``keys``: (whether it holds any of them,
-    the file that replaces it: None if it held nothing else). The key columns are read a row
-    group at a time to find out; the rows are then streamed like a merge, so memory holds about
-    one row group however large the file (merged files hold millions of rows)."""
+                    keys: pa.Array, drop: list[tuple[int, int]] = ()) -> tuple[bool, NewFile | None]:
+    """Copy-on-write of one file without the rows of ``keys`` and the ``drop`` row ranges
+    (``(start, count)``: its position deletes): (whether it holds any of them, the file that
+    replaces it: None if it held nothing else). The key columns are read a row group at a time
+    to find out; the rows are then streamed like a merge, so memory holds about one row group
+    however large the file (merged files hold millions of rows)."""
     st = open_storage(data_dir)
     with st.parquet_file(rel) as f:
-        hits: set[int] = set()
-        removed = 0
+        gone = _drop_mask(f.metadata.num_rows, drop)
+        hits: dict[int, pa.Array] = {}
+        start = 0
         for i in range(f.num_row_groups):
-            found = pc.sum(pc.is_in(key_array(tbl, f.read_row_group(i, columns=KEY_COLUMNS[tbl])),
-                                    value_set=keys)).as_py() or 0
-            if found:
-                hits.add(i)
-                removed += found
+            n = f.metadata.row_group(i).num_rows
+            mask = pc.is_in(key_array(tbl, f.read_row_group(i, columns=KEY_COLUMNS[tbl])), value_set=keys)
+            if gone is not None:
+                mask = pc.or_(mask, gone.slice(start, n))
+            if pc.any(mask).as_py():
+                hits[i] = pc.invert(mask)
+            start += n
         if not hits:
             return False, None
-        if removed == f.metadata.num_rows:
-            return True, None
+        return True, _stream_kept(data_dir, tbl, team, date, f, hits)
 
-        def kept() -> Iterator[pa.Table]:
-            for i in range(f.num_row_groups):
-                t = f.read_row_group(i, use_threads=False)
-                yield t.filter(pc.invert(pc.is_in(key_array(tbl, t), value_set=keys))) if i in hits else t
-        return True, _write_stream(data_dir, tbl, team, date, kept())
+
+def _drop_mask(rows: int, drop: Iterable[tuple[int, int]]) -> pa.Array | None:
+    """A boolean array over a file's rows, true on the ``(start, count)`` ranges."""
+    if not drop:
+        return None
+    import numpy as np
+    m = np.zeros(rows, dtype=bool)
+    for start, count in drop:
+        m[start:start + count] = True
+    return pa.array(m)
+
+
+def _stream_kept(data_dir: Path, tbl: str, team: str, date: str, f, keep: dict[int, pa.Array]) -> NewFile | None:
+    """Write ``f`` again with, in each row group of ``keep``, only the rows its mask keeps
+    (None if no row is left)."""
+    left = f.metadata.num_rows - sum(len(m) - (pc.sum(m).as_py() or 0) for m in keep.values())
+    if left == 0:
+        return None
+
+    def kept() -> Iterator[pa.Table]:
+        for i in range(f.num_row_groups):
+            t = f.read_row_group(i, use_threads=False)
+            yield t.filter(keep[i]) if i in keep else t
+    return _write_stream(data_dir, tbl, team, date, kept())
+
+
+def rewrite_rows(data_dir: Path, tbl: str, team: str, date: str, rel: str,
+                 drop: list[tuple[int, int]]) -> NewFile | None:
+    """Copy-on-write of one file without its position deletes (``(start, count)`` ranges):
+    no key column to read, only the row groups they fall in are filtered."""
+    st = open_storage(data_dir)
+    with st.parquet_file(rel) as f:
+        gone = _drop_mask(f.metadata.num_rows, drop)
+        keep: dict[int, pa.Array] = {}
+        start = 0
+        for i in range(f.num_row_groups):
+            n = f.metadata.row_group(i).num_rows
+            part = gone.slice(start, n)
+            if pc.any(part).as_py():
+                keep[i] = pc.invert(part)
+            start += n
+        return _stream_kept(data_dir, tbl, team, date, f, keep)
+
+
+def positions_of(data_dir: Path, tbl: str, rel: str, keys: pa.Array) -> list[tuple[str, int, int]]:
+    """Where the rows of these keys are in one file: ``(key, start, count)`` for each run of
+    consecutive rows of one key (a trip's rows are written together: one run per file), found
+    by reading the key column only."""
+    import numpy as np
+    st = open_storage(data_dir)
+    with st.parquet_file(rel) as f:
+        col = key_array(tbl, f.read(columns=KEY_COLUMNS[tbl], use_threads=False))
+    codes = pc.index_in(col, value_set=keys).to_numpy(zero_copy_only=False)  # NaN where not a key
+    idx = np.flatnonzero(~np.isnan(codes))
+    if not len(idx):
+        return []
+    which = codes[idx].astype(np.int64)
+    # a run starts where the row is not the next one, or the key changes
+    starts = np.flatnonzero(np.concatenate(([True], (np.diff(idx) != 1) | (np.diff(which) != 0))))
+    ends = np.append(starts[1:], len(idx))
+    names = keys.take(pa.array(which[starts])).to_pylist()
+    return [(k, int(idx[a]), int(b - a)) for k, a, b in zip(names, starts, ends)]
 
 
 def read_file(data_dir: Path, rel: str, columns: list[str] | None = None) -> pa.Table:

@@ -97,8 +97,10 @@ def merge_small_files(out_dir: Path, catalog: Catalog, min_files: int = 8, max_g
     now = time.time() if now is None else now
     budget = TARGET_BYTES if budget_bytes is None else budget_bytes
     groups: dict[tuple[str, str, str], list[FileRow]] = defaultdict(list)
+    pending = catalog.files_with_deletes_ids()  # rewritten by apply_deletes first
     for f in catalog.live_files():
-        groups[(f.tbl, f.team, f.date)].append(f)
+        if f.id not in pending:
+            groups[(f.tbl, f.team, f.date)].append(f)
     merged = done = 0
     for (tbl, team, date), fl in groups.items():
         small = sorted((f for f in fl if f.bytes < budget // 2 and f.rows < TARGET_ROWS // 2),
@@ -118,6 +120,31 @@ def merge_small_files(out_dir: Path, catalog: Catalog, min_files: int = 8, max_g
         if max_groups is not None and done >= max_groups:
             break
     return merged
+
+
+def apply_deletes(out_dir: Path, catalog: Catalog, max_rows: int = 4 << 20) -> int:
+    """Copy-on-write of the files holding position deletes (deletions beyond a step's budget,
+    ``lake.writer.COW_ROWS``), those of the oldest deletions first, up to ``max_rows`` rows in
+    one commit (at least one file); their tombstones are applied once no position delete of
+    theirs is left. Returns the files rewritten (0: none was waiting)."""
+    chosen = catalog.files_with_deletes(max_rows)
+    if not chosen:
+        return 0
+    dels = catalog.deletes_of(f.id for f in chosen)
+    c = Commit("delete", remove_files={f.id for f in chosen},
+               cow={f.id: len(dels.get(f.id, ())) for f in chosen})
+    try:
+        for f in chosen:
+            new = lf.rewrite_rows(out_dir, f.tbl, f.team, f.date, f.path,
+                                  [(d.row_start, d.row_count) for d in dels.get(f.id, ())])
+            if new is not None:
+                c.add_files.append(new)
+        c.summary = f"applied {sum(map(len, dels.values()))} position deletes in {len(chosen)} files"
+        hive.commit_and_publish(out_dir, catalog, c)
+    except BaseException:
+        open_storage(out_dir).discard([f.path for f in c.add_files])
+        raise
+    return len(chosen)
 
 
 def vacuum(out_dir: Path, catalog: Catalog, retention_s: float, now: float | None = None) -> int:

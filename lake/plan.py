@@ -12,7 +12,9 @@ push counts do not depend on where batch boundaries fall, and the rules can be t
 - otherwise it becomes the key's current version (counted as a duplicate when its body is the
   same as the version's); the last one is **stored**, unless its trip is deleted.
 
-A deletion becomes a tombstone, and the rows of the trip it deletes are removed wherever they are.
+A deletion becomes a tombstone, and the rows of the trip it deletes are removed wherever they are:
+at once when the step's copy-on-write budget allows, else recorded as position deletes that
+readers skip until a later rewrite (``lake.writer``, ``lake.maintenance.apply_deletes``).
 
 The commit records the version the plan saw of every key it changes (``Commit.previous``), so that
 a commit racing another node's on the same key conflicts instead of leaving two rows.
@@ -82,6 +84,9 @@ class Plan:
     stats: StepStats
     buffers: dict[Buffer, list[list[dict]] | list[SampleRows]] = field(default_factory=lambda: defaultdict(list))
     remove_keys: dict[Partition, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # deleted trips: their rows are found (position deletes) and rewritten within a budget
+    # (``lake.writer``); readers skip them meanwhile
+    delete_keys: dict[Partition, set[str]] = field(default_factory=lambda: defaultdict(set))
 
 
 # what projects a record: (part, record, index in the batch) -> its rows, or raises
@@ -192,7 +197,7 @@ def plan(records: list[tuple[str, Record]], project: Projector, sha256: Hasher, 
         stored = known.versions.get(Key(Kind.TRIP, team, itin))  # where the deleted trip's rows are
         c.previous[Key(Kind.TRIP, team, itin)] = None if stored is None else stored.order
         if stored is not None:
-            p.remove_keys[Partition(TRIP_TABLES, team, stored.date)].add(itin)
+            p.delete_keys[Partition(TRIP_TABLES, team, stored.date)].add(itin)
             c.drop_versions.append(Key(Kind.TRIP, team, itin))
         c.applied.append(TripRef(team, itin))
     return p

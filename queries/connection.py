@@ -76,7 +76,8 @@ class LakeConnection:
         self._catalog = catalog if catalog is not None else find_catalog(self.data_dir)
         self._version: int | None = None
         self._tombs: list[tuple[str, str]] = []
-        self._shapes: dict[str, tuple[bool, ...]] = {}
+        self._shapes: dict[str, tuple] = {}
+        self._bitmaps: dict[str, tuple] = {}  # variable -> (file id, rows, ranges) it holds
         self._tmp = None
         self._infos: dict[str, dict] | None = None  # on S3: what the filesystem answers of each file
         self.snapshot = 0
@@ -121,11 +122,14 @@ class LakeConnection:
         if self.confined:
             self.con.execute("SET lock_configuration = true")
 
-    def _view(self, t: str, lists: dict[str, list[str]]) -> None:
-        """(Re)create view ``t`` when one of its file lists became empty or non-empty: an empty
-        list reads the typed empty relation (DuckDB refuses an empty file list)."""
+    def _view(self, t: str, lists: dict[str, list[str]], positional: list[bool]) -> None:
+        """(Re)create view ``t`` when one of its file lists became empty or non-empty, or its
+        files with position deletes changed in number: an empty list reads the typed empty
+        relation (DuckDB refuses an empty file list). ``positional``: one per file with position
+        deletes (read alone, its deleted rows skipped by a bitmap), whether it is also in a
+        partition filtered by key."""
         names = [f"pl_{t}"] + ([f"pl_{t}_dirty"] if t in TRIP_TABLES else [])
-        shape = tuple(bool(lists.get(n)) for n in names)
+        shape = (tuple(bool(lists.get(n)) for n in names), tuple(positional))
         if self._shapes.get(t) == shape:
             return
 
@@ -135,14 +139,28 @@ class LakeConnection:
             if not full:
                 return _empty_relation(t)
             return f"(SELECT * EXCLUDE (team) FROM read_parquet(getvariable('{name}'), {HIVE}))"
+        not_deleted = (f"NOT EXISTS (SELECT 1 FROM {DELETED} d WHERE d.team_id = x.team_id "
+                       "AND d.itin_id = x.itin_id)")
+        parts = [f"SELECT * FROM {src(names[0], shape[0][0])}"]
         if t in TRIP_TABLES:
-            sql = (f"SELECT * FROM {src(names[0], shape[0])} UNION ALL "
-                   f"SELECT * FROM {src(names[1], shape[1])} x WHERE NOT EXISTS "
-                   f"(SELECT 1 FROM {DELETED} d WHERE d.team_id = x.team_id AND d.itin_id = x.itin_id)")
-        else:
-            sql = f"SELECT * FROM {src(names[0], shape[0])}"
-        self.con.execute(f"CREATE OR REPLACE VIEW {t} AS {sql}")
+            parts.append(f"SELECT * FROM {src(names[1], shape[0][1])} x WHERE {not_deleted}")
+        for i, by_key in enumerate(positional):
+            # a file's rows in its deletes' bitmap are a deleted trip's: skipped by position,
+            # a cost per row far below the join on keys (docs/design.md, "Reading")
+            parts.append(f"SELECT * EXCLUDE (team) FROM read_parquet(getvariable('pl_{t}_p{i}'), {HIVE}) x "
+                         f"WHERE get_bit(getvariable('pl_{t}_b{i}'), CAST(file_row_number AS INTEGER)) = 0"
+                         + (f" AND {not_deleted}" if by_key else ""))
+        self.con.execute(f"CREATE OR REPLACE VIEW {t} AS {' UNION ALL '.join(parts)}")
         self._shapes[t] = shape
+
+    def _bitmap(self, var: str, rows: int, ranges: list[tuple[int, int]]) -> None:
+        """``var`` := a bitstring of ``rows`` bits, set on the deleted ranges (built by DuckDB)."""
+        self.con.register("_pushlake_ranges", pa.table({"s": [r[0] for r in ranges], "n": [r[1] for r in ranges]}))
+        try:
+            self.con.execute(f"SET VARIABLE {var} = (SELECT bitstring_agg(p, 0, {int(rows) - 1}) FROM "
+                             "(SELECT unnest(range(s, s + n)) AS p FROM _pushlake_ranges))")
+        finally:
+            self.con.unregister("_pushlake_ranges")
 
     def refresh(self) -> bool:
         """Point the views at the latest committed snapshot; return whether anything changed."""
@@ -151,22 +169,27 @@ class LakeConnection:
                 if self._version is not None:
                     return False
                 for t in SCHEMAS:
-                    self._view(t, {})  # typed and empty
+                    self._view(t, {}, [])  # typed and empty
                 self._version = -1  # no catalog yet (a real data_version is never negative)
                 return True
             self._catalog = _read_only_catalog(self.data_dir)
         v = self._catalog.data_version()
         if v == self._version:
             return False
-        snap, files, tombs, dirty = self._catalog.read_state(self.team)
+        snap, files, tombs, dirty, deletes = self._catalog.read_state(self.team)
         lists: dict[str, list[str]] = defaultdict(list)
+        positional: dict[str, list] = defaultdict(list)
         for f in files:
-            name = f"pl_{f.tbl}_dirty" if (f.tbl in TRIP_TABLES and f.id in dirty) else f"pl_{f.tbl}"
-            lists[name].append(self._path(f.path))
+            if f.id in deletes:
+                positional[f.tbl].append(f)
+            else:
+                name = f"pl_{f.tbl}_dirty" if (f.tbl in TRIP_TABLES and f.id in dirty) else f"pl_{f.tbl}"
+                lists[name].append(self._path(f.path))
             if self._infos is not None:
                 key = self.storage.fs_path(f.path)
                 if key not in self._infos:
                     _remember(self._infos, key, {"name": key, "size": f.bytes, "type": "file", "LastModified": _WRITTEN})
+        bitmaps = {}
         for t in SCHEMAS:
             names = [f"pl_{t}"] + ([f"pl_{t}_dirty"] if t in TRIP_TABLES else [])
             for name in names:
@@ -174,7 +197,18 @@ class LakeConnection:
                     self.con.execute(f"SET VARIABLE {name} = ?", [lists[name]])
                 else:
                     self.con.execute(f"RESET VARIABLE {name}")
-            self._view(t, lists)
+            for i, f in enumerate(positional[t]):
+                self.con.execute(f"SET VARIABLE pl_{t}_p{i} = ?", [self._path(f.path)])
+                ranges = deletes[f.id]
+                sig = (f.id, f.rows, tuple(ranges))
+                if self._bitmaps.get(f"pl_{t}_b{i}") != sig:
+                    self._bitmap(f"pl_{t}_b{i}", f.rows, ranges)
+                bitmaps[f"pl_{t}_b{i}"] = sig
+            self._view(t, lists, [f.id in dirty for f in positional[t]])
+        for var in set(self._bitmaps) - set(bitmaps):  # and the file of each
+            self.con.execute(f"RESET VARIABLE {var}")
+            self.con.execute(f"RESET VARIABLE {var[:var.rindex('_b')]}_p{var[var.rindex('_b') + 2:]}")
+        self._bitmaps = bitmaps
         if tombs != self._tombs:  # most commits apply or add none: no reload
             self.con.execute(f"DELETE FROM {DELETED}")
             if tombs:

@@ -548,8 +548,10 @@ for line in sys.stdin:
             if "raw" in req:  # every live file of a table, without the views' tombstone anti-join
                 t = req["raw"]
                 have = {r[0] for r in con.execute("SELECT name FROM duckdb_variables()").fetchall()}
+                # files with position deletes are each in a variable of their own (pl_<t>_p<i>)
                 parts = [f"SELECT itin_id FROM read_parquet(getvariable('{v}'))"
-                         for v in (f"pl_{t}", f"pl_{t}_dirty") if v in have]
+                         for v in sorted(have) if v in (f"pl_{t}", f"pl_{t}_dirty")
+                         or (v.startswith(f"pl_{t}_p") and v[len(f"pl_{t}_p"):].isdigit())]
                 sql = " UNION ALL ".join(parts) or "SELECT NULL AS itin_id WHERE false"
                 rows = con.con.execute(f"SELECT itin_id, count(*) FROM ({sql}) GROUP BY 1").fetchall()
             else:

@@ -82,8 +82,8 @@ async def pusher(make_pusher, acme) -> Pusher:
     return await make_pusher(acme)
 
 
-def compact(data: Path, **kw):
+def compact(data: Path, apply_deletes: bool = True, **kw):
     """Drain the log into the lake; return the stats and the FAILED items."""
     with Compactor(data, **kw) as c:
-        stats = c.drain()
+        stats = c.drain(apply_deletes=apply_deletes)
         return stats, c.catalog.failed_items()
