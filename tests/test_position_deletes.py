@@ -6,6 +6,7 @@ import duckdb
 import pytest
 
 import queries
+from queries import connection
 from lake.catalog import Catalog, CatalogConflict, Commit
 from lake.compactor import Compactor
 from lake.maintenance import merge_small_files
@@ -35,7 +36,16 @@ async def lake_of(pusher, data, n: int = 6) -> None:
     compact(data)
 
 
-async def test_deferred_deletions_are_skipped_by_position_until_rewritten(pusher, data):
+@pytest.fixture(params=["small files together", "each file alone"])
+def big_rows(request, monkeypatch):
+    """Files with position deletes are read together (joined to their bitmaps by filename) or,
+    from ``BIG_ROWS`` rows, one by one: both ways, whatever the size of the test's files."""
+    if request.param == "each file alone":
+        monkeypatch.setattr(connection, "BIG_ROWS", 0)
+    return request.param
+
+
+async def test_deferred_deletions_are_skipped_by_position_until_rewritten(pusher, data, big_rows):
     await lake_of(pusher, data)
     con = queries.connect(data)
     for i in (1, 4):
@@ -140,3 +150,25 @@ async def test_a_trip_stored_after_its_deletion_was_resolved_is_refused(pusher, 
     c.previous[Key(Kind.TRIP, "acme", itin_id(1))] = None
     with pytest.raises(CatalogConflict):
         cat.commit(c)
+
+
+async def test_position_deletes_hold_when_a_filter_prunes_partitions(pusher, data, big_rows):
+    days = ["2025-01-20", "2025-01-21", "2025-01-22"]
+    for d, day in enumerate(days):
+        for i in range(3):
+            await pusher.push("trip", trip(itin_id(10 * d + i), start=f"{day}T08:00:00.000+0000"))
+    compact(data)
+    for d in range(3):
+        await pusher.push("trip/event", deletion(itin_id(10 * d + 1)))
+    compact(data, cow_rows=0, apply_deletes=False)
+    con = queries.connect(data)
+    assert Catalog(data).db.execute("SELECT count(DISTINCT file_id) FROM deletes").fetchone()[0] == 9
+    # DuckDB skips the other partitions' files: what is left must still meet its own deletes
+    for day in days[1:]:
+        rows = con.execute("SELECT itin_id, count(*) FROM trip_samples WHERE date = ? GROUP BY 1 ORDER BY 1",
+                           [day]).fetchall()
+        d = days.index(day)
+        assert rows == [(itin_id(10 * d), 10), (itin_id(10 * d + 2), 10)]
+    assert con.execute("SELECT count(*) FROM trips WHERE date >= DATE '2025-01-21' AND team_id = 'acme'"
+                       ).fetchall() == [(4,)]
+    assert con.execute("SELECT count(*) FROM trip_events WHERE date <= DATE '2025-01-21'").fetchall() == [(12,)]
