@@ -79,7 +79,7 @@ def _window(small: list[FileRow], need: int, budget: int, growth: float) -> list
 def merge_small_files(out_dir: Path, catalog: Catalog, min_files: int = 8, max_groups: int | None = None,
                       budget_bytes: int | None = None, now: float | None = None) -> int:
     """Merge the small files of each partition (one per partition and compaction step) into
-    files of tens of MB (samples: 2 to 4 M rows, 30 to 60 MB). Returns files merged.
+    files of 8 to 30 MB (samples: 0.5 to 1 M rows). Returns files merged.
 
     A merge writes at most ``budget_bytes`` (default ``TARGET_BYTES``) and ``TARGET_ROWS``; a
     file is full at half of them and never merged again. Among the others, a merge takes files
