@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor, wait
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -134,11 +136,16 @@ def apply_deletes(out_dir: Path, catalog: Catalog, max_rows: int = 4 << 20) -> i
     c = Commit("delete", remove_files={f.id for f in chosen},
                cow={f.id: len(dels.get(f.id, ())) for f in chosen})
     try:
-        for f in chosen:
-            new = lf.rewrite_rows(out_dir, f.tbl, f.team, f.date, f.path,
-                                  [(d.row_start, d.row_count) for d in dels.get(f.id, ())])
-            if new is not None:
-                c.add_files.append(new)
+        # Parquet work releases the GIL: the files are rewritten side by side (threads started
+        # here inherit the merge thread's lower priority)
+        with ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="apply-deletes") as pool:
+            jobs = [pool.submit(lf.rewrite_rows, out_dir, f.tbl, f.team, f.date, f.path,
+                                [(d.row_start, d.row_count) for d in dels.get(f.id, ())]) for f in chosen]
+            wait(jobs)
+        c.add_files += [j.result() for j in jobs if j.exception() is None and j.result() is not None]
+        for j in jobs:
+            if j.exception() is not None:
+                raise j.exception()
         c.summary = f"applied {sum(map(len, dels.values()))} position deletes in {len(chosen)} files"
         hive.commit_and_publish(out_dir, catalog, c)
     except BaseException:
