@@ -29,8 +29,12 @@ Why it is built this way:
   cache), interleaved round by round; ratio = time without / time with, target 0.95 (pending
   tombstones cost at most 5 %). The first query after a new tombstone pays a refresh that
   reloads every pending tombstone; it is reported separately.
-- Physically applied: ``Compactor(work).drain()`` (the copy-on-write of every file holding a
-  deleted trip, in one catalog commit per batch). Peer: DuckDB rewriting the three trip tables of
+- Filtered by position: ``Compactor(work, cow_rows=0).drain(apply_deletes=False)`` projects the
+  deletions and records where their rows are (position deletes) without rewriting a file: the
+  state a mass deletion leaves while the merge thread rewrites the files. The same queries are
+  timed again against the base ("pending (by position)"; the rows above are "pending (by key)").
+- Physically applied: ``Compactor.apply_deletes()`` until none is left (the copy-on-write of
+  every file holding a deleted trip; the time includes finding the rows). Peer: DuckDB rewriting the three trip tables of
   the base lake without the deleted trips (what a plain Parquet lake without a key index must
   do). After it, the same queries are timed again against the base (reported only).
 """
