@@ -202,3 +202,31 @@ def test_position_deletes_on_an_s3_lake(s3, tmp_path, monkeypatch):  # noqa: F81
     with Compactor(data) as c:
         assert c.apply_deletes() == 3
     assert counts(queries.connect(data)) == {"trips": 3, "trip_samples": 30, "trip_events": 9}
+
+
+def test_position_deletes_with_a_postgresql_catalog(postgres, tmp_path, monkeypatch):  # noqa: F811
+    """The same SQL on PostgreSQL: deletes recorded, skipped, refused to a merge, applied."""
+    import orjson
+
+    from ingest.log import LogWriter
+    from ingest.record import Kind
+    monkeypatch.setenv("PUSHLAKE_CATALOG", postgres.fresh_database("posdel"))
+    data = tmp_path / "data"
+    w = LogWriter(data, 0)
+    t0 = 1_750_000_000_000_000
+    w.append([(Kind.TRIP, t0 + i, "acme", itin_id(i), orjson.dumps(trip(itin_id(i)))) for i in range(4)])
+    compact(data)
+    w.append([(Kind.EVENT, t0 + 10, "acme", f"{itin_id(1)}:TRIP_DELETION", orjson.dumps(deletion(itin_id(1))))])
+    w.close()
+    compact(data, cow_rows=0, apply_deletes=False)
+    cat = Catalog(data)
+    assert cat.db.execute("SELECT count(*) FROM deletes").fetchone()[0] == 3
+    assert counts(queries.connect(data)) == {"trips": 3, "trip_samples": 30, "trip_events": 9}
+    with pytest.raises(CatalogConflict):
+        cat.commit(Commit("merge", remove_files={min(cat.files_with_deletes_ids())}))
+    with Compactor(data) as c:
+        assert c.apply_deletes() == 3
+    assert cat.db.execute("SELECT count(*) FROM deletes").fetchone()[0] == 0
+    assert cat.db.execute("SELECT count(*) FROM tombstones WHERE applied_at IS NULL").fetchone()[0] == 0
+    assert counts(queries.connect(data)) == {"trips": 3, "trip_samples": 30, "trip_events": 9}
+    assert plain(data, itin_id(1)) == GONE
