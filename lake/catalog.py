@@ -883,6 +883,11 @@ class Catalog:
             self.db.executemany("UPDATE failed SET status='ERASED' WHERE kind=? AND team=? AND key=?",
                                  ((Kind.TRIP, team, itin) for team, itin in rows))
 
+    def deletion_waiting(self) -> bool:
+        """Whether a published deletion waits for the compactor's step (from the partial index)."""
+        return self.db.execute("SELECT 1 FROM tombstones WHERE applied_at IS NULL AND resolved_at IS NULL "
+                               "LIMIT 1").fetchone() is not None
+
     def health_counts(self) -> tuple[int, int]:
         """(FAILED items, pending tombstones): the compactor's gauges and the status page's."""
         failed = self.db.execute("SELECT count(*) FROM failed WHERE status = 'FAILED'").fetchone()[0]

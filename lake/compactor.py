@@ -453,10 +453,10 @@ class Compactor:
                     continue
                 try:
                     # deletions beyond their step's budget first: readers filter them until then
-                    while maintenance.apply_deletes(self.out_dir, cat) and not stop.is_set():
+                    while self._yield_to_deletions(cat, stop) and maintenance.apply_deletes(self.out_dir, cat):
                         pass
-                    while (maintenance.merge_small_files(self.out_dir, cat, self.merge_min_files, max_groups=1)
-                           and not stop.is_set()):
+                    while (self._yield_to_deletions(cat, stop)
+                           and maintenance.merge_small_files(self.out_dir, cat, self.merge_min_files, max_groups=1)):
                         pass
                 except CatalogConflict:
                     continue
@@ -467,6 +467,16 @@ class Compactor:
                     log.exception("merge failed; retrying later")
         finally:
             self._let_go(cat)
+
+    @staticmethod
+    def _yield_to_deletions(cat: Catalog, stop, most: float = 3.0) -> bool:
+        """Before each merge: while a deletion waits for its step (which rewrites its files, and
+        plain readers see the trip until then), wait for it, up to ``most`` seconds, so that the
+        step has the cores. False if the compactor is stopping."""
+        end = time.monotonic() + most
+        while not stop.is_set() and time.monotonic() < end and cat.deletion_waiting():
+            stop.wait(0.05)
+        return not stop.is_set()
 
     def _reconcile(self) -> int:
         """In a cluster, the hive tree is brought in step with the catalog now and then (a node

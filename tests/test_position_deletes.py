@@ -230,3 +230,19 @@ def test_position_deletes_with_a_postgresql_catalog(postgres, tmp_path, monkeypa
     assert cat.db.execute("SELECT count(*) FROM tombstones WHERE applied_at IS NULL").fetchone()[0] == 0
     assert counts(queries.connect(data)) == {"trips": 3, "trip_samples": 30, "trip_events": 9}
     assert plain(data, itin_id(1)) == GONE
+
+
+async def test_merges_wait_while_a_deletion_waits_for_its_step(pusher, data):
+    """The merge thread yields the cores to the step that rewrites a deletion's files."""
+    import threading
+    await lake_of(pusher, data, 2)
+    cat = Catalog(data)
+    stop = threading.Event()
+    assert not cat.deletion_waiting()
+    assert Compactor._yield_to_deletions(cat, stop, most=0.0) is True
+    await pusher.push("trip/event", deletion(itin_id(1)))  # published by the receiver, not projected
+    assert cat.deletion_waiting()
+    stop.set()
+    assert Compactor._yield_to_deletions(cat, stop) is False  # a stopping compactor does not wait
+    compact(data, apply_deletes=False)
+    assert not cat.deletion_waiting()  # resolved (and here applied) by its step
