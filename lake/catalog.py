@@ -883,10 +883,12 @@ class Catalog:
             self.db.executemany("UPDATE failed SET status='ERASED' WHERE kind=? AND team=? AND key=?",
                                  ((Kind.TRIP, team, itin) for team, itin in rows))
 
-    def deletion_waiting(self) -> bool:
-        """Whether a published deletion waits for the compactor's step (from the partial index)."""
+    def deletion_waiting(self, within_s: float = 5.0) -> bool:
+        """Whether a deletion published in the last ``within_s`` seconds waits for the compactor's
+        step (an older one waits for a node that is down or behind: nothing to yield to)."""
+        since = int((time.time() - within_s) * 1e6)
         return self.db.execute("SELECT 1 FROM tombstones WHERE applied_at IS NULL AND resolved_at IS NULL "
-                               "LIMIT 1").fetchone() is not None
+                               "AND received_us > ? LIMIT 1", (since,)).fetchone() is not None
 
     def health_counts(self) -> tuple[int, int]:
         """(FAILED items, pending tombstones): the compactor's gauges and the status page's."""

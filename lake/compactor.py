@@ -469,8 +469,8 @@ class Compactor:
             self._let_go(cat)
 
     @staticmethod
-    def _yield_to_deletions(cat: Catalog, stop, most: float = 3.0) -> bool:
-        """Before each merge: while a deletion waits for its step (which rewrites its files, and
+    def _yield_to_deletions(cat: Catalog, stop, most: float = 1.0) -> bool:
+        """Before each merge: while a deletion published in the last 5 s waits for its step (which rewrites its files, and
         plain readers see the trip until then), wait for it, up to ``most`` seconds, so that the
         step has the cores. False if the compactor is stopping."""
         end = time.monotonic() + most
