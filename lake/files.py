@@ -187,22 +187,38 @@ def rewrite_without(data_dir: Path, tbl: str, team: str, date: str, rel: str,
     replaces it: None if it held nothing else). The key columns are read a row group at a time
     to find out; the rows are then streamed like a merge, so memory holds about one row group
     however large the file (merged files hold millions of rows)."""
-    st = open_storage(data_dir)
-    with st.parquet_file(rel) as f:
-        gone = _drop_mask(f.metadata.num_rows, drop)
-        hits: dict[int, pa.Array] = {}
-        start = 0
-        for i in range(f.num_row_groups):
-            n = f.metadata.row_group(i).num_rows
+    with open_storage(data_dir).parquet_file(rel) as f:
+        def removed(i: int, gone: pa.Array | None) -> pa.Array:
             mask = pc.is_in(key_array(tbl, f.read_row_group(i, columns=KEY_COLUMNS[tbl])), value_set=keys)
-            if gone is not None:
-                mask = pc.or_(mask, gone.slice(start, n))
-            if pc.any(mask).as_py():
-                hits[i] = pc.invert(mask)
-            start += n
-        if not hits:
+            return mask if gone is None else pc.or_(mask, gone)
+        keep = _keep_masks(f, drop, removed)
+        if not keep:
             return False, None
-        return True, _stream_kept(data_dir, tbl, team, date, f, hits)
+        return True, _stream_kept(data_dir, tbl, team, date, f, keep)
+
+
+def rewrite_rows(data_dir: Path, tbl: str, team: str, date: str, rel: str,
+                 drop: list[tuple[int, int]]) -> NewFile | None:
+    """Copy-on-write of one file without its position deletes (``(start, count)`` ranges):
+    no key column to read, only the row groups they fall in are filtered."""
+    with open_storage(data_dir).parquet_file(rel) as f:
+        return _stream_kept(data_dir, tbl, team, date, f, _keep_masks(f, drop, lambda i, gone: gone))
+
+
+def _keep_masks(f, drop: list[tuple[int, int]], removed) -> dict[int, pa.Array]:
+    """Row group -> mask of the rows to keep, for the row groups losing some. ``removed(i,
+    gone)`` gives row group ``i``'s rows to remove, ``gone`` being its part of the ``drop``
+    ranges (None without any)."""
+    gone = _drop_mask(f.metadata.num_rows, drop)
+    keep: dict[int, pa.Array] = {}
+    start = 0
+    for i in range(f.num_row_groups):
+        n = f.metadata.row_group(i).num_rows
+        mask = removed(i, None if gone is None else gone.slice(start, n))
+        if mask is not None and pc.any(mask).as_py():
+            keep[i] = pc.invert(mask)
+        start += n
+    return keep
 
 
 def _drop_mask(rows: int, drop: Iterable[tuple[int, int]]) -> pa.Array | None:
@@ -228,24 +244,6 @@ def _stream_kept(data_dir: Path, tbl: str, team: str, date: str, f, keep: dict[i
             t = f.read_row_group(i, use_threads=False)
             yield t.filter(keep[i]) if i in keep else t
     return _write_stream(data_dir, tbl, team, date, kept())
-
-
-def rewrite_rows(data_dir: Path, tbl: str, team: str, date: str, rel: str,
-                 drop: list[tuple[int, int]]) -> NewFile | None:
-    """Copy-on-write of one file without its position deletes (``(start, count)`` ranges):
-    no key column to read, only the row groups they fall in are filtered."""
-    st = open_storage(data_dir)
-    with st.parquet_file(rel) as f:
-        gone = _drop_mask(f.metadata.num_rows, drop)
-        keep: dict[int, pa.Array] = {}
-        start = 0
-        for i in range(f.num_row_groups):
-            n = f.metadata.row_group(i).num_rows
-            part = gone.slice(start, n)
-            if pc.any(part).as_py():
-                keep[i] = pc.invert(part)
-            start += n
-        return _stream_kept(data_dir, tbl, team, date, f, keep)
 
 
 def positions_of(data_dir: Path, tbl: str, rel: str, keys: pa.Array) -> list[tuple[str, int, int]]:

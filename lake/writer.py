@@ -67,8 +67,8 @@ class Writer:
     def _find(self, f: FileRow, keys: pa.Array) -> tuple[FileRow, list[tuple[str, int, int]]]:
         return f, lf.positions_of(self.out_dir, f.tbl, f.path, keys)
 
-    def _cow(self, f: FileRow, drop: list[tuple[int, int]]) -> tuple[int, NewFile | None]:
-        return f.id, lf.rewrite_rows(self.out_dir, f.tbl, f.team, f.date, f.path, drop)
+    def _cow(self, f: FileRow, drop: list[tuple[int, int]]) -> tuple[int, NewFile | None, bool]:
+        return f.id, lf.rewrite_rows(self.out_dir, f.tbl, f.team, f.date, f.path, drop), True
 
     def _build(self, b: Buffer, parts: list, routes: Routes | None) -> NewFile | None:
         if b.tbl == "trip_samples":
@@ -107,7 +107,7 @@ class Writer:
             if all(j.exception() is None for j in finds):
                 cows = self._delete_within_budget(c, [j.result() for j in finds], drop)
                 wait(cows)
-        for job in rewrites:
+        for job in rewrites + cows:
             if job.exception() is None:
                 fid, new, touched = job.result()
                 if touched:
@@ -116,14 +116,6 @@ class Writer:
                     if new is not None:
                         c.add_files.append(new)
                     st.files_rewritten += 1
-        for job in cows:
-            if job.exception() is None:
-                fid, new = job.result()
-                c.remove_files.add(fid)
-                c.cow[fid] = len(known.get(fid, ()))
-                if new is not None:
-                    c.add_files.append(new)
-                st.files_rewritten += 1
         for job in writes:
             if job.exception() is None and job.result() is not None:
                 c.add_files.append(job.result())
