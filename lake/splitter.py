@@ -18,12 +18,21 @@ from typing import Callable
 
 from pushlake.procs import exit_with
 
+from . import routes
 from .project import split_trips
 from .routes import Routes
 
 log = logging.getLogger("pushlake.compactor")
 
 CHUNK_BYTES = 4 << 20  # a worker holds little at a time, and the chunks finish evenly
+# where workers leave their route chunks for the compactor to map (``lake.routes.share_through``);
+# PUSHLAKE_SHM_DIR="" sends them through the pipe instead
+SHM_DIR = os.environ.get("PUSHLAKE_SHM_DIR", "/dev/shm") or None
+
+
+def _start_worker(owner: int, shm_dir: str | None) -> None:
+    exit_with(owner)
+    routes.share_through(shm_dir, owner)
 
 Parts = list[tuple[list, Routes]]
 
@@ -50,8 +59,10 @@ class Splitter:
             # forkserver: workers are not forked from this process, whose threads may hold locks
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["lake.project"])
-            self._procs = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=exit_with,
-                                              initargs=(os.getpid(),))
+            if SHM_DIR is not None:
+                routes.remove_orphans(SHM_DIR)
+            self._procs = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_start_worker,
+                                              initargs=(os.getpid(), SHM_DIR))
         chunks: list[list[tuple[int, bytes]]] = [[]]
         held = 0
         for it in items:

@@ -347,20 +347,27 @@ def test_both_ways_of_reading_a_route_agree():
     assert arrays.keys() == arrays2.keys() and all(arrays[k].equals(arrays2[k]) for k in arrays)
 
 
-async def test_projection_processes_give_the_same_lake(pusher, data, tmp_path):
+async def test_projection_processes_give_the_same_lake(pusher, data, tmp_path, monkeypatch):
     """Trips split in worker processes (what a backlog gets) land exactly as when split in the
-    compactor itself, failures included."""
+    compactor itself, failures included, whether their routes come back through shared-memory
+    files (which are all gone afterwards) or through the pipe."""
+    import os
     import shutil
+    from lake import splitter
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    os.utime(shm, (0, 0))
     for i in range(40):
         body = trip(itin_id(i), start=f"2025-01-0{1 + i % 3}T08:00:00.000+0000")
         if i % 7 == 3:
             body["route"]["latitude"][2] = "north"
         await pusher.push("trip", body)
     lakes = {}
-    for workers in (0, 2):
+    for workers, shm_dir in ((0, None), (2, str(shm)), ("2, pipe", None)):
+        monkeypatch.setattr(splitter, "SHM_DIR", shm_dir)
         lake = tmp_path / f"workers-{workers}"
         shutil.copytree(data / "log", lake / "log", ignore=shutil.ignore_patterns(".lock"))
-        with Compactor(lake, workers=workers, parallel_min_trips=1) as c:
+        with Compactor(lake, workers=int(str(workers)[0]), parallel_min_trips=1) as c:
             stats = c.drain()
             used_processes = bool(c.splitter.processes)
             failed = sorted((f[3], f[7]) for f in c.catalog.failed_items())
@@ -368,9 +375,10 @@ async def test_projection_processes_give_the_same_lake(pusher, data, tmp_path):
             lakes[workers] = (stats.stored, failed, con.execute(
                 "SELECT itin_id, date, n_samples, distance_m FROM trips ORDER BY 1").fetchall(), con.execute(
                 "SELECT itin_id, seq, ts, latitude, speed_kmh FROM trip_samples ORDER BY 1, 2").fetchall())
-        assert used_processes == (workers == 2)
+        assert used_processes == (workers != 0)
     assert lakes[0][0] == 34 and len(lakes[0][1]) == 6 and len(lakes[0][3]) == 340
-    assert lakes[0] == lakes[2]
+    assert lakes[0] == lakes[2] == lakes["2, pipe"]
+    assert shm.stat().st_mtime > 0 and list(shm.iterdir()) == []  # used, and nothing left there
 
 
 def test_projection_processes_die_with_a_killed_compactor(tmp_path):

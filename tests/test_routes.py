@@ -154,3 +154,52 @@ def test_routes_pickle_as_arrow_ipc_and_come_back_the_same():
     merged.extend(pickle.loads(pickle.dumps(Routes.chunk([(1, *routes.from_lists(route(1)))]))))
     merged.extend(back)
     assert merged.samples([8], common([("y", 8)])).equals(rs.samples([8], common([("y", 8)])))
+
+
+@pytest.fixture
+def shared(tmp_path):
+    """Chunks sent as files in ``tmp_path`` (what a projection process does with /dev/shm)."""
+    import os
+    routes.share_through(str(tmp_path), os.getpid())
+    yield tmp_path
+    routes.share_through(None, 0)
+
+
+def test_routes_travel_as_a_shared_memory_file_mapped_then_removed(shared):
+    decoded = [(3, *routes.decode(raw({**route(4), "gpsVelocity": [1, None, 2, 3]}))),
+               (8, *routes.from_lists(route(2, roll=[0.5, 0.25])))]
+    rs = Routes.chunk(decoded)
+    data = pickle.dumps(rs)
+    left = list(shared.iterdir())
+    assert len(left) == 1 and left[0].name.startswith(routes.SHM_PREFIX)
+    assert left[0].stat().st_mode & 0o777 == 0o600  # the bodies' numbers: the owner's only
+    assert len(data) < 1000  # the pipe carries the file's name, not the numbers
+    back = pickle.loads(data)
+    assert list(shared.iterdir()) == []  # unlinked once mapped; the arrays live on
+    c = common([("x", 3), ("y", 8)])
+    assert back.samples([3, 8], c).equals(rs.samples([3, 8], c))
+
+
+def test_a_full_shared_memory_falls_back_to_the_pipe(shared, monkeypatch):
+    def full(*a, **kw):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(routes.pa, "OSFile", full)
+    rs = Routes.chunk([(1, *routes.from_lists(route(3)))])
+    data = pickle.dumps(rs)
+    assert list(shared.iterdir()) == []  # the partial file is gone
+    assert pickle.loads(data).samples([1], common([("a", 1)])).equals(rs.samples([1], common([("a", 1)])))
+
+
+def test_chunks_of_a_compactor_that_is_gone_are_removed(tmp_path):
+    import os
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    orphan = tmp_path / f"{routes.SHM_PREFIX}{dead}-abc.arrow"
+    mine = tmp_path / f"{routes.SHM_PREFIX}{os.getpid()}-def.arrow"
+    other = tmp_path / "unrelated"
+    for p in (orphan, mine, other):
+        p.write_bytes(b"x")
+    assert routes.remove_orphans(str(tmp_path)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other.name])
