@@ -37,7 +37,7 @@ from pushlake.metrics import M
 
 from . import files as lf
 from . import hive, maintenance, status, tasks, upgrade
-from .batches import Batch, BatchReader
+from .batches import BATCH_BYTES, Batch, BatchReader
 from .catalog import Catalog, CatalogConflict, Commit, LeaseLost
 from .isolation import Isolating, Isolation, transient
 from .plan import StepStats, look_up, plan
@@ -78,7 +78,7 @@ def _lower_this_thread(by: int) -> None:
 
 class Compactor:
     def __init__(self, data_dir: Path, out_dir: Path | None = None, retention_days: float = 7.0,
-                 batch_records: int = 200_000, batch_bytes: int = 64 << 20, merge_min_files: int = 8,
+                 batch_records: int = 200_000, batch_bytes: int = BATCH_BYTES, merge_min_files: int = 8,
                  recover: bool = True, workers: int | None = None, parallel_min_trips: int = 64,
                  lease_ttl: float = LEASE_TTL, every_node: bool = False, cow_rows: int | None = None):
         """``recover``: first run log recovery on partitions no receiver holds (on by default for

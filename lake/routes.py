@@ -14,18 +14,14 @@ A route that cannot be read is reported per trip (its trip becomes a FAILED item
 """
 from __future__ import annotations
 
-import errno
 import math
 import os
-import tempfile
-from pathlib import Path
 
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pushlake.procs import running
-
+from . import shm
 from .jsonvalues import Exact, dumps, loads
 from .schema import ROUTE_SOURCES, SAMPLE_FIELDS, SAMPLE_TS_FIELD, SCHEMAS
 
@@ -209,41 +205,14 @@ class Routes:
         return pa.Table.from_arrays(out, schema=_SAMPLES)
 
 
-# Route chunks are most of what the projection processes send back (14 doubles a sample: 3.4 GB
-# for 30 M samples). Through the pipe, that is a pickle, two kernel copies and an unpickle: 3.5 s
-# of the compactor's CPU and as much of the workers' for 3.4 GB. A file in shared memory costs one
-# write, and the compactor maps it without a copy (``_restore`` unlinks it at once: the mapping
-# lives as long as the arrays do). Files are named after the compactor's pid, so that those a
-# killed compactor never mapped are removed by the next one (``remove_orphans``).
-SHM_PREFIX = "pushlake-routes-"
-_share: tuple[str, int] | None = None  # (directory, compactor pid) in a projection process
+_share: tuple[str, int] | None = None  # (tmpfs directory, compactor pid) in a projection process
 
 
 def share_through(directory: str | None, owner: int) -> None:
     """In a projection process: send route chunks to compactor ``owner`` as files in
-    ``directory`` (a tmpfs such as /dev/shm; None: through the pipe)."""
+    ``directory`` (``lake.shm``; None: through the pipe)."""
     global _share
     _share = None if directory is None or not os.path.isdir(directory) else (directory, owner)
-
-
-def remove_orphans(directory: str) -> int:
-    """Remove the chunk files of compactors that are gone; how many."""
-    n = 0
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return 0
-    for name in names:
-        if not name.startswith(SHM_PREFIX):
-            continue
-        pid = name[len(SHM_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not running(int(pid)):
-            try:
-                os.unlink(os.path.join(directory, name))
-                n += 1
-            except OSError:
-                pass
-    return n
 
 
 def _batch(chunk: dict[str, pa.Array]) -> pa.RecordBatch:
@@ -259,21 +228,19 @@ def _ipc(chunk: dict[str, pa.Array]) -> bytes:
 
 
 def _shared(chunk: dict[str, pa.Array]) -> str | None:
-    """The chunk as an Arrow IPC file in shared memory (owner-only); its path, or None when
-    there is no such directory or it is full (a small /dev/shm, as in containers: the pipe)."""
+    """The chunk as an Arrow IPC file in shared memory (``lake.shm``); its path, or None when
+    there is no such directory, or it cannot take the file (then the pipe)."""
     if _share is None:
         return None
-    directory, owner = _share
-    fd, path = tempfile.mkstemp(prefix=f"{SHM_PREFIX}{owner}-", suffix=".arrow", dir=directory)
-    os.close(fd)
+    path = None
     try:
+        path = shm.new_file(_share[0], "routes", _share[1])
         batch = _batch(chunk)
         with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, batch.schema) as w:
             w.write_batch(batch)
-    except (OSError, pa.ArrowException) as e:
-        os.unlink(path)
-        if isinstance(e, OSError) and e.errno not in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
-            raise
+    except OSError:  # full, or not usable: the pipe
+        if path is not None:
+            shm.unlink(path)
         return None
     return path
 
@@ -286,7 +253,7 @@ def _restore(where: dict[int, tuple[int, int, int]], chunks: list) -> Routes:
             try:
                 batch = pa.ipc.open_file(pa.memory_map(c)).get_batch(0)  # no copy: pages of the file
             finally:
-                Path(c).unlink(missing_ok=True)
+                shm.unlink(c)
         else:
             batch = pa.ipc.open_stream(c).read_next_batch()
         out._chunks.append(dict(zip(batch.schema.names, batch.columns)))

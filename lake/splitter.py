@@ -2,7 +2,8 @@
 
 Splitting a trip and decoding its route are most of its Python work, which one process's GIL
 would serialise: a backlog's trips are split in worker processes (``forkserver``, one per core),
-in chunks of ~4 MB of bodies whose routes come back as one Arrow IPC stream each. A small batch
+in chunks of ~4 MB of bodies whose routes come back as one Arrow IPC stream each; both ways
+through shared-memory files when there is room (``lake.shm``), else the pipe. A small batch
 is split in the calling process. A worker that dies is replaced and its batch split here; idle
 workers are released (``release_idle``), and they exit as soon as their compactor is gone.
 """
@@ -16,23 +17,37 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
+from ingest.log import write_all
 from pushlake.procs import exit_with
 
-from . import routes
+from . import routes, shm
 from .project import split_trips
 from .routes import Routes
 
 log = logging.getLogger("pushlake.compactor")
 
 CHUNK_BYTES = 4 << 20  # a worker holds little at a time, and the chunks finish evenly
-# where workers leave their route chunks for the compactor to map (``lake.routes.share_through``);
-# PUSHLAKE_SHM_DIR="" sends them through the pipe instead
-SHM_DIR = os.environ.get("PUSHLAKE_SHM_DIR", "/dev/shm") or None
 
 
 def _start_worker(owner: int, shm_dir: str | None) -> None:
     exit_with(owner)
     routes.share_through(shm_dir, owner)
+
+
+def _split_shared(path: str, sizes: list[tuple[int, int]]):
+    """In a projection process: ``split_trips`` over the (id, size) bodies the compactor wrote,
+    one after another, in a shared-memory file (removed once read)."""
+    try:
+        with open(path, "rb") as f:
+            data = memoryview(f.read())
+    finally:
+        shm.unlink(path)
+    items, pos = [], 0
+    for k, n in sizes:
+        items.append((k, data[pos:pos + n]))
+        pos += n
+    return split_trips(items)
+
 
 Parts = list[tuple[list, Routes]]
 
@@ -59,10 +74,10 @@ class Splitter:
             # forkserver: workers are not forked from this process, whose threads may hold locks
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["lake.project"])
-            if SHM_DIR is not None:
-                routes.remove_orphans(SHM_DIR)
+            if shm.DIR is not None:
+                shm.remove_orphans(shm.DIR)
             self._procs = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_start_worker,
-                                              initargs=(os.getpid(), SHM_DIR))
+                                              initargs=(os.getpid(), shm.DIR))
         chunks: list[list[tuple[int, bytes]]] = [[]]
         held = 0
         for it in items:
@@ -73,8 +88,9 @@ class Splitter:
             held += len(it[1])
         self.last_used = time.monotonic()
         procs = self._procs
+        shared: list[str] = []
         try:
-            futures = [procs.submit(split_trips, c) for c in chunks]
+            futures = [self._submit(procs, c, shared) for c in chunks]
         except BrokenProcessPool:
             futures = None
 
@@ -84,12 +100,36 @@ class Splitter:
                     return [f.result() for f in futures]
             except BrokenProcessPool:
                 pass
+            finally:
+                for path in shared:  # read and removed by their workers, unless one died first
+                    shm.unlink(path)
             log.warning("a projection process died; splitting this batch here and starting new ones")
             procs.shutdown(wait=False, cancel_futures=True)
             if self._procs is procs:
                 self._procs = None
             return [split_trips(items)]
         return parts
+
+    @staticmethod
+    def _submit(procs: ProcessPoolExecutor, chunk: list[tuple[int, bytes]], shared: list[str]):
+        """Hand a chunk to a worker: its bodies in a shared-memory file (``lake.shm``), or
+        through the pipe when there is none or it cannot take them."""
+        if shm.DIR is not None:
+            path = None
+            try:
+                path = shm.new_file(shm.DIR, "bodies", os.getpid())
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    write_all(fd, [b for _, b in chunk])
+                finally:
+                    os.close(fd)
+            except OSError:  # full, or not usable: the pipe
+                if path is not None:
+                    shm.unlink(path)
+            else:
+                shared.append(path)
+                return procs.submit(_split_shared, path, [(k, len(b)) for k, b in chunk])
+        return procs.submit(split_trips, chunk)
 
     def release_idle(self, after: float = 60.0) -> bool:
         """Stop the workers when no backlog has needed them for ``after`` seconds: a service that

@@ -349,11 +349,11 @@ def test_both_ways_of_reading_a_route_agree():
 
 async def test_projection_processes_give_the_same_lake(pusher, data, tmp_path, monkeypatch):
     """Trips split in worker processes (what a backlog gets) land exactly as when split in the
-    compactor itself, failures included, whether their routes come back through shared-memory
+    compactor itself, failures included, whether bodies and routes travel through shared-memory
     files (which are all gone afterwards) or through the pipe."""
     import os
     import shutil
-    from lake import splitter
+    from lake import shm as lake_shm
     shm = tmp_path / "shm"
     shm.mkdir()
     os.utime(shm, (0, 0))
@@ -363,8 +363,8 @@ async def test_projection_processes_give_the_same_lake(pusher, data, tmp_path, m
             body["route"]["latitude"][2] = "north"
         await pusher.push("trip", body)
     lakes = {}
-    for workers, shm_dir in ((0, None), (2, str(shm)), ("2, pipe", None)):
-        monkeypatch.setattr(splitter, "SHM_DIR", shm_dir)
+    for workers, shm_dir in ((0, None), (2, str(shm)), ("2, pipe", None), ("2, missing", str(tmp_path / "none"))):
+        monkeypatch.setattr(lake_shm, "DIR", shm_dir)
         lake = tmp_path / f"workers-{workers}"
         shutil.copytree(data / "log", lake / "log", ignore=shutil.ignore_patterns(".lock"))
         with Compactor(lake, workers=int(str(workers)[0]), parallel_min_trips=1) as c:
@@ -377,7 +377,7 @@ async def test_projection_processes_give_the_same_lake(pusher, data, tmp_path, m
                 "SELECT itin_id, seq, ts, latitude, speed_kmh FROM trip_samples ORDER BY 1, 2").fetchall())
         assert used_processes == (workers != 0)
     assert lakes[0][0] == 34 and len(lakes[0][1]) == 6 and len(lakes[0][3]) == 340
-    assert lakes[0] == lakes[2] == lakes["2, pipe"]
+    assert lakes[0] == lakes[2] == lakes["2, pipe"] == lakes["2, missing"]  # the last: the pipe, no error
     assert shm.stat().st_mtime > 0 and list(shm.iterdir()) == []  # used, and nothing left there
 
 

@@ -166,12 +166,13 @@ def shared(tmp_path):
 
 
 def test_routes_travel_as_a_shared_memory_file_mapped_then_removed(shared):
+    import os
     decoded = [(3, *routes.decode(raw({**route(4), "gpsVelocity": [1, None, 2, 3]}))),
                (8, *routes.from_lists(route(2, roll=[0.5, 0.25])))]
     rs = Routes.chunk(decoded)
     data = pickle.dumps(rs)
     left = list(shared.iterdir())
-    assert len(left) == 1 and left[0].name.startswith(routes.SHM_PREFIX)
+    assert len(left) == 1 and left[0].name.startswith(f"pushlake-routes-{os.getpid()}-")
     assert left[0].stat().st_mode & 0o777 == 0o600  # the bodies' numbers: the owner's only
     assert len(data) < 1000  # the pipe carries the file's name, not the numbers
     back = pickle.loads(data)
@@ -190,16 +191,17 @@ def test_a_full_shared_memory_falls_back_to_the_pipe(shared, monkeypatch):
     assert pickle.loads(data).samples([1], common([("a", 1)])).equals(rs.samples([1], common([("a", 1)])))
 
 
-def test_chunks_of_a_compactor_that_is_gone_are_removed(tmp_path):
+def test_files_of_a_compactor_that_is_gone_are_removed(tmp_path):
     import os
     import subprocess
     import sys
+    from lake import shm
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True).stdout.strip()
-    orphan = tmp_path / f"{routes.SHM_PREFIX}{dead}-abc.arrow"
-    mine = tmp_path / f"{routes.SHM_PREFIX}{os.getpid()}-def.arrow"
-    other = tmp_path / "unrelated"
-    for p in (orphan, mine, other):
+    orphans = [tmp_path / f"pushlake-routes-{dead}-abc", tmp_path / f"pushlake-bodies-{dead}-def"]
+    kept = [tmp_path / f"pushlake-routes-{os.getpid()}-ghi", tmp_path / f"pushlake-bodies-{os.getpid()}-jkl",
+            tmp_path / "unrelated", tmp_path / f"pushlake-other-{dead}-x"]
+    for p in orphans + kept:
         p.write_bytes(b"x")
-    assert routes.remove_orphans(str(tmp_path)) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other.name])
+    assert shm.remove_orphans(str(tmp_path)) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
