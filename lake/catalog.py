@@ -634,13 +634,23 @@ class Catalog:
             # look for it where it now is
             con.executemany("UPDATE tombstones SET date=? WHERE team=? AND itin_id=? AND applied_at IS NULL",
                             ((v.date, v.team, v.key) for v in c.versions if v.kind == Kind.TRIP))
-            con.executemany('INSERT INTO tombstones(team, itin_id, part, "offset", received_us) VALUES (?,?,?,?,?) '
-                            "ON CONFLICT DO NOTHING", c.tombstones)
+            # the step's tombstones, resolved (and applied, unless position deletes remain) in the
+            # same statement: one B-tree lookup per deletion where three (insert, resolve, apply)
+            # held the catalog's write lock, which receivers wait for to publish deletions
             deferred = {(d.team, d.itin_id) for d in c.deletes}
+            applied = {(t.team, t.itin) for t in c.applied}
+            con.executemany('INSERT INTO tombstones(team, itin_id, part, "offset", received_us, resolved_at, applied_at) '
+                            "VALUES (?,?,?,?,?,?,?) ON CONFLICT(team, itin_id) DO UPDATE SET "
+                            "resolved_at=COALESCE(tombstones.resolved_at, excluded.resolved_at), "
+                            "applied_at=COALESCE(tombstones.applied_at, excluded.applied_at)",
+                            ((*t, *((now, None if (t.team, t.itin_id) in deferred else now)
+                                    if (t.team, t.itin_id) in applied else (None, None))) for t in c.tombstones))
+            stepped = {(t.team, t.itin_id) for t in c.tombstones}
+            rest = [t for t in c.applied if (t.team, t.itin) not in stepped]  # none from plan(): kept for others
             con.executemany("UPDATE tombstones SET resolved_at=? WHERE team=? AND itin_id=? AND resolved_at IS NULL",
-                            ((now, t.team, t.itin) for t in c.applied))
+                            ((now, t.team, t.itin) for t in rest))
             con.executemany("UPDATE tombstones SET applied_at=? WHERE team=? AND itin_id=? AND applied_at IS NULL",
-                            ((now, t.team, t.itin) for t in c.applied if (t.team, t.itin) not in deferred))
+                            ((now, t.team, t.itin) for t in rest if (t.team, t.itin) not in deferred))
             # deletions whose last position delete this commit's rewrites removed
             con.executemany("UPDATE tombstones SET applied_at=? WHERE team=? AND itin_id=? AND applied_at IS NULL "
                             "AND NOT EXISTS (SELECT 1 FROM deletes d WHERE d.team = tombstones.team "
