@@ -60,6 +60,7 @@ class Splitter:
         self.parallel_min_trips = parallel_min_trips
         self._procs: ProcessPoolExecutor | None = None
         self.last_used = 0.0  # time.monotonic() of the last split in the workers
+        self._shared: list[list[str]] = []  # bodies files of the splits not collected yet
 
     @property
     def processes(self) -> list[int]:
@@ -89,6 +90,7 @@ class Splitter:
         self.last_used = time.monotonic()
         procs = self._procs
         shared: list[str] = []
+        self._shared.append(shared)
         try:
             futures = [self._submit(procs, c, shared) for c in chunks]
         except BrokenProcessPool:
@@ -101,8 +103,7 @@ class Splitter:
             except BrokenProcessPool:
                 pass
             finally:
-                for path in shared:  # read and removed by their workers, unless one died first
-                    shm.unlink(path)
+                self._unlink(shared)  # read and removed by their workers, unless one died first
             log.warning("a projection process died; splitting this batch here and starting new ones")
             procs.shutdown(wait=False, cancel_futures=True)
             if self._procs is procs:
@@ -140,7 +141,15 @@ class Splitter:
         self._procs = None
         return True
 
+    def _unlink(self, shared: list[str]) -> None:
+        for path in shared:
+            shm.unlink(path)
+        if shared in self._shared:
+            self._shared.remove(shared)
+
     def close(self) -> None:
         if self._procs is not None:
             self._procs.shutdown(wait=True, cancel_futures=True)
             self._procs = None
+        for shared in list(self._shared):  # the bodies of chunks cancelled before a worker read them
+            self._unlink(shared)

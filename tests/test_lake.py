@@ -500,3 +500,15 @@ async def test_a_failed_step_in_a_pipelined_backlog_loses_and_doubles_nothing(pu
     counts = cat.con.execute("SELECT sum(received), sum(stored) FROM push_stats WHERE kind = ?", (Kind.TRIP,)).fetchone()
     cat.close()
     assert counts == (14, 14)
+
+
+def test_a_compactor_closed_mid_split_leaves_nothing_in_shared_memory(tmp_path, monkeypatch):
+    """Bodies handed to the projection processes through shared memory, then the compactor
+    closes without collecting the split (a stop during a read-ahead): no file stays behind."""
+    from lake import shm as lake_shm
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(lake_shm, "DIR", str(shm))
+    with Compactor(tmp_path / "data", workers=2, parallel_min_trips=1) as c:
+        c.splitter.split([(k, b'{"itinId": "x%d"}' % k + b" " * 3_000_000) for k in range(8)])
+    assert list(shm.iterdir()) == []
