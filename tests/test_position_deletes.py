@@ -174,26 +174,32 @@ async def test_position_deletes_hold_when_a_filter_prunes_partitions(pusher, dat
     assert con.execute("SELECT count(*) FROM trip_events WHERE date <= DATE '2025-01-21'").fetchall() == [(12,)]
 
 
-def test_position_deletes_on_an_s3_lake(s3, tmp_path, monkeypatch):  # noqa: F811
-    """On S3 the files are ``s3://`` URIs: the small files' bitmaps must meet them by the name
-    DuckDB gives them (a big file's bitmap needs no name: it is read alone)."""
+def four_trips_then_a_deferred_deletion(data, itin: str) -> None:
+    """Four trips of acme written straight to the log and compacted, then the deletion of
+    ``itin`` in a later step (in the same step as its trip, the trip is never stored), left as
+    position deletes (no rewrite budget, no ``apply_deletes``)."""
     import orjson
 
     from ingest.log import LogWriter
     from ingest.record import Kind
+    w = LogWriter(data, 0)
+    t0 = 1_750_000_000_000_000
+    w.append([(Kind.TRIP, t0 + i, "acme", itin_id(i), orjson.dumps(trip(itin_id(i)))) for i in range(4)])
+    compact(data)
+    w.append([(Kind.EVENT, t0 + 10, "acme", f"{itin}:TRIP_DELETION", orjson.dumps(deletion(itin)))])
+    w.close()
+    compact(data, cow_rows=0, apply_deletes=False)
+
+
+def test_position_deletes_on_an_s3_lake(s3, tmp_path, monkeypatch):  # noqa: F811
+    """On S3 the files are ``s3://`` URIs: the small files' bitmaps must meet them by the name
+    DuckDB gives them (a big file's bitmap needs no name: it is read alone)."""
     bucket = s3.bucket("pushlake-posdel")
     for k, v in s3.env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("PUSHLAKE_LAKE", f"s3://{bucket}/lake")
     data = tmp_path / "data"
-    w = LogWriter(data, 0)
-    t0 = 1_750_000_000_000_000
-    w.append([(Kind.TRIP, t0 + i, "acme", itin_id(i), orjson.dumps(trip(itin_id(i)))) for i in range(4)])
-    compact(data)
-    # a deletion in a later step (in the same step as its trip, the trip is never stored)
-    w.append([(Kind.EVENT, t0 + 10, "acme", f"{itin_id(2)}:TRIP_DELETION", orjson.dumps(deletion(itin_id(2))))])
-    w.close()
-    compact(data, cow_rows=0, apply_deletes=False)
+    four_trips_then_a_deferred_deletion(data, itin_id(2))
     assert not list(data.rglob("*.parquet"))
     assert Catalog(data).db.execute("SELECT count(*) FROM deletes").fetchone()[0] == 3
     for con in (queries.connect(data), queries.connect(data, team="acme")):
@@ -206,19 +212,9 @@ def test_position_deletes_on_an_s3_lake(s3, tmp_path, monkeypatch):  # noqa: F81
 
 def test_position_deletes_with_a_postgresql_catalog(postgres, tmp_path, monkeypatch):  # noqa: F811
     """The same SQL on PostgreSQL: deletes recorded, skipped, refused to a merge, applied."""
-    import orjson
-
-    from ingest.log import LogWriter
-    from ingest.record import Kind
     monkeypatch.setenv("PUSHLAKE_CATALOG", postgres.fresh_database("posdel"))
     data = tmp_path / "data"
-    w = LogWriter(data, 0)
-    t0 = 1_750_000_000_000_000
-    w.append([(Kind.TRIP, t0 + i, "acme", itin_id(i), orjson.dumps(trip(itin_id(i)))) for i in range(4)])
-    compact(data)
-    w.append([(Kind.EVENT, t0 + 10, "acme", f"{itin_id(1)}:TRIP_DELETION", orjson.dumps(deletion(itin_id(1))))])
-    w.close()
-    compact(data, cow_rows=0, apply_deletes=False)
+    four_trips_then_a_deferred_deletion(data, itin_id(1))
     cat = Catalog(data)
     assert cat.db.execute("SELECT count(*) FROM deletes").fetchone()[0] == 3
     assert counts(queries.connect(data)) == {"trips": 3, "trip_samples": 30, "trip_events": 9}
