@@ -639,14 +639,20 @@ class Catalog:
             # held the catalog's write lock, which receivers wait for to publish deletions
             deferred = {(d.team, d.itin_id) for d in c.deletes}
             applied = {(t.team, t.itin) for t in c.applied}
+
+            def stamped(t: TombstoneRow) -> tuple:  # with (resolved_at, applied_at)
+                trip = (t.team, t.itin_id)
+                if trip not in applied:
+                    return (*t, None, None)
+                return (*t, now, None if trip in deferred else now)
             con.executemany('INSERT INTO tombstones(team, itin_id, part, "offset", received_us, resolved_at, applied_at) '
                             "VALUES (?,?,?,?,?,?,?) ON CONFLICT(team, itin_id) DO UPDATE SET "
                             "resolved_at=COALESCE(tombstones.resolved_at, excluded.resolved_at), "
                             "applied_at=COALESCE(tombstones.applied_at, excluded.applied_at)",
-                            ((*t, *((now, None if (t.team, t.itin_id) in deferred else now)
-                                    if (t.team, t.itin_id) in applied else (None, None))) for t in c.tombstones))
+                            map(stamped, c.tombstones))
+            # deletions applied without their tombstone in this commit (published by a receiver)
             stepped = {(t.team, t.itin_id) for t in c.tombstones}
-            rest = [t for t in c.applied if (t.team, t.itin) not in stepped]  # none from plan(): kept for others
+            rest = [t for t in c.applied if (t.team, t.itin) not in stepped]
             con.executemany("UPDATE tombstones SET resolved_at=? WHERE team=? AND itin_id=? AND resolved_at IS NULL",
                             ((now, t.team, t.itin) for t in rest))
             con.executemany("UPDATE tombstones SET applied_at=? WHERE team=? AND itin_id=? AND applied_at IS NULL",

@@ -470,9 +470,9 @@ class Compactor:
 
     @staticmethod
     def _yield_to_deletions(cat: Catalog, stop, most: float = 1.0) -> bool:
-        """Before each merge: while a deletion published in the last 5 s waits for its step (which rewrites its files, and
-        plain readers see the trip until then), wait for it, up to ``most`` seconds, so that the
-        step has the cores. False if the compactor is stopping."""
+        """Before each merge: while a recent deletion waits for its step (``deletion_waiting``:
+        the step rewrites its files, and plain readers see the trip until then), wait for it, up
+        to ``most`` seconds, so that the step has the cores. False if the compactor is stopping."""
         end = time.monotonic() + most
         while not stop.is_set() and time.monotonic() < end and cat.deletion_waiting():
             stop.wait(0.05)

@@ -215,12 +215,8 @@ def share_through(directory: str | None, owner: int) -> None:
     _share = None if directory is None or not os.path.isdir(directory) else (directory, owner)
 
 
-def _batch(chunk: dict[str, pa.Array]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pydict(chunk)
-
-
 def _ipc(chunk: dict[str, pa.Array]) -> bytes:
-    batch = _batch(chunk)
+    batch = pa.RecordBatch.from_pydict(chunk)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as w:
         w.write_batch(batch)
@@ -235,7 +231,7 @@ def _shared(chunk: dict[str, pa.Array]) -> str | None:
     path = None
     try:
         path = shm.new_file(_share[0], "routes", _share[1])
-        batch = _batch(chunk)
+        batch = pa.RecordBatch.from_pydict(chunk)
         with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, batch.schema) as w:
             w.write_batch(batch)
     except OSError:  # full, or not usable: the pipe

@@ -60,7 +60,7 @@ class Splitter:
         self.parallel_min_trips = parallel_min_trips
         self._procs: ProcessPoolExecutor | None = None
         self.last_used = 0.0  # time.monotonic() of the last split in the workers
-        self._shared: list[list[str]] = []  # bodies files of the splits not collected yet
+        self._bodies: set[str] = set()  # bodies files of the splits not collected yet
 
     @property
     def processes(self) -> list[int]:
@@ -90,11 +90,11 @@ class Splitter:
         self.last_used = time.monotonic()
         procs = self._procs
         shared: list[str] = []
-        self._shared.append(shared)
         try:
             futures = [self._submit(procs, c, shared) for c in chunks]
         except BrokenProcessPool:
             futures = None
+        self._bodies.update(shared)
 
         def parts() -> Parts:
             try:
@@ -141,15 +141,13 @@ class Splitter:
         self._procs = None
         return True
 
-    def _unlink(self, shared: list[str]) -> None:
-        for path in shared:
+    def _unlink(self, paths) -> None:
+        for path in list(paths):
             shm.unlink(path)
-        if shared in self._shared:
-            self._shared.remove(shared)
+            self._bodies.discard(path)
 
     def close(self) -> None:
         if self._procs is not None:
             self._procs.shutdown(wait=True, cancel_futures=True)
             self._procs = None
-        for shared in list(self._shared):  # the bodies of chunks cancelled before a worker read them
-            self._unlink(shared)
+        self._unlink(self._bodies)  # the bodies of chunks cancelled before a worker read them
