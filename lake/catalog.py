@@ -17,6 +17,8 @@ another one took over (it stalled past the lease's expiry) is fenced off (``Leas
 """
 from __future__ import annotations
 
+import logging
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,10 @@ from ingest.record import Kind
 from pushlake.db import POSTGRESQL, SQLITE, Db, is_postgresql, open_db, pg_sql
 from pushlake.location import catalog_url
 
+from .pending import PendingDeletions, uncovered
 from .schema import TRIP_TABLES
+
+log = logging.getLogger("pushlake.catalog")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots(
@@ -409,6 +414,8 @@ class Catalog:
         self.path = self.data_dir / "catalog.db"
         self.url = catalog_url(url)
         self.lease: Lease | None = None  # every commit through this object is fenced by it
+        # SQLite: the deletions receivers acknowledged that no commit holds yet (``lake.pending``)
+        self.pending: PendingDeletions | None = None
         if self.url is not None and not is_postgresql(self.url):
             open_db(self.url)  # raises: not a catalog URL pushlake knows
         if not readonly and self.url is None:
@@ -421,6 +428,7 @@ class Catalog:
             return
         self.db = open_db(self.path, readonly)
         self.con = self.db.con
+        self.pending = PendingDeletions(self.data_dir, writer=not readonly)
         if not readonly:
             self._migrate()
             self.con.executescript(SCHEMA)
@@ -474,6 +482,8 @@ class Catalog:
 
     def close(self) -> None:
         self.db.close()
+        if self.pending is not None:
+            self.pending.close()
 
     # -- the lake's layout (lake.upgrade) -------------------------------------------------------
     def layout(self) -> int:
@@ -507,7 +517,7 @@ class Catalog:
     def data_version(self) -> int:
         """Changes whenever another connection committed a change (SQLite: ``PRAGMA data_version``;
         PostgreSQL: the change counter every write transaction bumps, own commits included)."""
-        return self.db.changes()
+        return self.db.changes() + (self.pending.changes() if self.pending is not None else 0)
 
     def read_state(self, team: str | None = None) -> ReadState:
         """The snapshot id, its live files, the pending tombstones and the ids of live trip files
@@ -516,6 +526,8 @@ class Catalog:
         tf, args = ("AND team = ?", (team,)) if team else ("", ())
         unresolved = "applied_at IS NULL AND resolved_at IS NULL"
         deletes: dict[int, list[tuple[int, int]]] = {}
+        # before the catalog's snapshot: a row pruned meanwhile is in that snapshot (lake.pending)
+        acked = self.pending.rows(team) if self.pending is not None else []
         with c.read():
             snap = c.execute("SELECT coalesce(max(id), 0) FROM snapshots").fetchone()[0]
             files = list(map(FileRow._make, c.execute(f"SELECT {FILE_COLUMNS} FROM files WHERE {LIVE} {tf}", args)))
@@ -526,6 +538,15 @@ class Catalog:
             for fid, start, n in c.execute(f"SELECT file_id, row_start, row_count FROM deletes WHERE true {tf} "
                                            "ORDER BY file_id, row_start", args):
                 deletes.setdefault(fid, []).append((start, n))
+            if acked and (acked := uncovered(acked, self.positions())):
+                known = set(tombs)
+                tombs += sorted({TripRef(r.team, r.itin_id) for r in acked} - known)
+                by_team: dict[str, list[str]] = {}
+                for r in acked:
+                    by_team.setdefault(r.team, []).append(r.itin_id)
+                # where the trips are in this snapshot (a step may have stored one since its 200)
+                parts |= {(t, v.date) for t, itins in by_team.items()
+                          for v in self.versions_of(Kind.TRIP, t, sorted(itins)).values()}
         dirty = {f.id for f in files if f.tbl in TRIP_TABLES and (f.team, f.date) in parts} if parts else set()
         return ReadState(snap, files, tombs, dirty, deletes)
 
@@ -582,6 +603,10 @@ class Catalog:
             q = ('SELECT itin_id, received_us, part, "offset" FROM tombstones WHERE team=? '
                  f"AND itin_id IN ({','.join('?' * len(chunk))})")
             out.update((itin, Order(ts, part, off)) for itin, ts, part, off in self.db.execute(q, (team, *chunk)))
+        if self.pending is not None:  # acknowledged, not yet compacted: the first deletion counts
+            for r in self.pending.among(team, itins):
+                order = Order(r.received_us, r.part, r.offset)
+                out[r.itin_id] = min(order, out.get(r.itin_id, order))
         return out
 
     def partition_files(self, tables: tuple[str, ...], team: str, date: str) -> list[FileRow]:
@@ -689,7 +714,17 @@ class Catalog:
                 self._finish_task_items(c.task, now)
             con.executemany("INSERT INTO positions(part, next_offset) VALUES (?,?) "
                             "ON CONFLICT(part) DO UPDATE SET next_offset=excluded.next_offset", c.positions.items())
+        if c.positions and self.pending is not None:
+            self._prune_pending(c.positions)
         return snap
+
+    def _prune_pending(self, positions: dict[str, int]) -> None:
+        """The acknowledged deletions this commit covers leave ``pending.db``. A failure costs
+        nothing but rows readers skip (they are covered) until the next commit prunes them."""
+        try:
+            self.pending.prune(positions)
+        except sqlite3.Error as e:
+            log.warning("pending deletions not pruned (%s): the next commit will", e)
 
     def _apply_cow(self, c: Commit) -> set[tuple[str, str]]:
         """The removed files' position deletes, which their rewrites must have applied, all of
@@ -903,6 +938,8 @@ class Catalog:
         """Whether a deletion published in the last ``within_s`` seconds waits for the compactor's
         step (an older one waits for a node that is down or behind: nothing to yield to)."""
         since = int((time.time() - within_s) * 1e6)
+        if self.pending is not None and uncovered(self.pending.received_since(since), self.positions()):
+            return True
         return self.db.execute("SELECT 1 FROM tombstones WHERE applied_at IS NULL AND resolved_at IS NULL "
                                "AND received_us > ? LIMIT 1", (since,)).fetchone() is not None
 
@@ -910,6 +947,8 @@ class Catalog:
         """(FAILED items, pending tombstones): the compactor's gauges and the status page's."""
         failed = self.db.execute("SELECT count(*) FROM failed WHERE status = 'FAILED'").fetchone()[0]
         pending = self.db.execute("SELECT count(*) FROM tombstones WHERE applied_at IS NULL").fetchone()[0]
+        if self.pending is not None:
+            pending += self.pending.count_uncovered(self.positions())
         return int(failed), int(pending)
 
     def failed_items(self, status: str | None = "FAILED", kind: int | None = None, team: str | None = None,

@@ -4,7 +4,8 @@ and the lake.
 Every file under the data directory is examined, and on an S3 lake (``lake.storage``) every object
 under the lake's prefix too (both trees, the Iceberg mirror's files, anything else found there).
 What may still name the trip is its deletion: TRIP_DELETION records in the log, the
-``trip_deletions`` audit table and the catalog's tombstone.
+``trip_deletions`` audit table, the catalog's tombstone and ``pending.db`` (``lake.pending``:
+deletions acknowledged, not yet compacted; nothing else).
 Anything else that holds the trip id (a trip record in a log segment, a row in a Parquet file,
 old files not yet vacuumed, a torn tail, a FAILED item, a catalog index entry) is a finding.
 In a cluster each node's log is on its own disk: this run reads this node's log, and the catalog
@@ -24,6 +25,7 @@ from pushlake import location
 
 from .catalog import Catalog
 from .hive import PUBLIC, STORE
+from .pending import FILE as PENDING_FILE
 from .schema import TRIP_TABLES
 from .storage import open_storage
 
@@ -97,6 +99,8 @@ def _examine_local(findings: list[str], data_dir: Path, p: Path, itin: str, team
         _parquet(findings, str(rel), parts, itin, lambda: pq.read_table(p, columns=["itin_id"]))
     elif p.name.startswith(("catalog.db", "admin.db")):
         pass  # examined through SQL: ids and FAILED reasons (a few characters), no bodies
+    elif p.name.startswith(PENDING_FILE):
+        pass  # deletions only (their trip ids), what the log's TRIP_DELETION records hold too
     elif needle in p.read_bytes():
         findings.append(f"{rel}: holds the trip id")
     return 1

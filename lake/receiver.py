@@ -5,8 +5,9 @@ receiver, a layer below the lake, never opens the catalog itself.
   handed out again, even after the cleaner removed the records that carried them);
 - ``republish_tombstones``: tombstones of the log tail the compactor has not reached, inserted
   again before the receiver takes traffic (an OS crash may have dropped an unsynced insert);
-- ``tombstone_sink``: publishes a batch's deletions in the catalog after its fsync and before
-  its ack (no query returns a deleted trip from its ``200``);
+- ``tombstone_sink``: publishes a batch's deletions after its fsync and before its ack (no query
+  returns a deleted trip from its ``200``): in ``pending.db`` on a SQLite lake (``lake.pending``:
+  never behind the compactor's commits), in the catalog on PostgreSQL;
 - ``compactor_health``: what ``/health`` says of the compactor over a partition (``lake.status``).
 """
 from __future__ import annotations
@@ -19,8 +20,15 @@ from ingest.keys import deleted_itin
 from ingest.log import LogReader
 from ingest.record import Kind
 
+from pushlake.location import catalog_url
+
 from . import status
 from .catalog import Catalog, TombstoneRow
+from .pending import PendingDeletions
+
+# the receiver leaves checkpoints of pending.db to the compactor (at each prune), unless its WAL
+# grows this large (a receiver running with no compactor): pages of 4 KiB
+RECEIVER_CHECKPOINT_PAGES = 10_000
 
 
 class ReceiverLake:
@@ -47,7 +55,11 @@ class ReceiverLake:
                 rows += _tombstones(part, ((r.offset, r.kind, r.team, r.key, r.received_us) for r in recs))
                 pos = recs[-1].offset + 1
             if rows:
-                cat.add_tombstones(rows)
+                store = deletions_store(self.data_dir)
+                try:
+                    store.add_tombstones(rows)
+                finally:
+                    store.close()
             return len(rows)
         finally:
             cat.close()
@@ -62,13 +74,9 @@ class ReceiverLake:
             rows = _tombstones(part, ((first + n, it.kind, it.team, it.key, it.received_us)
                                       for n, it in enumerate(items)))
             if rows:
-                if "cat" not in holder:
-                    holder["cat"] = Catalog(self.data_dir)
-                    if holder["cat"].dialect == "sqlite":
-                        holder["cat"].con.execute("PRAGMA synchronous=NORMAL")
-                        # checkpoints (which fsync the database) are left to the compactor's connection
-                        holder["cat"].con.execute("PRAGMA wal_autocheckpoint=0")
-                holder["cat"].add_tombstones(rows)
+                if "store" not in holder:
+                    holder["store"] = deletions_store(self.data_dir)
+                holder["store"].add_tombstones(rows)
         return sink
 
     def compactor_health(self, part: str, next_offset: int) -> tuple[list[str], dict]:
@@ -78,6 +86,17 @@ class ReceiverLake:
         return problems, {"lagRecords": lag[part], "failures": st.failures if st else None,
                           "lastError": st.last_error if st and st.failures else None,
                           "lastStep": st.last_step if st else None}
+
+
+def deletions_store(data_dir: Path) -> PendingDeletions | Catalog:
+    """Where a receiver publishes deletions: ``pending.db`` on a SQLite lake (no wait for the
+    catalog's write lock, which the compactor holds at each commit), the catalog on PostgreSQL
+    (row locks; readers on other machines)."""
+    if catalog_url() is None:
+        pending = PendingDeletions(data_dir, writer=True)
+        pending.autocheckpoint = RECEIVER_CHECKPOINT_PAGES
+        return pending
+    return Catalog(data_dir)
 
 
 def _tombstones(part: str, pushes) -> list[TombstoneRow]:

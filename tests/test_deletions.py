@@ -1,6 +1,8 @@
 """TRIP_DELETION: invisible from the ack in every view, winning in any order, then erased."""
 from __future__ import annotations
 
+import pytest
+
 import queries
 from lake.compactor import Compactor
 from lake.erase import verify_erased
@@ -132,18 +134,19 @@ async def test_erase_now_from_the_cli(pusher, data):
 async def test_tombstones_of_the_uncompacted_tail_are_republished_on_start(pusher, data):
     """If an OS crash dropped a tombstone the receiver published (not fsynced), the restart
     publishes it again from the log before taking traffic."""
-    from lake.catalog import Catalog
+    import sqlite3
+
     from lake.receiver import ReceiverLake
     await pusher.push("trip", trip(itin_id(1)))
     compact(data)
     await pusher.push("trip/event", deletion(itin_id(1)))
-    cat = Catalog(data)
-    cat.con.execute("DELETE FROM tombstones")  # what an OS crash could leave behind
+    pending = sqlite3.connect(data / "pending.db", isolation_level=None)
+    assert pending.execute("DELETE FROM deletions").rowcount == 1  # what an OS crash could leave behind
+    pending.close()
     con = queries.connect(data)
     assert visible(con, itin_id(1))["trips"] == 1
     assert ReceiverLake(data).republish_tombstones("p0") == 1
     assert visible(con, itin_id(1)) == {"trips": 0, "trip_samples": 0, "trip_events": 0}
-    cat.close()
 
 
 def _append(data, items):
@@ -190,11 +193,14 @@ def test_a_deleted_trip_pushed_again_after_cleaning_is_cleaned_again(data):
     assert verify_erased(data, x)[0] == []
 
 
-async def test_a_deletion_acked_while_a_step_moves_the_trip_still_hides_it(pusher, data):
-    """The receiver records the trip's partition with the tombstone; a compaction step planned
-    before the tombstone arrived, that stores a new version of the trip in another partition,
-    must move the tombstone's partition with it, or readers would filter the wrong files."""
+@pytest.mark.parametrize("store", ["catalog", "pending.db"])
+async def test_a_deletion_acked_while_a_step_moves_the_trip_still_hides_it(pusher, data, store):
+    """A compaction step planned before the deletion arrived, that stores a new version of the
+    trip in another partition, must not leave readers filtering the wrong files. In the catalog
+    (PostgreSQL's receivers) the tombstone's partition moves with the trip; in pending.db (SQLite's)
+    readers look the partition up in the snapshot they read."""
     from lake.catalog import Catalog
+    from lake.pending import PendingDeletions
     await pusher.push("trip", trip(itin_id(1), start="2025-01-01T08:00:00.000+0000"))
     await pusher.push("trip", trip(itin_id(2), start="2025-01-05T08:00:00.000+0000"))
     compact(data)
@@ -204,7 +210,7 @@ async def test_a_deletion_acked_while_a_step_moves_the_trip_still_hides_it(pushe
         real_commit = c.catalog.commit
 
         def commit_after_a_deletion_arrives(commit):
-            receiver = Catalog(data)
+            receiver = Catalog(data) if store == "catalog" else PendingDeletions(data, writer=True)
             receiver.add_tombstones([("acme", itin_id(1), "p0", 10**6, 0)])  # what the receiver does at ack
             receiver.close()
             assert visible(con, itin_id(1)) == {"trips": 0, "trip_samples": 0, "trip_events": 0}
