@@ -239,3 +239,6 @@ class GroupCommit:
         await asyncio.get_running_loop().run_in_executor(self._executor, self.writer.close)
         self._executor.shutdown(wait=True)
         self._publisher.shutdown(wait=True)
+        close = getattr(self.on_durable, "close", None)  # a sink may hold connections: released
+        if close is not None:
+            close()

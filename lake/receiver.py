@@ -13,7 +13,6 @@ receiver, a layer below the lake, never opens the catalog itself.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 from ingest.groupcommit import Item
 from ingest.keys import deleted_itin
@@ -25,10 +24,6 @@ from pushlake.location import catalog_url
 from . import status
 from .catalog import Catalog, TombstoneRow
 from .pending import PendingDeletions
-
-# the receiver leaves checkpoints of pending.db to the compactor (at each prune), unless its WAL
-# grows this large (a receiver running with no compactor): pages of 4 KiB
-RECEIVER_CHECKPOINT_PAGES = 10_000
 
 
 class ReceiverLake:
@@ -64,20 +59,8 @@ class ReceiverLake:
         finally:
             cat.close()
 
-    def tombstone_sink(self, part: str) -> Callable[[int, list[Item]], None]:
-        """The commit is made visible to readers but not fsynced (``synchronous=NORMAL``): the
-        log record, fsynced just before, is the durable copy, and ``republish_tombstones``
-        re-inserts any tombstone an OS crash could have dropped."""
-        holder: dict = {}
-
-        def sink(first: int, items: list[Item]) -> None:
-            rows = _tombstones(part, ((first + n, it.kind, it.team, it.key, it.received_us)
-                                      for n, it in enumerate(items)))
-            if rows:
-                if "store" not in holder:
-                    holder["store"] = deletions_store(self.data_dir)
-                holder["store"].add_tombstones(rows)
-        return sink
+    def tombstone_sink(self, part: str) -> DeletionSink:
+        return DeletionSink(self.data_dir, part)
 
     def compactor_health(self, part: str, next_offset: int) -> tuple[list[str], dict]:
         """(what is wrong, in sentences; the compactor's lag and last step) over ``part``."""
@@ -88,14 +71,36 @@ class ReceiverLake:
                           "lastStep": st.last_step if st else None}
 
 
+class DeletionSink:
+    """The group commit's ``on_durable``: publishes a batch's deletions (``deletions_store``,
+    opened at the first). The commit is made visible to readers but not fsynced
+    (``synchronous=NORMAL``): the log record, fsynced just before, is the durable copy, and
+    ``republish_tombstones`` re-inserts any tombstone an OS crash could have dropped."""
+
+    def __init__(self, data_dir: Path, part: str):
+        self.data_dir, self.part = data_dir, part
+        self.store: PendingDeletions | Catalog | None = None
+
+    def __call__(self, first: int, items: list[Item]) -> None:
+        rows = _tombstones(self.part, ((first + n, it.kind, it.team, it.key, it.received_us)
+                                       for n, it in enumerate(items)))
+        if rows:
+            if self.store is None:
+                self.store = deletions_store(self.data_dir)
+            self.store.add_tombstones(rows)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
 def deletions_store(data_dir: Path) -> PendingDeletions | Catalog:
     """Where a receiver publishes deletions: ``pending.db`` on a SQLite lake (no wait for the
     catalog's write lock, which the compactor holds at each commit), the catalog on PostgreSQL
     (row locks; readers on other machines)."""
     if catalog_url() is None:
-        pending = PendingDeletions(data_dir, writer=True)
-        pending.autocheckpoint = RECEIVER_CHECKPOINT_PAGES
-        return pending
+        return PendingDeletions(data_dir, receiver=True)
     return Catalog(data_dir)
 
 

@@ -77,10 +77,12 @@ async def test_readers_skip_rows_a_commit_covers_and_read_the_others(pusher, dat
         c.close()
 
 
-def test_a_lake_without_pending_db_reads_as_none_pending(data):
-    """A lake made before pending.db (or a reader opened before any deletion): nothing pending
-    there, until a receiver creates the file, which the reader then reads."""
+def test_a_lake_without_pending_db_reads_as_nothing_pending(data):
+    """A lake made before pending.db: nothing pending there, until a receiver creates the file,
+    which a reader opened before then reads."""
     Catalog(data).close()
+    for f in data.glob("pending.db*"):  # what an older release left
+        f.unlink()
     reader = Catalog(data, readonly=True)
     assert not (data / "pending.db").exists()
     assert reader.read_state().tombstones == [] and not reader.deletion_waiting()
@@ -95,11 +97,34 @@ def test_a_lake_without_pending_db_reads_as_none_pending(data):
     reader.close()
 
 
-def test_the_first_deletion_of_a_trip_stays(data):
-    pending = PendingDeletions(data, writer=True)
+def test_a_trip_deleted_twice_counts_from_its_first_deletion(data):
+    """Rows are appended (no unique key); the compactor and readers take a trip's first deletion."""
+    cat, pending = Catalog(data), PendingDeletions(data, receiver=True)
     pending.add_tombstones([("acme", "t1", "p0", 7, 70)])
     pending.add_tombstones([("acme", "t1", "p1", 3, 90), ("acme", "t2", "p1", 4, 91)])
-    assert sorted((r.itin_id, r.part, r.offset) for r in pending.rows()) == [("t1", "p0", 7), ("t2", "p1", 4)]
-    assert pending.prune({"p1": 5}) == 1  # per partition: p0's row is not covered by p1's position
-    assert [r.itin_id for r in pending.rows()] == ["t1"]
+    assert cat.deleted_among("acme", ["t1", "t2", "t3"]) == {"t1": Order(70, "p0", 7), "t2": Order(91, "p1", 4)}
+    assert cat.read_state().tombstones == [TripRef("acme", "t1"), TripRef("acme", "t2")]
+    assert pending.prune({"p1": 5}) == 2  # per partition: p0's row is not covered by p1's position
+    assert [(r.itin_id, r.part) for r in pending.rows()] == [("t1", "p0")]
     pending.close()
+    cat.close()
+
+
+def test_the_compactors_prune_keeps_the_wal_bounded_while_receivers_never_checkpoint(data):
+    """Receivers commit without checkpointing (a checkpoint would delay the deletions queued
+    behind it); the compactor's prune checkpoints and restarts the WAL once it is over the limit."""
+    from lake.pending import WAL_RESTART_BYTES
+    cat, receiver = Catalog(data), PendingDeletions(data, receiver=True)
+    wal = data / "pending.db-wal"
+    for n in range(1, 20_000):  # a receiver that checkpointed (at 4 MB by default) never gets there
+        receiver.add_tombstones([("acme", f"t{n}.{k}", "p0", n * 10 + k, n) for k in range(10)])
+        if wal.stat().st_size > WAL_RESTART_BYTES:
+            break
+    assert wal.stat().st_size > WAL_RESTART_BYTES
+    n += 1
+    assert cat.pending.prune({"p0": n * 10}) == (n - 1) * 10
+    receiver.add_tombstones([("acme", "last", "p0", n * 10, n)])  # the next commit starts the WAL over
+    assert wal.stat().st_size <= WAL_RESTART_BYTES
+    assert [r.itin_id for r in receiver.rows()] == ["last"]
+    receiver.close()
+    cat.close()

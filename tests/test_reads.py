@@ -231,3 +231,19 @@ async def test_abandoned_exports_do_not_exhaust_the_query_workers(lake, data):
     await asyncio.sleep(1.5)
     r = await asyncio.wait_for(q(client, "SELECT count(*) AS n FROM trips", bearer(keys["acme"]["adminApiKey"])), 10)
     assert (await r.json())["rows"] == [{"n": 306}]
+
+
+
+async def test_a_deletion_acknowledged_is_gone_from_reads_before_any_compaction(lake):
+    """The query worker (confined, read-only) reads pending.db too: a deletion's 200 holds for
+    reads over HTTP at once, the team's and a hyper-admin's."""
+    from tests.helpers import deletion
+    client, keys = await lake()
+    r = await client.post("/push/trip/event", data=orjson.dumps(deletion(itin_id(1))),
+                          headers={**bearer(keys["acme"]["pushApiKey"]), "Content-Type": "application/json"})
+    assert r.status == 200
+    sql = "SELECT itin_id FROM trips UNION SELECT itin_id FROM trip_samples UNION SELECT itin_id FROM trip_events"
+    for who in (bearer(keys["acme"]["adminApiKey"]), basic("root@example.com", ADMIN_PW)):
+        body = await (await q(client, sql, who)).json()
+        ids = {row["itin_id"] for row in body["rows"]}
+        assert itin_id(1) not in ids and itin_id(0) in ids and not body["truncated"]
