@@ -100,7 +100,7 @@ def deletions_store(data_dir: Path) -> PendingDeletions | Catalog:
     catalog's write lock, which the compactor holds at each commit), the catalog on PostgreSQL
     (row locks; readers on other machines)."""
     if catalog_url() is None:
-        return PendingDeletions(data_dir, receiver=True)
+        return PendingDeletions(data_dir, writer=True)
     return Catalog(data_dir)
 
 
