@@ -17,6 +17,7 @@ another one took over (it stalled past the lease's expiry) is fenced off (``Leas
 """
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -527,7 +528,7 @@ class Catalog:
         unresolved = "applied_at IS NULL AND resolved_at IS NULL"
         deletes: dict[int, list[tuple[int, int]]] = {}
         # before the catalog's snapshot: a row pruned meanwhile is in that snapshot (lake.pending)
-        acked = self.pending.rows(team) if self.pending is not None else []
+        acked = self.pending.acknowledged(team) if self.pending is not None else []
         with c.read():
             snap = c.execute("SELECT coalesce(max(id), 0) FROM snapshots").fetchone()[0]
             files = list(map(FileRow._make, c.execute(f"SELECT {FILE_COLUMNS} FROM files WHERE {LIVE} {tf}", args)))
@@ -538,17 +539,24 @@ class Catalog:
             for fid, start, n in c.execute(f"SELECT file_id, row_start, row_count FROM deletes WHERE true {tf} "
                                            "ORDER BY file_id, row_start", args):
                 deletes.setdefault(fid, []).append((start, n))
-            if acked and (acked := uncovered(acked, self.positions())):
+            if acked:
+                at = self.positions()
+                trips = dict.fromkeys((t, i) for t, i, p, o in acked if o >= at.get(p, 0))  # uncovered
                 known = set(tombs)
-                tombs += sorted({TripRef(r.team, r.itin_id) for r in acked} - known)
-                by_team: dict[str, list[str]] = {}
-                for r in acked:
-                    by_team.setdefault(r.team, []).append(r.itin_id)
-                # where the trips are in this snapshot (a step may have stored one since its 200)
-                parts |= {(t, v.date) for t, itins in by_team.items()
-                          for v in self.versions_of(Kind.TRIP, t, sorted(itins)).values()}
+                tombs += map(TripRef._make, (k for k in trips if k not in known))
+                parts |= self._trip_partitions(trips)
         dirty = {f.id for f in files if f.tbl in TRIP_TABLES and (f.team, f.date) in parts} if parts else set()
         return ReadState(snap, files, tombs, dirty, deletes)
+
+    def _trip_partitions(self, trips: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """(team, date) of the partitions holding these trips in the snapshot being read (a step
+        may have stored one since its deletion's 200): one statement per team, SQLite only."""
+        by_team: dict[str, list[str]] = {}
+        for team, itin in trips:
+            by_team.setdefault(team, []).append(itin)
+        return {(team, d) for team, itins in by_team.items() for (d,) in self.db.execute(
+            "SELECT DISTINCT date FROM versions WHERE kind = ? AND team = ? "
+            "AND key IN (SELECT value FROM json_each(?))", (Kind.TRIP, team, json.dumps(itins)))}
 
     def deletes_of(self, file_ids: Iterable[int]) -> dict[int, list[DeleteRow]]:
         """The position deletes of these files (those that have some)."""
