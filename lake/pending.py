@@ -28,6 +28,7 @@ On PostgreSQL (row locks, several machines) receivers publish into the catalog a
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -108,9 +109,12 @@ class PendingDeletions:
         return self._select("WHERE team = ?", (team,)) if team else self._select()
 
     def among(self, team: str, itins: Iterable[str]) -> list[Pending]:
-        """The rows of these trips of ``team`` (one pass: the table holds the uncompacted tail)."""
-        wanted = set(itins)
-        return [r for r in self.rows(team) if r.itin_id in wanted] if wanted else []
+        """The rows of these trips of ``team``: one pass over the table (the uncompacted tail),
+        matched in SQLite against the list given as one JSON array."""
+        wanted = sorted(set(itins))
+        if not wanted:
+            return []
+        return self._select("WHERE team = ? AND itin_id IN (SELECT value FROM json_each(?))", (team, json.dumps(wanted)))
 
     def received_since(self, since_us: int) -> list[Pending]:
         return self._select("WHERE received_us > ?", (since_us,))
