@@ -97,7 +97,7 @@ class PendingDeletions:
 
     def acknowledged(self, team: str | None = None) -> list[tuple[str, str, str, int]]:
         """(team, itin_id, part, offset) of every row, in the order they were added: what readers
-        need, as plain tuples (100,000 pending deletions are read in 30 ms, 0.3 s as ``Pending``s)."""
+        need, as plain tuples (100,000 rows: 75 ms, against 0.35 s as ``Pending``s)."""
         con = self._connect()
         if con is None:
             return []
