@@ -540,8 +540,7 @@ class Catalog:
                                            "ORDER BY file_id, row_start", args):
                 deletes.setdefault(fid, []).append((start, n))
             if acked:
-                at = self.positions()
-                trips = dict.fromkeys((t, i) for t, i, p, o in acked if o >= at.get(p, 0))  # uncovered
+                trips = dict.fromkeys((t, i) for t, i, _, _ in uncovered(acked, self.positions()))
                 known = set(tombs)
                 tombs += map(TripRef._make, (k for k in trips if k not in known))
                 parts |= self._trip_partitions(trips)

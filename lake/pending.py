@@ -142,6 +142,7 @@ class PendingDeletions:
         return 0 if con is None else con.execute("PRAGMA data_version").fetchone()[0]
 
 
-def uncovered(rows: list[Pending], positions: dict[str, int]) -> list[Pending]:
-    """The rows whose tombstone the catalog (at these positions) does not hold yet."""
-    return [r for r in rows if r.offset >= positions.get(r.part, 0)]
+def uncovered(rows: list, positions: dict[str, int]) -> list:
+    """The rows whose tombstone the catalog (at these positions) does not hold yet: ``Pending``s,
+    or ``acknowledged``'s tuples (team, itin_id, part, offset)."""
+    return [r for r in rows if r[3] >= positions.get(r[2], 0)]

@@ -49,12 +49,8 @@ class ReceiverLake:
                     break
                 rows += _tombstones(part, ((r.offset, r.kind, r.team, r.key, r.received_us) for r in recs))
                 pos = recs[-1].offset + 1
-            if rows:
-                store = deletions_store(self.data_dir)
-                try:
-                    store.add_tombstones(rows)
-                finally:
-                    store.close()
+            if rows:  # where deletions_store would put them, through the catalog already open
+                (cat.pending if cat.pending is not None else cat).add_tombstones(rows)
             return len(rows)
         finally:
             cat.close()

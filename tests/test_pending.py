@@ -138,3 +138,20 @@ def test_a_receivers_wal_stays_small(data):
     assert (data / "pending.db-wal").stat().st_size < 8 << 20
     assert len(receiver.rows()) == n * 10 + 1
     receiver.close()
+
+
+def test_odd_trip_ids_are_matched_through_json(data):
+    """Readers and the compactor match pending trips in SQLite through a JSON array: ids with
+    quotes, backslashes, newlines or characters beyond the BMP come back as they went in."""
+    cat, pending = Catalog(data), PendingDeletions(data, writer=True)
+    odd = ['a"b', "back\\slash", "new\nline", "émoji🚗", "[1]", ""]
+    with cat.db.tx():
+        cat.db.executemany('INSERT INTO versions(kind, team, key, received_us, part, "offset", body_sha256, date) '
+                           "VALUES (?,?,?,?,?,?,?,?)",
+                           [(Kind.TRIP, "acme", k, 1, "p0", n, "h", f"2025-01-{n + 1:02d}") for n, k in enumerate(odd)])
+    pending.add_tombstones([("acme", k, "p0", 100 + n, 5) for n, k in enumerate(odd)])
+    assert set(cat.deleted_among("acme", odd)) == set(odd)
+    assert cat._trip_partitions([("acme", k) for k in odd]) == {("acme", f"2025-01-{n + 1:02d}") for n in range(len(odd))}
+    assert cat.read_state(team="other").tombstones == []
+    pending.close()
+    cat.close()
