@@ -61,6 +61,8 @@ def mutated(draw):
         try:
             for k in path[:-1]:
                 node = node[k]
+            if isinstance(node, dict) is not isinstance(path[-1], str):
+                continue  # a list index into an object an earlier mutation put there: no JSON
             if draw(st.booleans()) and isinstance(node, dict):
                 node.pop(path[-1], None)
             else:
